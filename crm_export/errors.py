@@ -1,0 +1,68 @@
+"""Exception hierarchy.
+
+Retry policy reads the class, never the message: anything that may succeed if tried again
+inherits ``TransientError``; anything a person must fix inherits ``TerminalError``.
+"""
+
+from __future__ import annotations
+
+
+class CrmExportError(Exception):
+    """Base of every error crm-export raises on purpose."""
+
+
+class TransientError(CrmExportError):
+    """May succeed if tried again later: network, 5XX, limits, expired session."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TerminalError(CrmExportError):
+    """Will fail the same way until a person changes something."""
+
+
+class ConfigError(TerminalError):
+    """The config file is invalid. ``problems`` lists every problem found, each naming its key."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid config {path}:\n{lines}")
+
+
+class SchemaOutdatedError(TerminalError):
+    """The state database is behind the migrations shipped with this version."""
+
+
+# Request-level failures (raised by the Salesforce sink)
+
+
+class NetworkError(TransientError):
+    """Connection refused or reset, timeout, TLS handshake cut short."""
+
+
+class ServerError(TransientError):
+    """5XX (or 429) from Salesforce."""
+
+
+class RequestLimitError(TransientError):
+    """403 REQUEST_LIMIT_EXCEEDED: daily allocation or concurrency cap."""
+
+
+class SessionExpiredError(TransientError):
+    """401 INVALID_SESSION_ID: a new token fixes it, once."""
+
+
+class RetriesExhaustedError(TransientError):
+    """A transient failure outlasted the retry budget; the next run resumes."""
+
+
+class SalesforceConfigurationError(TerminalError):
+    """Affects every record alike: bad credentials, unknown object or field, no access."""
+
+
+class SourceError(TerminalError):
+    """The source table or query cannot be read as configured."""

@@ -1,0 +1,192 @@
+"""The export core's two narrow ports, and the plain values that cross them.
+
+Nothing here imports a database driver or an HTTP client: the core sees a ``Store`` (source
+rows, positions, ExportErrors, runs) and a ``Sink`` (Salesforce upserts) and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+# Values read from the source: str, int, float, Decimal, bool, date, datetime, bytes or None.
+SourceValue = Any
+
+
+class RunOutcome(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PAUSED = "paused"
+    FAILED = "failed"
+    # Left "running" by a runner that died; marked so by the next runner that takes the lock.
+    INTERRUPTED = "interrupted"
+
+
+class ErrorStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+    SOURCE_DELETED = "source_deleted"
+
+
+@dataclass(frozen=True)
+class Position:
+    """The last confirmed record of a stream, in (order_by, key) order."""
+
+    order_value: SourceValue
+    key: SourceValue
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    key: SourceValue
+    order_value: SourceValue
+    values: Mapping[str, SourceValue]
+
+    @property
+    def record_key(self) -> str:
+        """The key as text: the external ID value and ExportErrors.record_key."""
+        return record_key_text(self.key)
+
+    @property
+    def position(self) -> Position:
+        return Position(self.order_value, self.key)
+
+
+def record_key_text(key: SourceValue) -> str:
+    if isinstance(key, bytes):
+        return key.decode("utf-8")
+    return str(key)
+
+
+@dataclass(frozen=True)
+class RecordError:
+    """One error of one record, as Salesforce (or our own mapping) reported it."""
+
+    code: str
+    message: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    success: bool
+    created: bool | None = None
+    id: str | None = None
+    errors: tuple[RecordError, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecordFailure:
+    """A record-level failure to open (or bump) an ExportErrors row for."""
+
+    record_key: str
+    sobject: str
+    external_id: str
+    error: RecordError
+    payload: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class PausedRecord:
+    record_key: str
+    since: datetime
+    error_code: str
+    error_message: str
+
+
+@dataclass(frozen=True)
+class StreamState:
+    stream: str
+    position: Position | None = None
+    paused: PausedRecord | None = None
+
+
+@dataclass(frozen=True)
+class OpenError:
+    id: int
+    stream: str
+    record_key: str
+    error_code: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """What the store needs to read one stream's source rows."""
+
+    name: str
+    key: str
+    order_by: str
+    columns: tuple[str, ...]
+    source_url: str
+    table: str | None = None
+    query: str | None = None
+
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Any = _Unchanged()
+
+
+@dataclass
+class BatchAck:
+    """Everything one batch changes in the state database, committed in one transaction."""
+
+    stream: str
+    run_id: int
+    position: Position | None = UNCHANGED
+    # PausedRecord to pause, None to release the pause, UNCHANGED to leave it.
+    pause: PausedRecord | None = UNCHANGED
+    failures: list[RecordFailure] = field(default_factory=list)
+    resolved_keys: list[str] = field(default_factory=list)
+    source_deleted_keys: list[str] = field(default_factory=list)
+    read: int = 0
+    exported: int = 0
+    failed: int = 0
+    skipped: int = 0
+    api_calls: int = 0
+
+
+class Store(Protocol):
+    def begin_run(self, job_id: str, stream: str) -> int: ...
+
+    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None: ...
+
+    def load_state(self, stream: str) -> StreamState: ...
+
+    def read_batch(
+        self, source: StreamSource, after: Position | None, limit: int
+    ) -> list[SourceRow]: ...
+
+    def read_by_keys(self, source: StreamSource, keys: Sequence[str]) -> dict[str, SourceRow]: ...
+
+    def open_errors(self, stream: str, after_id: int = 0, limit: int = 200) -> list[OpenError]: ...
+
+    def acknowledge(self, ack: BatchAck) -> None: ...
+
+
+class Sink(Protocol):
+    """Salesforce as the core sees it. Request-level retries happen behind this port.
+
+    ``upsert`` returns one result per record, in request order, or raises a
+    ``TransientError`` (budget spent; the run fails and resumes later) or a
+    ``TerminalError`` (configuration-class; the run fails with a message for a person).
+    """
+
+    @property
+    def api_calls(self) -> int: ...
+
+    def upsert(
+        self,
+        sobject: str,
+        external_id_field: str,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        all_or_none: bool,
+    ) -> list[UpsertResult]: ...
