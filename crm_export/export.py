@@ -1,0 +1,570 @@
+"""The export core: batching, outcome classification, pause and skip decisions.
+
+Pure policy. It reads and acknowledges through a ``Store`` and writes through a ``Sink``; it
+never sees SQL or HTTP. Each batch's outcome is decided in full before the batch is
+acknowledged, and the acknowledgement (position, ExportErrors, counters) is one transaction,
+so a crash at any instant loses nothing and counts nothing twice: whatever was sent but not
+acknowledged is sent again, and upsert by external ID makes the resend harmless.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from crm_export.classify import ErrorClass, classify_record_error
+from crm_export.errors import CrmExportError, SalesforceConfigurationError, TerminalError
+from crm_export.mapping import FieldMap, MappingError, build_payload
+from crm_export.ports import (
+    UNCHANGED,
+    BatchAck,
+    PausedRecord,
+    Position,
+    RecordError,
+    RecordFailure,
+    RunOutcome,
+    Sink,
+    SourceRow,
+    Store,
+    StreamSource,
+    UpsertResult,
+)
+from crm_export.retry import Backoff, Clock, StopRequested
+
+EXPORT_JOB = "CRMExport"
+REEXPORT_JOB = "CRMExport_ExportError"
+
+log = structlog.get_logger("crm_export.export")
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """One configured stream, as the core needs it."""
+
+    name: str
+    fmap: FieldMap
+    source: StreamSource
+    pause_on_error: bool
+
+
+@dataclass(frozen=True)
+class ExportPolicy:
+    batch_size: int = 200
+    record_retry: Backoff = field(
+        default_factory=lambda: Backoff(max_attempts=5, max_elapsed=120.0, initial=0.5, cap=10.0)
+    )
+    max_identical_errors: int = 50
+
+
+@dataclass
+class StreamResult:
+    job_id: str
+    stream: str
+    run_id: int
+    outcome: RunOutcome = RunOutcome.RUNNING
+    read: int = 0
+    exported: int = 0
+    failed: int = 0
+    skipped: int = 0
+    api_calls: int = 0
+    error: str | None = None
+    paused: PausedRecord | None = None
+
+    def summary(self) -> str:
+        text = (
+            f"{self.job_id} {self.stream}: {self.outcome} - read {self.read}, "
+            f"exported {self.exported}, failed {self.failed}, skipped {self.skipped}, "
+            f"API calls {self.api_calls}"
+        )
+        if self.paused is not None:
+            text += (
+                f"; paused at record {self.paused.record_key} "
+                f"({self.paused.error_code}: {self.paused.error_message})"
+            )
+        if self.error:
+            text += f"; error: {self.error}"
+        return text
+
+
+@dataclass
+class _Prepared:
+    row: SourceRow
+    payload: dict[str, Any]
+
+
+@dataclass
+class _Streak:
+    """Consecutive identical record errors in one run: a flood means configuration."""
+
+    signature: tuple[str, tuple[str, ...]] | None = None
+    count: int = 0
+    last: RecordError | None = None
+
+    def add(self, error: RecordError) -> int:
+        sig = (error.code, error.fields)
+        self.count = self.count + 1 if sig == self.signature else 1
+        self.signature, self.last = sig, error
+        return self.count
+
+    def reset(self) -> None:
+        self.signature, self.count, self.last = None, 0, None
+
+
+@dataclass
+class _BatchOutcome:
+    exported: list[SourceRow] = field(default_factory=list)
+    failures: list[tuple[SourceRow, RecordError, dict[str, Any] | None]] = field(
+        default_factory=list
+    )
+    # Pause mode: the record the stream halts at (with its error), if any.
+    halt: tuple[SourceRow, RecordError, dict[str, Any] | None] | None = None
+
+
+class Exporter:
+    def __init__(
+        self,
+        store: Store,
+        sink: Sink,
+        policy: ExportPolicy,
+        clock: Clock,
+        *,
+        rng: random.Random | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.now = now
+        self.should_stop = should_stop
+        self._calls_acked = 0
+
+    # ---- CRMExport ---------------------------------------------------------------------
+
+    def export_stream(self, plan: StreamPlan) -> StreamResult:
+        return self._run(EXPORT_JOB, plan, self._export)
+
+    def _export(self, plan: StreamPlan, result: StreamResult) -> None:
+        state = self.store.load_state(plan.name)
+        position = state.position
+        if state.paused is not None and not self._retry_paused(
+            plan, result, state.paused, position
+        ):
+            return
+        if state.paused is not None:
+            position = self.store.load_state(plan.name).position
+        streak = _Streak()
+        while not self.should_stop():
+            rows = self.store.read_batch(plan.source, position, self.policy.batch_size)
+            if not rows:
+                break
+            outcome = self._send_batch(plan, rows)
+            halted = self._acknowledge(plan, result, rows, outcome)
+            if halted:
+                return
+            self._check_flood(plan, streak, outcome)
+            position = rows[-1].position
+            if len(rows) < self.policy.batch_size:
+                break
+        if self.should_stop():
+            raise StopRequested()
+
+    def _retry_paused(
+        self,
+        plan: StreamPlan,
+        result: StreamResult,
+        paused: PausedRecord,
+        position: Position | None,
+    ) -> bool:
+        """Retry the record the stream is paused at, from its current source row.
+
+        True when the pause is released (the record went through, or its row is gone).
+        """
+        row = self.store.read_by_keys(plan.source, [paused.record_key]).get(paused.record_key)
+        if row is None:
+            log.warning(
+                "paused_record_deleted",
+                stream=plan.name,
+                key=paused.record_key,
+                detail="its source row is gone; the pause is released",
+            )
+            self._ack(
+                result,
+                BatchAck(
+                    plan.name, result.run_id, pause=None, source_deleted_keys=[paused.record_key]
+                ),
+            )
+            return True
+        outcome = self._send_batch(plan, [row])
+        failure = outcome.halt or (outcome.failures[0] if outcome.failures else None)
+        if failure is not None and plan.pause_on_error:
+            _, error, payload = failure
+            self._record_failure(plan, row, error)
+            self._ack(
+                result,
+                BatchAck(
+                    plan.name,
+                    result.run_id,
+                    read=1,
+                    failed=1,
+                    pause=PausedRecord(paused.record_key, paused.since, error.code, error.message),
+                    failures=[self._failure(plan, row, error, payload)],
+                ),
+            )
+            result.paused = self.store.load_state(plan.name).paused
+            result.outcome = RunOutcome.PAUSED
+            return False
+        # Released: the record went through, or pause mode was switched off and it is skipped.
+        # If it is still the very next row, step over it so it is not sent twice; if a fix
+        # moved it in the order, it is met again later, which is harmless.
+        ack = BatchAck(
+            plan.name,
+            result.run_id,
+            pause=None,
+            read=1,
+            position=self._step_over(plan, position, row),
+        )
+        if failure is None:
+            ack.exported, ack.resolved_keys = 1, [row.record_key]
+        else:
+            _, error, payload = failure
+            self._record_failure(plan, row, error)
+            ack.failed = ack.skipped = 1
+            ack.failures = [self._failure(plan, row, error, payload)]
+        log.info(
+            "pause_released",
+            stream=plan.name,
+            key=paused.record_key,
+            reason="exported" if failure is None else "pause_on_error is off; record skipped",
+        )
+        self._ack(result, ack)
+        return True
+
+    def _step_over(self, plan: StreamPlan, position: Position | None, row: SourceRow) -> Any:
+        """``row``'s position if it is the very next row after ``position``, else UNCHANGED."""
+        following = self.store.read_batch(plan.source, position, 1)
+        if following and following[0].record_key == row.record_key:
+            return row.position
+        return UNCHANGED
+
+    # ---- CRMExport_ExportError -----------------------------------------------------------
+
+    def reexport_stream(self, plan: StreamPlan) -> StreamResult:
+        return self._run(REEXPORT_JOB, plan, self._reexport)
+
+    def _reexport(self, plan: StreamPlan, result: StreamResult) -> None:
+        state = self.store.load_state(plan.name)
+        paused_key = state.paused.record_key if state.paused else None
+        after_id = 0
+        while not self.should_stop():
+            errors = self.store.open_errors(plan.name, after_id, self.policy.batch_size)
+            if not errors:
+                return
+            after_id = errors[-1].id
+            keys = [e.record_key for e in errors]
+            found = self.store.read_by_keys(plan.source, keys)
+            gone = [k for k in keys if k not in found]
+            rows = [found[k] for k in keys if k in found]
+            outcome = self._send_batch(plan, rows, all_or_none=False) if rows else _BatchOutcome()
+            ack = BatchAck(
+                plan.name,
+                result.run_id,
+                read=len(rows),
+                exported=len(outcome.exported),
+                failed=len(outcome.failures),
+                source_deleted_keys=gone,
+                resolved_keys=[r.record_key for r in outcome.exported],
+                failures=[self._failure(plan, r, e, p) for r, e, p in outcome.failures],
+            )
+            for row, error, _ in outcome.failures:
+                self._record_failure(plan, row, error)
+            released = paused_key is not None and (
+                paused_key in gone or paused_key in ack.resolved_keys
+            )
+            if released:
+                ack.pause = None
+                ack.position = (
+                    self._step_over(plan, state.position, found[paused_key])
+                    if paused_key in found
+                    else UNCHANGED
+                )
+                log.info("pause_released", stream=plan.name, key=paused_key)
+                paused_key = None
+            self._ack(result, ack)
+        raise StopRequested()
+
+    # ---- one batch -----------------------------------------------------------------------
+
+    def _send_batch(
+        self, plan: StreamPlan, rows: Sequence[SourceRow], *, all_or_none: bool | None = None
+    ) -> _BatchOutcome:
+        """Send ``rows`` and decide every record's outcome; nothing is acknowledged here."""
+        pause = plan.pause_on_error if all_or_none is None else all_or_none
+        outcome = _BatchOutcome()
+        prepared: list[_Prepared] = []
+        for row in rows:
+            try:
+                prepared.append(_Prepared(row, build_payload(plan.fmap, row)))
+            except MappingError as exc:
+                if pause:
+                    # Nothing ordered after an unsendable record may go out.
+                    outcome.halt = (row, exc.error, None)
+                    break
+                outcome.failures.append((row, exc.error, None))
+        if pause:
+            self._send_in_order(plan, prepared, outcome)
+        else:
+            self._send_independently(plan, prepared, outcome)
+        return outcome
+
+    def _send_in_order(
+        self, plan: StreamPlan, prepared: list[_Prepared], outcome: _BatchOutcome
+    ) -> None:
+        """allOrNone=true, cutting the batch before the first record at fault.
+
+        With allOrNone nothing commits when any record fails, so resending only the prefix
+        before the culprit is how a batch is written up to, and never past, that record.
+        """
+        pending = prepared
+        tries: dict[int, int] = {}
+        while pending:
+            results = self._upsert(plan, pending, all_or_none=True)
+            if all(r.success for r in results):
+                outcome.exported.extend(p.row for p in pending)
+                return
+            culprit = _first_culprit(results)
+            if culprit is None:
+                # Everything was rolled back but nobody is to blame: retry the same request.
+                culprit_error = RecordError("ALL_OR_NONE_OPERATION_ROLLED_BACK", "rolled back")
+                index = 0
+            else:
+                index, culprit_error = culprit
+            cls = classify_record_error(culprit_error)
+            if cls is ErrorClass.CONFIGURATION:
+                raise _configuration(plan, culprit_error)
+            if cls is ErrorClass.TRANSIENT:
+                attempt = tries[id(pending[index])] = tries.get(id(pending[index]), 0) + 1
+                if attempt < self.policy.record_retry.max_attempts:
+                    self._record_backoff(plan, attempt, pending[index].row, culprit_error)
+                    continue
+            halted = pending[index]
+            outcome.halt = (halted.row, culprit_error, halted.payload)
+            pending = pending[:index]
+
+    def _send_independently(
+        self, plan: StreamPlan, prepared: list[_Prepared], outcome: _BatchOutcome
+    ) -> None:
+        """allOrNone=false: each record succeeds or fails alone; transient ones are resent."""
+        pending = prepared
+        attempt = 0
+        while pending:
+            attempt += 1
+            results = self._upsert(plan, pending, all_or_none=False)
+            retry: list[_Prepared] = []
+            retry_error: RecordError | None = None
+            for item, res in zip(pending, results, strict=True):
+                if res.success:
+                    outcome.exported.append(item.row)
+                    continue
+                error = res.errors[0] if res.errors else RecordError("UNKNOWN", "no error given")
+                cls = classify_record_error(error)
+                if cls is ErrorClass.CONFIGURATION:
+                    raise _configuration(plan, error)
+                if cls is ErrorClass.TRANSIENT and attempt < self.policy.record_retry.max_attempts:
+                    retry.append(item)
+                    retry_error = retry_error or error
+                    continue
+                outcome.failures.append((item.row, error, item.payload))
+            if retry and retry_error is not None:
+                self._record_backoff(plan, attempt, retry[0].row, retry_error)
+            pending = retry
+
+    def _upsert(
+        self, plan: StreamPlan, items: Sequence[_Prepared], *, all_or_none: bool
+    ) -> list[UpsertResult]:
+        results = self.sink.upsert(
+            plan.fmap.sobject,
+            plan.fmap.external_id_field,
+            [p.payload for p in items],
+            all_or_none=all_or_none,
+        )
+        if len(results) != len(items):
+            raise SalesforceConfigurationError(
+                f"Salesforce answered {len(results)} results for {len(items)} records"
+            )
+        return results
+
+    def _record_backoff(
+        self, plan: StreamPlan, attempt: int, row: SourceRow, error: RecordError
+    ) -> None:
+        wait = self.policy.record_retry.delay(attempt, self.rng)
+        log.info(
+            "record_retry",
+            stream=plan.name,
+            key=row.record_key,
+            code=error.code,
+            attempt=attempt,
+            wait_seconds=round(wait, 3),
+        )
+        self.clock.sleep(wait)
+
+    # ---- acknowledging -------------------------------------------------------------------
+
+    def _acknowledge(
+        self,
+        plan: StreamPlan,
+        result: StreamResult,
+        rows: Sequence[SourceRow],
+        outcome: _BatchOutcome,
+    ) -> bool:
+        """Commit one batch's outcome; True when the stream halted at a record."""
+        ack = BatchAck(
+            plan.name,
+            result.run_id,
+            read=len(rows),
+            exported=len(outcome.exported),
+            resolved_keys=[r.record_key for r in outcome.exported],
+        )
+        for row, error, payload in outcome.failures:
+            self._record_failure(plan, row, error)
+            ack.failures.append(self._failure(plan, row, error, payload))
+        ack.failed = ack.skipped = len(outcome.failures)
+        if outcome.halt is not None:
+            row, error, payload = outcome.halt
+            self._record_failure(plan, row, error)
+            ack.failures.append(self._failure(plan, row, error, payload))
+            ack.failed += 1
+            ack.pause = PausedRecord(row.record_key, self.now(), error.code, error.message)
+            ack.position = outcome.exported[-1].position if outcome.exported else UNCHANGED
+            # Rows after the halt were read but not consumed: count only what was decided.
+            ack.read = len(outcome.exported) + 1
+        else:
+            ack.position = rows[-1].position
+        self._ack(result, ack)
+        if outcome.halt is not None:
+            result.outcome = RunOutcome.PAUSED
+            result.paused = ack.pause if isinstance(ack.pause, PausedRecord) else None
+            return True
+        return False
+
+    def _ack(self, result: StreamResult, ack: BatchAck) -> None:
+        calls = self.sink.api_calls
+        ack.api_calls = calls - self._calls_acked
+        self._calls_acked = calls
+        self.store.acknowledge(ack)
+        result.read += ack.read
+        result.exported += ack.exported
+        result.failed += ack.failed
+        result.skipped += ack.skipped
+        result.api_calls += ack.api_calls
+
+    def _check_flood(self, plan: StreamPlan, streak: _Streak, outcome: _BatchOutcome) -> None:
+        if not outcome.failures:
+            if outcome.exported:
+                streak.reset()
+            return
+        for _, error, _ in outcome.failures:
+            if streak.add(error) >= self.policy.max_identical_errors:
+                fields = ", ".join(error.fields) or "no field"
+                raise SalesforceConfigurationError(
+                    f"{streak.count} records in a row failed with {error.code} on {fields}; "
+                    "this looks like a configuration problem (a mapping, a permission or a "
+                    f"rule that rejects every record), so the run stops. Last error: "
+                    f"{error.message}"
+                )
+
+    def _failure(
+        self,
+        plan: StreamPlan,
+        row: SourceRow,
+        error: RecordError,
+        payload: dict[str, Any] | None,
+    ) -> RecordFailure:
+        return RecordFailure(
+            record_key=row.record_key,
+            sobject=plan.fmap.sobject,
+            external_id=row.record_key,
+            error=error,
+            payload=payload,
+        )
+
+    def _record_failure(self, plan: StreamPlan, row: SourceRow, error: RecordError) -> None:
+        log.warning(
+            "record_failed",
+            stream=plan.name,
+            key=row.record_key,
+            code=error.code,
+            message=error.message,
+            fields=list(error.fields),
+        )
+
+    # ---- the run around it ---------------------------------------------------------------
+
+    def _run(
+        self,
+        job_id: str,
+        plan: StreamPlan,
+        body: Callable[[StreamPlan, StreamResult], None],
+    ) -> StreamResult:
+        run_id = self.store.begin_run(job_id, plan.name)
+        result = StreamResult(job_id, plan.name, run_id)
+        self._calls_acked = self.sink.api_calls
+        try:
+            body(plan, result)
+            if result.outcome is RunOutcome.RUNNING:
+                result.outcome = RunOutcome.COMPLETED
+        except StopRequested:
+            result.outcome = RunOutcome.INTERRUPTED
+            result.error = "stopped on request before the stream was finished"
+        except CrmExportError as exc:
+            result.outcome = RunOutcome.FAILED
+            result.error = str(exc)
+            kind = "terminal" if isinstance(exc, TerminalError) else "transient"
+            log.error("run_failed", job=job_id, stream=plan.name, kind=kind, error=str(exc))
+        except Exception as exc:
+            # A bug or a broken database must not take the other streams down with it.
+            result.outcome = RunOutcome.FAILED
+            result.error = f"unexpected {type(exc).__name__}: {exc}"
+            log.exception("run_crashed", job=job_id, stream=plan.name)
+        result.api_calls += self.sink.api_calls - self._calls_acked
+        self.store.finish_run(run_id, result.outcome, result.error)
+        log.info(
+            "run_finished",
+            job=job_id,
+            stream=plan.name,
+            run_id=run_id,
+            outcome=str(result.outcome),
+            read=result.read,
+            exported=result.exported,
+            failed=result.failed,
+            skipped=result.skipped,
+            api_calls=result.api_calls,
+            error=result.error,
+        )
+        return result
+
+
+def _first_culprit(results: Sequence[UpsertResult]) -> tuple[int, RecordError] | None:
+    for index, res in enumerate(results):
+        if res.success:
+            continue
+        for error in res.errors:
+            if error.code != "ALL_OR_NONE_OPERATION_ROLLED_BACK":
+                return index, error
+    return None
+
+
+def _configuration(plan: StreamPlan, error: RecordError) -> SalesforceConfigurationError:
+    fields = f" (fields: {', '.join(error.fields)})" if error.fields else ""
+    return SalesforceConfigurationError(
+        f"stream {plan.name!r}: Salesforce rejected the {plan.fmap.sobject} upsert with "
+        f"{error.code}: {error.message}{fields}. This affects every record; fix the mapping "
+        "or the integration user's access, then run again."
+    )

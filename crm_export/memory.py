@@ -1,0 +1,243 @@
+"""In-memory twins of the two ports, for unit tests of the export core.
+
+They follow the same contracts as ``SqlStore`` and ``SalesforceSink``: per-batch atomic
+acknowledgement, one open ExportErrors row per record, allOrNone semantics. The real
+components are exercised by the integration tests against a database and the sandbox org.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from crm_export.errors import CrmExportError
+from crm_export.ports import (
+    UNCHANGED,
+    BatchAck,
+    ErrorStatus,
+    OpenError,
+    Position,
+    RecordError,
+    RunOutcome,
+    SourceRow,
+    StreamSource,
+    StreamState,
+    UpsertResult,
+    record_key_text,
+)
+
+ROLLED_BACK = RecordError(
+    "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+    "Record rolled back because not all records were valid and the request was using "
+    "AllOrNone header",
+)
+
+
+@dataclass
+class ErrorRow:
+    id: int
+    stream: str
+    record_key: str
+    sobject: str
+    error_code: str
+    error_message: str
+    attempts: int
+    status: ErrorStatus = ErrorStatus.OPEN
+    payload: Mapping[str, Any] | None = None
+    run_id: int = 0
+
+
+@dataclass
+class RunRow:
+    id: int
+    job_id: str
+    stream: str
+    outcome: RunOutcome = RunOutcome.RUNNING
+    error: str | None = None
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("read", "exported", "failed", "skipped", "api_calls"), 0
+        )
+    )
+
+
+def _sort_key(row: SourceRow) -> tuple[Any, Any]:
+    return (row.order_value, row.key)
+
+
+class InMemoryStore:
+    def __init__(self, rows: Mapping[str, Iterable[SourceRow]] | None = None) -> None:
+        self.rows: dict[str, list[SourceRow]] = {k: list(v) for k, v in (rows or {}).items()}
+        self.states: dict[str, StreamState] = {}
+        self.errors: list[ErrorRow] = []
+        self.runs: list[RunRow] = []
+        # Raise this from the next acknowledge, before anything changes (a crash mid-commit).
+        self.fail_next_ack: Exception | None = None
+
+    # source side
+    def put_row(self, stream: str, row: SourceRow) -> None:
+        rows = self.rows.setdefault(stream, [])
+        rows[:] = [r for r in rows if r.key != row.key] + [row]
+
+    def delete_row(self, stream: str, key: Any) -> None:
+        self.rows[stream] = [r for r in self.rows.get(stream, []) if r.key != key]
+
+    def read_batch(
+        self, source: StreamSource, after: Position | None, limit: int
+    ) -> list[SourceRow]:
+        rows = sorted(self.rows.get(source.name, []), key=_sort_key)
+        if after is not None:
+            rows = [r for r in rows if _sort_key(r) > (after.order_value, after.key)]
+        return rows[:limit]
+
+    def read_by_keys(self, source: StreamSource, keys: Sequence[str]) -> dict[str, SourceRow]:
+        wanted = set(keys)
+        return {
+            r.record_key: r
+            for r in self.rows.get(source.name, [])
+            if record_key_text(r.key) in wanted
+        }
+
+    # state side
+    def begin_run(self, job_id: str, stream: str) -> int:
+        self.runs.append(RunRow(len(self.runs) + 1, job_id, stream))
+        return len(self.runs)
+
+    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
+        run = self.runs[run_id - 1]
+        run.outcome, run.error = outcome, error
+
+    def load_state(self, stream: str) -> StreamState:
+        return self.states.get(stream, StreamState(stream))
+
+    def open_errors(self, stream: str, after_id: int = 0, limit: int = 200) -> list[OpenError]:
+        rows = [
+            OpenError(e.id, e.stream, e.record_key, e.error_code, e.attempts)
+            for e in self.errors
+            if e.stream == stream and e.status is ErrorStatus.OPEN and e.id > after_id
+        ]
+        return rows[:limit]
+
+    def open_error_rows(self, stream: str | None = None) -> list[ErrorRow]:
+        return [
+            e
+            for e in self.errors
+            if e.status is ErrorStatus.OPEN and (stream is None or e.stream == stream)
+        ]
+
+    def acknowledge(self, ack: BatchAck) -> None:
+        if self.fail_next_ack is not None:
+            exc, self.fail_next_ack = self.fail_next_ack, None
+            raise exc
+        # Build the new state on copies and swap them in: all of it lands, or none.
+        states = dict(self.states)
+        errors = copy.deepcopy(self.errors)
+        state = states.get(ack.stream, StreamState(ack.stream))
+        if ack.position is not UNCHANGED:
+            state = replace(state, position=ack.position)
+        if ack.pause is not UNCHANGED:
+            state = replace(state, paused=ack.pause)
+        states[ack.stream] = state
+        for failure in ack.failures:
+            open_row = self._find_open(errors, ack.stream, failure.record_key)
+            if open_row is None:
+                errors.append(
+                    ErrorRow(
+                        len(errors) + 1,
+                        ack.stream,
+                        failure.record_key,
+                        failure.sobject,
+                        failure.error.code,
+                        failure.error.message,
+                        1,
+                        payload=failure.payload,
+                        run_id=ack.run_id,
+                    )
+                )
+            else:
+                open_row.attempts += 1
+                open_row.error_code = failure.error.code
+                open_row.error_message = failure.error.message
+                open_row.run_id = ack.run_id
+        for keys, status in (
+            (ack.resolved_keys, ErrorStatus.RESOLVED),
+            (ack.source_deleted_keys, ErrorStatus.SOURCE_DELETED),
+        ):
+            for key in keys:
+                open_row = self._find_open(errors, ack.stream, key)
+                if open_row is not None:
+                    open_row.status = status
+        run = self.runs[ack.run_id - 1]
+        for name in ("read", "exported", "failed", "skipped", "api_calls"):
+            run.counts[name] += getattr(ack, name)
+        self.states, self.errors = states, errors
+
+    @staticmethod
+    def _find_open(errors: list[ErrorRow], stream: str, key: str) -> ErrorRow | None:
+        for e in errors:
+            if e.stream == stream and e.record_key == key and e.status is ErrorStatus.OPEN:
+                return e
+        return None
+
+
+Rule = Callable[[Mapping[str, Any]], RecordError | None]
+
+
+class InMemorySink:
+    """Salesforce reduced to a dict keyed by external ID, with rules and scripted faults."""
+
+    def __init__(self, rules: Sequence[Rule] = ()) -> None:
+        self.rules: list[Rule] = list(rules)
+        self.records: dict[str, dict[str, Any]] = {}
+        self.writes: list[str] = []  # external IDs, in the order they were written
+        self.requests: list[tuple[bool, list[str]]] = []  # (allOrNone, external IDs)
+        # Raised (request-level) by the next calls, one each, before any record is looked at.
+        self.request_faults: list[CrmExportError] = []
+        # external ID -> how many more times it fails with UNABLE_TO_LOCK_ROW.
+        self.locks: dict[str, int] = {}
+        self._calls = 0
+
+    @property
+    def api_calls(self) -> int:
+        return self._calls
+
+    def upsert(
+        self,
+        sobject: str,
+        external_id_field: str,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        all_or_none: bool,
+    ) -> list[UpsertResult]:
+        self._calls += 1
+        ids = [str(r[external_id_field]) for r in records]
+        self.requests.append((all_or_none, ids))
+        if self.request_faults:
+            raise self.request_faults.pop(0)
+        verdicts = [self._verdict(ext, rec) for ext, rec in zip(ids, records, strict=True)]
+        if all_or_none and any(v is not None for v in verdicts):
+            return [
+                UpsertResult(False, errors=(v if v is not None else ROLLED_BACK,)) for v in verdicts
+            ]
+        results = []
+        for ext, rec, verdict in zip(ids, records, verdicts, strict=True):
+            if verdict is not None:
+                results.append(UpsertResult(False, errors=(verdict,)))
+                continue
+            created = ext not in self.records
+            self.records[ext] = dict(rec)
+            self.writes.append(ext)
+            results.append(UpsertResult(True, created=created, id=f"003{len(self.records):015d}"))
+        return results
+
+    def _verdict(self, ext: str, record: Mapping[str, Any]) -> RecordError | None:
+        if self.locks.get(ext, 0) > 0:
+            self.locks[ext] -= 1
+            return RecordError("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access")
+        for rule in self.rules:
+            error = rule(record)
+            if error is not None:
+                return error
+        return None

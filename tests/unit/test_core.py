@@ -1,0 +1,262 @@
+"""The export core's policy, on the in-memory twins of the store and the sink."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from crm_export.errors import RequestLimitError, SalesforceConfigurationError
+from crm_export.export import Exporter, ExportPolicy, StreamPlan
+from crm_export.mapping import FieldMap
+from crm_export.memory import InMemorySink, InMemoryStore
+from crm_export.ports import RecordError, RunOutcome, SourceRow, StreamSource
+from crm_export.retry import Backoff
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def row(key: int, last_name: str = "Smith", minutes: int | None = None) -> SourceRow:
+    at = T0 + timedelta(minutes=key if minutes is None else minutes)
+    return SourceRow(key, at, {"last_name": last_name, "updated_at": at})
+
+
+def plan(pause: bool) -> StreamPlan:
+    return StreamPlan(
+        name="contacts",
+        fmap=FieldMap("Contact", "External_Id__c", "id", (("LastName", "last_name"),)),
+        source=StreamSource("contacts", "id", "updated_at", ("last_name",), "sqlite://", "c"),
+        pause_on_error=pause,
+    )
+
+
+def reject_bad(record: Any) -> RecordError | None:
+    if record["LastName"] == "BAD":
+        return RecordError("FIELD_CUSTOM_VALIDATION_EXCEPTION", "no BADs", ("LastName",))
+    return None
+
+
+def make(
+    rows: list[SourceRow], batch_size: int = 200, **policy: Any
+) -> tuple[InMemoryStore, InMemorySink, Exporter]:
+    store = InMemoryStore({"contacts": rows})
+    sink = InMemorySink([reject_bad])
+    exporter = Exporter(
+        store,
+        sink,
+        ExportPolicy(batch_size=batch_size, **policy),
+        FakeClock(),
+        rng=random.Random(1),
+    )
+    return store, sink, exporter
+
+
+def test_exports_every_row_in_order_and_advances_the_position() -> None:
+    store, sink, exporter = make([row(i) for i in range(1, 8)], batch_size=3)
+    result = exporter.export_stream(plan(pause=True))
+    assert result.outcome is RunOutcome.COMPLETED
+    assert sink.writes == [str(i) for i in range(1, 8)]
+    assert [len(ids) for _, ids in sink.requests] == [3, 3, 1]
+    assert store.load_state("contacts").position == row(7).position
+    assert (result.read, result.exported, result.failed) == (7, 7, 0)
+    # A second run finds nothing new and sends nothing.
+    again = exporter.export_stream(plan(pause=True))
+    assert again.read == 0 and len(sink.requests) == 3
+
+
+def test_pause_halts_at_the_failing_record_and_writes_nothing_after_it() -> None:
+    rows = [row(1), row(2), row(3, "BAD"), row(4), row(5)]
+    store, sink, exporter = make(rows)
+    result = exporter.export_stream(plan(pause=True))
+
+    assert result.outcome is RunOutcome.PAUSED
+    assert sink.writes == ["1", "2"]  # the prefix before the culprit, nothing after
+    assert all(aon for aon, _ in sink.requests)
+    state = store.load_state("contacts")
+    assert state.position == row(2).position
+    assert state.paused is not None and state.paused.record_key == "3"
+    assert state.paused.error_code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+    [err] = store.open_error_rows()
+    assert (err.record_key, err.attempts) == ("3", 1)
+
+    # The next run retries the paused record only, and bumps its episode.
+    before = len(sink.requests)
+    again = exporter.export_stream(plan(pause=True))
+    assert again.outcome is RunOutcome.PAUSED
+    assert sink.requests[before:] == [(True, ["3"])]
+    assert store.open_error_rows()[0].attempts == 2
+
+    # Fixed at the source: the record goes, the pause is released, the rest follows.
+    store.put_row("contacts", row(3, "Fixed"))
+    fixed = exporter.export_stream(plan(pause=True))
+    assert fixed.outcome is RunOutcome.COMPLETED
+    assert sink.writes == ["1", "2", "3", "4", "5"]
+    assert store.load_state("contacts").paused is None
+    assert store.open_error_rows() == []
+    assert store.errors[0].status == "resolved"
+
+
+def test_skip_mode_logs_the_failure_and_moves_on() -> None:
+    rows = [row(1), row(2, "BAD"), row(3)]
+    store, sink, exporter = make(rows)
+    result = exporter.export_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.COMPLETED
+    assert sink.writes == ["1", "3"]
+    assert not any(aon for aon, _ in sink.requests)
+    assert (result.exported, result.failed, result.skipped) == (2, 1, 1)
+    assert store.load_state("contacts").position == row(3).position
+    assert [e.record_key for e in store.open_error_rows()] == ["2"]
+
+
+def test_lock_row_is_retried_and_never_reaches_export_errors() -> None:
+    store, sink, exporter = make([row(1), row(2), row(3)])
+    sink.locks["2"] = 2
+    result = exporter.export_stream(plan(pause=True))
+    assert result.outcome is RunOutcome.COMPLETED
+    assert sorted(sink.records) == ["1", "2", "3"]
+    assert store.errors == []
+    assert len(exporter.clock.sleeps) == 2  # type: ignore[attr-defined]
+
+
+def test_lock_row_that_outlasts_its_budget_is_logged_with_its_code() -> None:
+    store, sink, exporter = make([row(1), row(2)])
+    sink.locks["2"] = 99
+    result = exporter.export_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.COMPLETED
+    [err] = store.open_error_rows()
+    assert (err.record_key, err.error_code) == ("2", "UNABLE_TO_LOCK_ROW")
+
+
+def test_request_failure_fails_the_run_keeps_the_position_and_logs_no_record() -> None:
+    store, sink, exporter = make([row(i) for i in range(1, 6)], batch_size=2)
+    real = sink.upsert
+
+    def second_call_fails(*args: Any, **kwargs: Any) -> Any:
+        if len(sink.requests) == 1:
+            sink.requests.append((True, []))
+            raise RequestLimitError("TotalRequests Limit exceeded.")
+        return real(*args, **kwargs)
+
+    sink.upsert = second_call_fails  # type: ignore[method-assign]
+    result = exporter.export_stream(plan(pause=True))
+    assert result.outcome is RunOutcome.FAILED
+    assert "TotalRequests" in (result.error or "")
+    assert store.load_state("contacts").position == row(2).position
+    assert store.errors == []
+    assert store.runs[-1].outcome is RunOutcome.FAILED
+    # The next run resumes where the last confirmed record left off.
+    resumed = exporter.export_stream(plan(pause=True))
+    assert resumed.outcome is RunOutcome.COMPLETED
+    assert sorted(sink.records) == ["1", "2", "3", "4", "5"]
+
+
+def test_configuration_error_stops_without_flooding_export_errors() -> None:
+    store, sink, exporter = make([row(i) for i in range(1, 50)])
+    sink.rules.insert(0, lambda r: RecordError("INVALID_FIELD", "No such column 'X__c'"))
+    result = exporter.export_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.FAILED
+    assert "INVALID_FIELD" in (result.error or "")
+    assert store.errors == []
+    assert store.load_state("contacts").position is None
+
+
+def test_a_flood_of_identical_record_errors_stops_the_run() -> None:
+    rows = [row(i, "BAD") for i in range(1, 300)]
+    store, _, exporter = make(rows, batch_size=20, max_identical_errors=30)
+    result = exporter.export_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.FAILED
+    assert "configuration problem" in (result.error or "")
+    assert len(store.errors) == 40  # two batches acknowledged, then the stop
+
+
+def test_null_key_and_nan_become_record_errors_naming_the_record() -> None:
+    rows = [
+        SourceRow(None, T0, {"last_name": "x"}),
+        SourceRow(2, T0 + timedelta(1), {"last_name": float("nan")}),
+        row(3, minutes=60 * 24 * 3),
+    ]
+    store, sink, exporter = make(rows)
+    result = exporter.export_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.COMPLETED
+    assert sink.writes == ["3"]
+    codes = {e.record_key: e.error_code for e in store.open_error_rows()}
+    assert codes == {"None": "CRM_EXPORT_NULL_KEY", "2": "CRM_EXPORT_INVALID_VALUE"}
+
+
+def test_reexport_resolves_fixed_records_and_closes_deleted_ones() -> None:
+    rows = [row(1, "BAD"), row(2, "BAD"), row(3, "BAD"), row(4)]
+    store, sink, exporter = make(rows)
+    exporter.export_stream(plan(pause=False))
+    assert len(store.open_error_rows()) == 3
+    store.put_row("contacts", row(1, "Fixed"))
+    store.delete_row("contacts", 2)
+    result = exporter.reexport_stream(plan(pause=False))
+    assert result.job_id == "CRMExport_ExportError"
+    assert result.outcome is RunOutcome.COMPLETED
+    by_key = {e.record_key: (e.status, e.attempts) for e in store.errors}
+    assert by_key == {"1": ("resolved", 1), "2": ("source_deleted", 1), "3": ("open", 2)}
+    assert sink.records["1"]["LastName"] == "Fixed"
+
+
+def test_reexport_of_the_paused_record_releases_the_pause() -> None:
+    store, sink, exporter = make([row(1), row(2, "BAD"), row(3)])
+    exporter.export_stream(plan(pause=True))
+    store.put_row("contacts", row(2, "Fixed"))
+    exporter.reexport_stream(plan(pause=True))
+    assert store.load_state("contacts").paused is None
+    exporter.export_stream(plan(pause=True))
+    assert sink.writes == ["1", "2", "3"]  # record 2 not sent twice
+
+
+def test_turning_pause_off_skips_the_paused_record() -> None:
+    store, sink, exporter = make([row(1), row(2, "BAD"), row(3)])
+    exporter.export_stream(plan(pause=True))
+    result = exporter.export_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.COMPLETED
+    assert store.load_state("contacts").paused is None
+    assert sink.writes == ["1", "3"]
+    assert store.open_error_rows()[0].attempts == 2
+
+
+def test_a_crash_while_acknowledging_loses_nothing_and_counts_nothing_twice() -> None:
+    store, sink, exporter = make([row(i) for i in range(1, 5)], batch_size=2)
+    store.fail_next_ack = RuntimeError("power cut")
+    first = exporter.export_stream(plan(pause=True))
+    assert first.outcome is RunOutcome.FAILED
+    assert store.load_state("contacts").position is None
+    assert store.runs[0].counts["exported"] == 0
+    second = exporter.export_stream(plan(pause=True))
+    assert second.outcome is RunOutcome.COMPLETED
+    assert sorted(sink.records) == ["1", "2", "3", "4"]
+    assert store.runs[1].counts["exported"] == 4
+
+
+def test_terminal_request_error_fails_the_run_with_its_message() -> None:
+    _, sink, exporter = make([row(1)])
+    sink.request_faults.append(SalesforceConfigurationError("invalid_client"))
+    result = exporter.export_stream(plan(pause=True))
+    assert result.outcome is RunOutcome.FAILED and "invalid_client" in (result.error or "")
+
+
+@pytest.mark.parametrize("pause", [True, False])
+def test_backoff_between_record_retries_is_bounded(pause: bool) -> None:
+    _, sink, exporter = make([row(1)], record_retry=Backoff(3, 60, 1.0, 4.0))
+    sink.locks["1"] = 99
+    exporter.export_stream(plan(pause=pause))
+    sleeps = exporter.clock.sleeps  # type: ignore[attr-defined]
+    assert len(sleeps) == 2 and all(0 <= s <= 4.0 for s in sleeps)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from crm_export.mapping import FieldMap, MappingError, build_payload
+from crm_export.ports import SourceRow
+
+FMAP = FieldMap("Contact", "External_Id__c", "id", (("LastName", "last_name"), ("X__c", "x")))
+
+
+def payload(x: object, key: object = 42) -> dict[str, object]:
+    return build_payload(FMAP, SourceRow(key, 1, {"last_name": "Smith", "x": x}))
+
+
+def test_payload_carries_the_external_id_as_text_and_each_mapped_field() -> None:
+    assert payload(None) == {"External_Id__c": "42", "LastName": "Smith", "X__c": None}
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        (datetime(2026, 3, 1, 12, 30, 5, 123456, tzinfo=UTC), "2026-03-01T12:30:05.123Z"),
+        (
+            datetime(2026, 3, 1, 14, 30, tzinfo=timezone(timedelta(hours=2))),
+            "2026-03-01T12:30:00.000Z",
+        ),
+        (datetime(2026, 3, 1, 12, 30), "2026-03-01T12:30:00.000Z"),
+        (date(2026, 3, 1), "2026-03-01"),
+        (Decimal("12.50"), 12.5),
+        (Decimal("7"), 7),
+        (True, True),
+        (b"caf\xc3\xa9", "café"),
+    ],
+)
+def test_values_are_sent_in_salesforce_formats(value: object, sent: object) -> None:
+    assert payload(value)["X__c"] == sent
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (float("nan"), "nan is not a number"),
+        (float("inf"), "inf is not a number"),
+        (Decimal("NaN"), "NaN is not a number"),
+        (b"\xff\xfe", "not valid UTF-8"),
+        ("a\x00b", "NUL"),
+        ("x" * 200_000, "exceeds"),
+    ],
+)
+def test_unsendable_values_name_the_column(value: object, words: str) -> None:
+    with pytest.raises(MappingError) as info:
+        payload(value)
+    assert info.value.error.code == "CRM_EXPORT_INVALID_VALUE"
+    assert "'x'" in info.value.error.message and words in info.value.error.message
+    assert info.value.error.fields == ("X__c",)
+
+
+def test_null_key_is_a_record_error() -> None:
+    with pytest.raises(MappingError) as info:
+        payload("v", key=None)
+    assert info.value.error.code == "CRM_EXPORT_NULL_KEY"

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from crm_export.errors import RetriesExhaustedError, SalesforceConfigurationError, ServerError
+from crm_export.retry import Backoff, call_with_retries
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def failing(times: int, exc: Exception) -> object:
+    calls = {"n": 0}
+
+    def fn() -> str:
+        calls["n"] += 1
+        if calls["n"] <= times:
+            raise exc
+        return "ok"
+
+    fn.calls = calls  # type: ignore[attr-defined]
+    return fn
+
+
+def test_full_jitter_stays_under_an_exponential_ceiling_and_the_cap() -> None:
+    backoff = Backoff(max_attempts=10, max_elapsed=1e9, initial=1.0, cap=8.0)
+    rng = random.Random(7)
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        waits = [backoff.delay(attempt, rng) for _ in range(200)]
+        assert all(0 <= w <= ceiling for w in waits)
+        assert max(waits) > ceiling * 0.8  # jitter spreads over the whole range
+
+
+def test_retry_after_is_a_floor() -> None:
+    backoff = Backoff(max_attempts=5, max_elapsed=100, initial=0.1, cap=0.2)
+    assert backoff.delay(1, random.Random(1), retry_after=7.0) == 7.0
+
+
+def test_transient_errors_are_retried_until_success() -> None:
+    clock = FakeClock()
+    fn = failing(3, ServerError("503"))
+    assert call_with_retries(fn, Backoff(5, 100, 1, 10), clock, random.Random(1)) == "ok"  # type: ignore[arg-type]
+    assert len(clock.sleeps) == 3
+
+
+def test_attempts_are_bounded() -> None:
+    clock = FakeClock()
+    fn = failing(99, ServerError("503"))
+    with pytest.raises(RetriesExhaustedError, match="after 4 attempts"):
+        call_with_retries(fn, Backoff(4, 1e9, 1, 10), clock, random.Random(1))  # type: ignore[arg-type]
+    assert fn.calls["n"] == 4  # type: ignore[attr-defined]
+
+
+def test_elapsed_time_is_bounded() -> None:
+    clock = FakeClock()
+    fn = failing(99, ServerError("503", retry_after=30))
+    with pytest.raises(RetriesExhaustedError, match="retry budget 100s"):
+        call_with_retries(fn, Backoff(1000, 100, 1, 10), clock, random.Random(1))  # type: ignore[arg-type]
+    assert clock.now <= 100
+
+
+def test_terminal_errors_are_not_retried() -> None:
+    clock = FakeClock()
+    fn = failing(1, SalesforceConfigurationError("invalid_client"))
+    with pytest.raises(SalesforceConfigurationError):
+        call_with_retries(fn, Backoff(5, 100, 1, 10), clock, random.Random(1))  # type: ignore[arg-type]
+    assert clock.sleeps == []
