@@ -1,0 +1,334 @@
+"""The Salesforce sink: the one module that speaks HTTP to Salesforce.
+
+Authentication happens here, against ``salesforce.login_url``, so the sandbox org, My Domains
+and test orgs all work alike. simple-salesforce then gets ``instance_url`` and ``session_id``
+("direct" mode) and our own ``requests.Session``: with a timeout on every call, our CA
+settings, and ``trust_env`` off because REQUESTS_CA_BUNDLE would silently override
+``verify``. Direct mode also means simple-salesforce never re-logs in by itself (its
+SFType path loops forever on a persistent 401, issue #804); we re-authenticate here, bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import certifi
+import jwt
+import requests
+import structlog
+from simple_salesforce.api import Salesforce
+from simple_salesforce.exceptions import SalesforceError
+
+from crm_export.classify import REQUEST_HINTS, request_error_class
+from crm_export.config import RetryConfig, SalesforceConfig
+from crm_export.errors import (
+    NetworkError,
+    SalesforceConfigurationError,
+    ServerError,
+    SessionExpiredError,
+    TransientError,
+)
+from crm_export.ports import RecordError, UpsertResult
+from crm_export.retry import Backoff, Clock, call_with_retries
+
+log = structlog.get_logger("crm_export.salesforce")
+
+
+class HttpSession(requests.Session):
+    """A ``requests.Session`` that always has a timeout and ignores the environment."""
+
+    def __init__(self, timeout: float, verify: str | bool) -> None:
+        super().__init__()
+        self.trust_env = False
+        self.verify = verify
+        self.timeout = timeout
+        self.calls = 0
+        self.last_response: requests.Response | None = None
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        self.calls += 1
+        self.last_response = None
+        response = super().request(method, url, *args, **kwargs)
+        self.last_response = response
+        return response
+
+
+def trust_store(ca_bundle: Path | None) -> str | bool:
+    """What ``verify`` should be: the public CAs, plus ``ca_bundle`` when one is configured.
+
+    ``ca_bundle`` is an *extra* CA (the sandbox org, a corporate proxy), so it is appended to
+    the public bundle rather than replacing it.
+    """
+    if ca_bundle is None:
+        return True
+    extra = ca_bundle.read_bytes()
+    public = Path(certifi.where()).read_bytes()
+    digest = hashlib.sha256(public + extra).hexdigest()[:16]
+    combined = Path(tempfile.gettempdir()) / f"crm-export-ca-{digest}.pem"
+    if not combined.exists():
+        partial = combined.with_suffix(f".{random.getrandbits(32):08x}.tmp")
+        partial.write_bytes(public + b"\n" + extra)
+        partial.replace(combined)
+    return str(combined)
+
+
+@dataclass(frozen=True)
+class Token:
+    access_token: str
+    instance_url: str
+
+
+class Authenticator:
+    """Gets an access token for the configured auth mode. Never logs a secret."""
+
+    def __init__(self, cfg: SalesforceConfig, session: requests.Session) -> None:
+        self.cfg = cfg
+        self.session = session
+
+    def login(self) -> Token:
+        cfg = self.cfg
+        if cfg.auth == "session":
+            assert cfg.session_id is not None and cfg.instance_url is not None
+            return Token(cfg.session_id.reveal(), cfg.instance_url)
+        form: dict[str, str]
+        auth: tuple[str, str] | None = None
+        if cfg.auth == "client_credentials":
+            assert cfg.client_id is not None and cfg.client_secret is not None
+            form = {"grant_type": "client_credentials"}
+            auth = (cfg.client_id, cfg.client_secret.reveal())
+        elif cfg.auth == "password":
+            assert cfg.client_id and cfg.client_secret and cfg.username and cfg.password
+            form = {
+                "grant_type": "password",
+                "client_id": cfg.client_id,
+                "client_secret": cfg.client_secret.reveal(),
+                "username": cfg.username,
+                "password": cfg.password.reveal(),
+            }
+        else:
+            assert cfg.client_id and cfg.username and cfg.private_key
+            form = {
+                "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "assertion": self._assertion(),
+            }
+        url = cfg.login_url.rstrip("/") + "/services/oauth2/token"
+        try:
+            response = self.session.post(url, data=form, auth=auth)
+        except requests.RequestException as exc:
+            raise network_error(exc, cfg.login_url) from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ServerError(f"login at {cfg.login_url} answered {response.status_code}")
+        body = _json(response)
+        if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
+            error = body.get("error", response.status_code) if isinstance(body, dict) else "?"
+            detail = body.get("error_description", "") if isinstance(body, dict) else ""
+            raise SalesforceConfigurationError(
+                f"Salesforce login at {cfg.login_url} failed ({cfg.auth}): {error}: {detail}. "
+                "Check salesforce.client_id, salesforce.username and the configured secrets."
+            )
+        log.info("salesforce_login", login_url=cfg.login_url, instance_url=body["instance_url"])
+        return Token(str(body["access_token"]), str(body["instance_url"]))
+
+    def _assertion(self) -> str:
+        cfg = self.cfg
+        assert cfg.private_key is not None
+        claims = {
+            "iss": cfg.client_id,
+            "sub": cfg.username,
+            "aud": jwt_audience(cfg.login_url),
+            "exp": int(time.time()) + 180,
+        }
+        return jwt.encode(claims, cfg.private_key.reveal(), algorithm="RS256")
+
+
+def jwt_audience(login_url: str) -> str:
+    """Salesforce wants login or test.salesforce.com as ``aud``, even behind a My Domain."""
+    host = urlsplit(login_url).hostname or ""
+    if host == "test.salesforce.com" or host.endswith(".sandbox.my.salesforce.com"):
+        return "https://test.salesforce.com"
+    if host.endswith("salesforce.com"):
+        return "https://login.salesforce.com"
+    return login_url.rstrip("/")
+
+
+class SalesforceSink:
+    """Upserts through sObject Collections; request-level failures are retried here."""
+
+    def __init__(
+        self,
+        cfg: SalesforceConfig,
+        retry: RetryConfig,
+        clock: Clock,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.backoff = Backoff(
+            retry.max_attempts,
+            retry.max_elapsed_seconds,
+            retry.initial_backoff_seconds,
+            retry.max_backoff_seconds,
+        )
+        self.session = HttpSession(cfg.timeout_seconds, trust_store(cfg.ca_bundle))
+        self.auth = Authenticator(cfg, self.session)
+        self._client: Salesforce | None = None
+        self.api_usage: tuple[int, int] | None = None
+
+    @property
+    def api_calls(self) -> int:
+        return self.session.calls
+
+    def close(self) -> None:
+        self.session.close()
+
+    def upsert(
+        self,
+        sobject: str,
+        external_id_field: str,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        all_or_none: bool,
+    ) -> list[UpsertResult]:
+        path = f"composite/sobjects/{sobject}/{external_id_field}"
+        body = {
+            "allOrNone": all_or_none,
+            "records": [{"attributes": {"type": sobject}, **r} for r in records],
+        }
+        data = self._request("PATCH", path, body)
+        if not isinstance(data, list):
+            raise ServerError(f"unexpected answer to {path}: {str(data)[:200]}")
+        return [_upsert_result(item) for item in data]
+
+    def _request(self, method: str, path: str, body: Any) -> Any:
+        def attempt() -> Any:
+            # A token can expire between any two calls; a fresh one fixes that, but a 401
+            # that survives several fresh tokens is a person's problem, not a retry's.
+            for _ in range(self.cfg.max_reauth + 1):
+                try:
+                    return self._call(method, path, body)
+                except SessionExpiredError:
+                    log.info("salesforce_session_expired", detail="re-authenticating")
+                    self._client = None
+            raise SalesforceConfigurationError(
+                f"401 INVALID_SESSION_ID persisted after {self.cfg.max_reauth} fresh logins: "
+                "the integration user's session is refused (check its profile, IP "
+                "restrictions and the connected app's policies)"
+            )
+
+        return call_with_retries(attempt, self.backoff, self.clock, self.rng, self._on_retry)
+
+    def _call(self, method: str, path: str, body: Any) -> Any:
+        try:
+            if self._client is None:
+                token = self.auth.login()
+                self._client = Salesforce(
+                    instance_url=token.instance_url,
+                    session_id=token.access_token,
+                    session=self.session,
+                    version=self.cfg.api_version,
+                )
+            result = self._client.restful(path, method=method, json=body)
+        except SalesforceError as exc:
+            raise self._translate(exc) from exc
+        except requests.RequestException as exc:
+            raise network_error(exc, self.cfg.login_url) from exc
+        self._note_usage()
+        return result
+
+    def _translate(self, exc: SalesforceError) -> Exception:
+        code, message = _first_error(exc.content)
+        cls = request_error_class(exc.status, code)
+        text = f"HTTP {exc.status} {code or ''} from {exc.resource_name}: {message}".replace(
+            "  ", " "
+        )
+        if issubclass(cls, TransientError):
+            return cls(text, retry_after=_retry_after(self.session.last_response))
+        hint = REQUEST_HINTS.get(exc.status)
+        return cls(f"{text} ({hint})" if hint else text)
+
+    def _note_usage(self) -> None:
+        response = self.session.last_response
+        header = response.headers.get("Sforce-Limit-Info") if response is not None else None
+        if header:
+            usage = Salesforce.parse_api_usage(header).get("api-usage")
+            if usage is not None:
+                self.api_usage = (usage.used, usage.total)
+
+    def _on_retry(self, attempt: int, wait: float, exc: TransientError) -> None:
+        log.warning(
+            "salesforce_retry",
+            attempt=attempt,
+            wait_seconds=round(wait, 3),
+            error_class=type(exc).__name__,
+            error=str(exc),
+        )
+
+
+def network_error(exc: requests.RequestException, url: str) -> Exception:
+    if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return SalesforceConfigurationError(
+            f"TLS certificate of {urlsplit(url).netloc} is not trusted: {exc}. "
+            "Set salesforce.ca_bundle to the CA that signed it."
+        )
+    return NetworkError(f"{type(exc).__name__}: {exc}")
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _first_error(content: Any) -> tuple[str | None, str]:
+    if isinstance(content, list) and content and isinstance(content[0], Mapping):
+        first = content[0]
+        return first.get("errorCode"), str(first.get("message", ""))
+    text = re.sub(r"<[^>]+>", " ", str(content))
+    return None, " ".join(text.split())[:200]
+
+
+def _retry_after(response: requests.Response | None) -> float | None:
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _upsert_result(item: Mapping[str, Any]) -> UpsertResult:
+    errors = tuple(
+        RecordError(
+            str(e.get("statusCode") or e.get("errorCode") or "UNKNOWN"),
+            str(e.get("message", "")),
+            tuple(str(f) for f in (e.get("fields") or ())),
+        )
+        for e in (item.get("errors") or ())
+    )
+    return UpsertResult(
+        success=bool(item.get("success")),
+        created=item.get("created"),
+        id=item.get("id"),
+        errors=errors,
+    )
