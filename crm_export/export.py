@@ -517,6 +517,7 @@ class Exporter:
         result = StreamResult(job_id, plan.name, run_id)
         self._calls_acked = self.sink.api_calls
         try:
+            self.store.check_source(plan.source)
             body(plan, result)
             if result.outcome is RunOutcome.RUNNING:
                 result.outcome = RunOutcome.COMPLETED

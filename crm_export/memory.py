@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from crm_export.errors import CrmExportError
+from crm_export.errors import CrmExportError, SourceError
 from crm_export.ports import (
     UNCHANGED,
     BatchAck,
@@ -83,6 +83,10 @@ class InMemoryStore:
 
     def delete_row(self, stream: str, key: Any) -> None:
         self.rows[stream] = [r for r in self.rows.get(stream, []) if r.key != key]
+
+    def check_source(self, source: StreamSource) -> None:
+        if source.name not in self.rows:
+            raise SourceError(f"stream {source.name!r}: no such source table")
 
     def read_batch(
         self, source: StreamSource, after: Position | None, limit: int

@@ -160,6 +160,9 @@ class Store(Protocol):
 
     def load_state(self, stream: str) -> StreamState: ...
 
+    def check_source(self, source: StreamSource) -> None:
+        """Raise ``SourceError`` naming the missing table or column."""
+
     def read_batch(
         self, source: StreamSource, after: Position | None, limit: int
     ) -> list[SourceRow]: ...
