@@ -1,0 +1,254 @@
+"""``crm-export run``: the long-lived service.
+
+APScheduler's BlockingScheduler runs the two jobs (defined in code, no job store) on one
+worker thread, so they never work on the same stream at once. The config is re-read before
+every run; a bad edit is logged and the last good config stays in force. SIGTERM or SIGINT
+lets the in-flight batch be acknowledged and committed, then exits 0; a second signal exits
+at once, which is safe because every acknowledgement is a single transaction.
+
+Exit codes: 0 stopped on request; 1 could not start (state database unreachable or
+outdated); 2 invalid config at start; 3 lost the runner lock while active.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from crm_export.config import Config, load_config
+from crm_export.errors import ConfigError
+from crm_export.locks import RunnerLock, holder_id, runner_lock
+
+EXIT_STOPPED, EXIT_START_FAILED, EXIT_CONFIG, EXIT_LOCK_LOST = 0, 1, 2, 3
+
+log = structlog.get_logger("crm_export.daemon")
+
+JobRunner = Callable[[str, Config, threading.Event], Any]
+
+
+@dataclass(frozen=True)
+class DaemonTuning:
+    stop_timeout_seconds: float = 60.0
+    max_heartbeat_seconds: float = 60.0
+    max_standby_poll_seconds: float = 5.0
+
+
+def _run_registered_job(job_id: str, config: Config, stop: threading.Event) -> Any:
+    from jobs import JOBS
+
+    return JOBS[job_id](config, stop)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: str | None,
+        *,
+        run_job: JobRunner = _run_registered_job,
+        tuning: DaemonTuning | None = None,
+        on_config: Callable[[Config], None] | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.run_job = run_job
+        self.tuning = tuning or DaemonTuning()
+        self.on_config = on_config
+        self.config: Config | None = None
+        self.stop = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.scheduler: BlockingScheduler | None = None
+        self.lock: RunnerLock | None = None
+        self.exit_code = EXIT_STOPPED
+        self._signals = 0
+
+    # ---- config ----------------------------------------------------------------------
+
+    def reload(self) -> Config:
+        """Re-read the config; on a bad edit keep the last good one."""
+        assert self.config is not None
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error(
+                "config_invalid",
+                path=exc.path,
+                problems=exc.problems,
+                detail="keeping the last good config; fix the file, no restart needed",
+            )
+            return self.config
+        self._announce_changes(self.config, new)
+        self.config = new
+        if self.on_config is not None:
+            self.on_config(new)
+        return new
+
+    def _announce_changes(self, old: Config, new: Config) -> None:
+        before = {s.name: s.pause_on_error for s in old.streams}
+        for stream in new.streams:
+            was = before.get(stream.name)
+            if was is True and not stream.pause_on_error:
+                log.warning(
+                    "pause_mode_off",
+                    stream=stream.name,
+                    detail="failed records will now be skipped; Salesforce may be "
+                    "inconsistent until ExportErrors is worked off",
+                )
+            elif was is False and stream.pause_on_error:
+                log.info("pause_mode_on", stream=stream.name)
+        if old.schedule != new.schedule and self.scheduler is not None:
+            self._schedule(new, reschedule=True)
+            log.info(
+                "schedule_changed",
+                export_interval_seconds=new.schedule.export_interval_seconds,
+                reexport_cron=new.schedule.reexport_cron,
+            )
+
+    # ---- jobs --------------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> None:
+        if self.stop.is_set():
+            return
+        self.idle.clear()
+        try:
+            config = self.reload()
+            started = datetime.now(UTC)
+            log.info("job_started", job=job_id)
+            results = self.run_job(job_id, config, self.stop)
+            outcomes = {r.stream: str(r.outcome) for r in results or ()}
+            log.info(
+                "job_finished",
+                job=job_id,
+                outcomes=outcomes,
+                seconds=round((datetime.now(UTC) - started).total_seconds(), 3),
+            )
+        except Exception:
+            log.exception("job_crashed", job=job_id)
+        finally:
+            self.idle.set()
+
+    def _heartbeat(self) -> None:
+        assert self.lock is not None
+        if not self.lock.alive():
+            log.error("runner_lock_lost", lock=self.lock.description, detail="stopping")
+            self.exit_code = EXIT_LOCK_LOST
+            self._begin_stop()
+            return
+        scheduler = self.scheduler
+        jobs = scheduler.get_jobs() if scheduler is not None else []
+        log.info(
+            "heartbeat",
+            runner=holder_id(),
+            busy=not self.idle.is_set(),
+            next_runs={j.id: _iso(j.next_run_time) for j in jobs if j.id != "heartbeat"},
+        )
+
+    def _schedule(self, config: Config, *, reschedule: bool = False) -> None:
+        assert self.scheduler is not None
+        schedule = config.schedule
+        common: dict[str, Any] = {
+            "coalesce": True,
+            "max_instances": 1,
+            # APScheduler's default grace of 1 s would silently drop a daily run that comes
+            # due while the export job is still busy on the single worker.
+            "misfire_grace_time": schedule.misfire_grace_seconds,
+            "replace_existing": True,
+        }
+        interval = IntervalTrigger(seconds=schedule.export_interval_seconds, timezone=UTC)
+        cron = CronTrigger.from_crontab(schedule.reexport_cron, timezone=schedule.timezone)
+        first = {} if reschedule else {"next_run_time": datetime.now(UTC)}
+        self.scheduler.add_job(
+            self._job, interval, args=["CRMExport"], id="CRMExport", **common, **first
+        )
+        self.scheduler.add_job(
+            self._job, cron, args=["CRMExport_ExportError"], id="CRMExport_ExportError", **common
+        )
+        beat = min(self.tuning.max_heartbeat_seconds, schedule.export_interval_seconds)
+        self.scheduler.add_job(
+            self._heartbeat,
+            IntervalTrigger(seconds=beat, timezone=UTC),
+            id="heartbeat",
+            executor="heartbeat",
+            **common,
+        )
+
+    # ---- life cycle --------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second_signal", signal=signal.Signals(signum).name, detail="exit now")
+            os._exit(128 + signum)
+        log.info(
+            "stopping",
+            signal=signal.Signals(signum).name,
+            detail="finishing the batch in flight; signal again to exit at once",
+        )
+        self._begin_stop()
+
+    def _begin_stop(self) -> None:
+        self.stop.set()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    def _wait_for_lock(self, lock: RunnerLock) -> bool:
+        assert self.config is not None
+        poll = min(
+            self.tuning.max_standby_poll_seconds, self.config.schedule.export_interval_seconds
+        )
+        announced = False
+        while not lock.acquire():
+            if not announced:
+                log.info(
+                    "standby",
+                    lock=lock.description,
+                    detail="another runner is active; taking over when it stops",
+                )
+                announced = True
+            if self.stop.wait(poll):
+                return False
+        log.info("active", lock=lock.description, runner=holder_id())
+        return True
+
+    def run(self) -> int:
+        self.config = load_config(self.config_path)
+        if self.on_config is not None:
+            self.on_config(self.config)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        self.lock = runner_lock(self.config.database.url)
+        if not self._wait_for_lock(self.lock):
+            return EXIT_STOPPED
+        try:
+            self.scheduler = BlockingScheduler(
+                timezone=UTC,
+                executors={
+                    "default": ThreadPoolExecutor(1),
+                    "heartbeat": ThreadPoolExecutor(1),
+                },
+            )
+            self._schedule(self.config)
+            log.info("daemon_started", config=str(self.config.path))
+            if not self.stop.is_set():
+                self.scheduler.start()
+            if not self.idle.wait(self.tuning.stop_timeout_seconds):
+                log.warning("stop_timeout", detail="the job in flight did not finish in time")
+        finally:
+            self.lock.release()
+        log.info("daemon_stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

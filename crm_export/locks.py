@@ -1,0 +1,79 @@
+"""One active runner per state database.
+
+SQLite deployments lock a file beside the database; PostgreSQL ones hold a session advisory
+lock on a dedicated connection (see ``SqlStore.advisory_runner_lock``). Either is released by
+the operating system or the server when the holder dies, so a standby can take over.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Protocol
+
+from filelock import FileLock, Timeout
+from sqlalchemy.engine import make_url
+
+
+class RunnerLock(Protocol):
+    description: str
+
+    def acquire(self) -> bool:
+        """Try once, without waiting; True when this process now holds the lock."""
+
+    def alive(self) -> bool:
+        """Still held (a PostgreSQL lock dies with its connection)."""
+
+    def release(self) -> None: ...
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class FileRunnerLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.description = f"file lock {path}"
+        self._lock = FileLock(str(path), timeout=0)
+
+    def acquire(self) -> bool:
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        return True
+
+    def alive(self) -> bool:
+        return self._lock.is_locked
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+
+class NoLock:
+    """In-memory SQLite: no other process can share it."""
+
+    description = "no lock (in-memory database)"
+
+    def acquire(self) -> bool:
+        return True
+
+    def alive(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
+def runner_lock(state_url: str) -> RunnerLock:
+    url = make_url(state_url)
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            return NoLock()
+        return FileRunnerLock(Path(url.database).resolve().with_suffix(".runner.lock"))
+    from crm_export.store import advisory_runner_lock
+
+    return advisory_runner_lock(state_url)
