@@ -424,7 +424,11 @@ def _salesforce(
     needs = _AUTH_NEEDS[auth] if mode_checks else ()
     if mode_checks:
         _check_credentials_for_mode(t, auth)
-        if auth == "client_credentials" and urlsplit(login_url).hostname in _SHARED_LOGIN_HOSTS:
+        if (
+            auth == "client_credentials"
+            and t.valid("login_url")
+            and urlsplit(login_url).hostname in _SHARED_LOGIN_HOSTS
+        ):
             t.problem(
                 "login_url",
                 'auth = "client_credentials" needs your org\'s My Domain login URL, such as '
