@@ -437,9 +437,7 @@ def _salesforce(
             )
 
     secrets = {name: _secret(t, name, base, environ, resolve=name in needs) for name in _SECRETS}
-    private_key = secrets["private_key"]
-    if private_key is not None:
-        _check_private_key(t, private_key)
+    private_key = secrets["private_key"] and _private_key(t, secrets["private_key"])
 
     return SalesforceConfig(
         login_url=login_url,
@@ -484,11 +482,17 @@ def _check_credentials_for_mode(t: _Table, auth: str) -> None:
             )
 
 
-def _check_private_key(t: _Table, key: Secret) -> None:
-    # A JWT setup has a certificate (uploaded to the connected app) and its private key (kept
-    # here); passing the wrong one is the classic mistake, and it fails only at login.
+def _private_key(t: _Table, key: Secret) -> Secret | None:
+    """Check that ``key`` is a usable PEM private key, without ever quoting it."""
     where = "private_key_env" if key.source.startswith("env ") else "private_key_file"
     pem = key.reveal()
+    if "\\n" in pem and "\n" not in pem:
+        # Env files and CI variables cannot hold newlines, so a PEM often arrives with literal
+        # \n escapes; PEM text never contains a backslash, so turning them back is safe.
+        pem = pem.replace("\\n", "\n")
+        key = Secret(pem, key.source)
+    # A JWT setup has a certificate (uploaded to the connected app) and its private key (kept
+    # here); passing the wrong one is the classic mistake, and it fails only at login.
     if "ENCRYPTED PRIVATE KEY" in pem or "Proc-Type: 4,ENCRYPTED" in pem:
         t.problem(where, "the private key is encrypted; crm-export needs an unencrypted PEM key")
     elif "PRIVATE KEY-----" not in pem:
@@ -498,6 +502,9 @@ def _check_private_key(t: _Table, key: Secret) -> None:
             f"holds {found} the private key; the JWT flow needs the PEM private key "
             "(-----BEGIN PRIVATE KEY-----) whose certificate is in the connected app",
         )
+    else:
+        return key
+    return None
 
 
 def _export(t: _Table) -> ExportConfig:
@@ -741,7 +748,7 @@ def _fields(t: _Table, external_id: str | None) -> tuple[tuple[str, str], ...] |
             continue
         if _sql_name(fields, sf_field, column) is not None:
             mapping.append((sf_field, column))
-    return tuple(mapping) if fields.valid_keys == set(raw) else None
+    return None if fields.invalid else tuple(mapping)
 
 
 # Values -------------------------------------------------------------------------------------
@@ -982,16 +989,17 @@ def _database_url(t: _Table, key: str, raw: str, base: Path) -> str | None:
         t.problem(key, f"is not a database URL; {example}")
         return None
     backend = url.get_backend_name()
-    if backend == "sqlite":
-        return _absolute_sqlite_url(url, raw, base)
-    if backend == "postgresql":
+    if backend in ("sqlite", "postgresql"):
         try:
             driver = url.get_driver_name()  # the dialect's default when none is written
-        except Exception:  # any load failure means the same thing here
+        except Exception:  # an unknown driver plugin: reported just below
             driver = url.drivername
-        if driver == "psycopg":
+        if backend == "sqlite" and driver == "pysqlite":
+            return _absolute_sqlite_url(url, raw, base)
+        if backend == "postgresql" and driver == "psycopg":
             return raw
-        t.problem(key, "PostgreSQL needs the psycopg (3) driver: write postgresql+psycopg://...")
+        scheme = "sqlite:///" if backend == "sqlite" else "postgresql+psycopg://"
+        t.problem(key, f"unsupported driver {driver!r}: write {scheme}...")
         return None
     if backend == "postgres":
         t.problem(key, "write postgresql:// (or postgresql+psycopg://), not postgres://")
@@ -1076,10 +1084,6 @@ class _Table:
             for key in data:
                 if key not in known:
                     self.problem(key, _unknown_key(key, known, is_root=is_root))
-
-    @property
-    def valid_keys(self) -> set[str]:
-        return set(self.data) - self.invalid
 
     def at(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
@@ -1186,6 +1190,7 @@ def _unknown_key(key: str, known: Collection[str], *, is_root: bool) -> str:
             "unknown key; secrets are not written in this file: set "
             f"{key}_env (the name of an environment variable) or {key}_file (a file path)"
         )
+    # Sections other than this table's own (``known`` is one of CONFIG_KEYS' values).
     homes = [s for s, keys in CONFIG_KEYS.items() if key in keys and keys is not known]
     if homes:
         where = "[[streams]]" if homes[0] == "streams" else f"[{homes[0]}]"

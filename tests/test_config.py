@@ -185,6 +185,20 @@ def test_each_auth_mode_loads_with_its_own_credentials(tmp_path: Path) -> None:
     assert loaded["session"].instance_url == "https://acme.my.salesforce.com"
 
 
+def test_a_jwt_key_from_an_env_file_with_escaped_newlines_is_usable(tmp_path: Path) -> None:
+    # docker --env-file and CI variables hold one line, so the PEM comes with literal \n.
+    text = MINIMAL.replace(
+        'client_secret_env = "SF_CLIENT_SECRET"',
+        'auth = "jwt"\nusername = "me@acme.com"\nprivate_key_env = "SF_KEY"',
+    )
+    environ = {"SF_KEY": FAKE_PEM_KEY.replace("\n", "\\n")}
+    key = load_config(write(tmp_path, text), environ).salesforce.private_key
+
+    assert key is not None
+    assert key.reveal() == FAKE_PEM_KEY
+    assert key.source == "env SF_KEY"
+
+
 def test_sandbox_mode_needs_no_salesforce_credentials(tmp_path: Path) -> None:
     text = "[sandbox]\nenabled = true\n\n[salesforce]\n" + MINIMAL.split("[salesforce]")[1]
     config = load_config(write(tmp_path, text), environ={})  # SF_CLIENT_SECRET not set
@@ -219,7 +233,7 @@ def test_postgresql_with_psycopg_is_accepted_and_other_drivers_are_not(tmp_path:
     )
     bad = good.replace("+psycopg", "+psycopg2")
     assert problems_of(write(tmp_path, bad)) == [
-        "database.url: PostgreSQL needs the psycopg (3) driver: write postgresql+psycopg://..."
+        "database.url: unsupported driver 'psycopg2': write postgresql+psycopg://..."
     ]
 
 
