@@ -1,0 +1,396 @@
+"""Handlers of the Salesforce-facing endpoints: OAuth, SOAP login, REST and Bulk 2.0."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from crm_export.sandbox.auth import (
+    OAuthError,
+    SoapLoginError,
+    Token,
+    authenticate,
+    soap_credentials,
+    soap_fault,
+    soap_login_response,
+    soap_user,
+    token_response,
+)
+from crm_export.sandbox.dml import (
+    ROLLED_BACK,
+    RequestError,
+    Saver,
+    SaveResult,
+    failure,
+    not_found,
+    parse_payload,
+)
+from crm_export.sandbox.org import FieldDef, SObjectDef
+from crm_export.sandbox.soql import run_query
+from crm_export.sandbox.state import SandboxState
+
+JSON_TYPE = "application/json;charset=UTF-8"
+MAX_COLLECTION_RECORDS = 200
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data), status=status, content_type=JSON_TYPE)
+
+
+@dataclass
+class Call:
+    state: SandboxState
+    request: Request
+    version: str
+    token: Token | None
+    number: int
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.get_data() or b"null")
+        except ValueError as exc:
+            raise RequestError(400, "JSON_PARSER_ERROR", str(exc)) from exc
+
+
+def _sobject(call: Call, name: str) -> SObjectDef:
+    sobj = call.state.org.sobject(name)
+    if sobj is None:
+        raise not_found()
+    return sobj
+
+
+def _external_id_field(sobj: SObjectDef, name: str) -> FieldDef:
+    fdef = sobj.field(name)
+    if fdef is None or not fdef.external_id:
+        raise RequestError(
+            404,
+            "NOT_FOUND",
+            f"Provided external ID field does not exist or is not accessible: {name}",
+        )
+    return fdef
+
+
+# ---- login
+
+
+def oauth_token(state: SandboxState, request: Request) -> Response:
+    org = state.org
+    try:
+        user, client_id = authenticate(
+            org, request.form.to_dict(), request.headers.get("Authorization"), state.base_url
+        )
+    except OAuthError as exc:
+        return json_response(exc.body(), 400)
+    token = state.tokens.issue(org, user, client_id)
+    secret = org.clients[client_id].client_secret
+    return json_response(token_response(org, token, state.base_url, secret))
+
+
+def soap_login(state: SandboxState, request: Request, version: str) -> Response:
+    org = state.org
+    try:
+        username, password = soap_credentials(request.get_data())
+    except SoapLoginError as exc:
+        return Response(soap_fault("INVALID_LOGIN", str(exc)), 500, content_type="text/xml")
+    user = soap_user(org, username, password)
+    if user is None:
+        message = "Invalid username, password, security token; or user locked out."
+        return Response(soap_fault("INVALID_LOGIN", message), 500, content_type="text/xml")
+    token = state.tokens.issue(org, user, None)
+    return Response(
+        soap_login_response(org, token, state.base_url, version),
+        200,
+        content_type="text/xml;charset=UTF-8",
+    )
+
+
+# ---- REST
+
+
+def versions(state: SandboxState) -> Response:
+    return json_response(
+        [
+            {"label": label, "url": f"/services/data/v{v}", "version": v}
+            for label, v in [
+                ("Winter '25", "62.0"),
+                ("Spring '25", "63.0"),
+                ("Summer '25", "64.0"),
+                ("Winter '26", "65.0"),
+            ]
+        ]
+    )
+
+
+def limits(call: Call) -> Response:
+    used = call.state.activity.api_used
+    daily = call.state.faults.config.daily_api_limit
+    return json_response(
+        {
+            "DailyApiRequests": {"Max": daily, "Remaining": max(0, daily - used)},
+            "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
+            "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
+            "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+            "DataStorageMB": {"Max": 1024, "Remaining": 1024},
+            "FileStorageMB": {"Max": 1024, "Remaining": 1024},
+        }
+    )
+
+
+def describe_global(call: Call) -> Response:
+    return json_response(
+        {
+            "encoding": "UTF-8",
+            "maxBatchSize": 200,
+            "sobjects": [_object_summary(o, call.version) for o in call.state.org.objects.values()],
+        }
+    )
+
+
+def _object_summary(sobj: SObjectDef, version: str) -> dict[str, Any]:
+    base = f"/services/data/v{version}/sobjects/{sobj.name}"
+    return {
+        "name": sobj.name,
+        "label": sobj.label,
+        "labelPlural": sobj.label_plural,
+        "keyPrefix": sobj.key_prefix,
+        "custom": sobj.custom,
+        "createable": True,
+        "updateable": True,
+        "deletable": True,
+        "queryable": True,
+        "urls": {"sobject": base, "describe": f"{base}/describe", "rowTemplate": f"{base}/{{ID}}"},
+    }
+
+
+def describe(call: Call, sobject: str) -> Response:
+    sobj = _sobject(call, sobject)
+    fields = []
+    for fdef in sobj.fields.values():
+        fields.append(
+            {
+                "name": fdef.name,
+                "label": fdef.label,
+                "type": fdef.type,
+                "length": fdef.length or 0,
+                "nillable": not fdef.required and fdef.type not in {"id", "boolean"},
+                "createable": fdef.createable,
+                "updateable": fdef.updateable,
+                "externalId": fdef.external_id,
+                "unique": fdef.unique,
+                "caseSensitive": fdef.case_sensitive,
+                "custom": fdef.name.endswith("__c"),
+                "defaultedOnCreate": fdef.default is not None or fdef.type == "boolean",
+                "referenceTo": [fdef.reference_to] if fdef.reference_to else [],
+                "relationshipName": fdef.relationship_name,
+                "restrictedPicklist": fdef.restricted,
+                "picklistValues": [
+                    {
+                        "active": True,
+                        "defaultValue": False,
+                        "label": v,
+                        "validFor": None,
+                        "value": v,
+                    }
+                    for v in fdef.values
+                ],
+            }
+        )
+    return json_response({**_object_summary(sobj, call.version), "fields": fields})
+
+
+def query(call: Call) -> Response:
+    soql = call.request.args.get("q")
+    if not soql:
+        raise RequestError(400, "MALFORMED_QUERY", "The 'q' parameter is required")
+    return json_response(run_query(call.state.org, call.state.store, soql, call.version))
+
+
+def get_record(call: Call, sobject: str, record_id: str) -> Response:
+    sobj = _sobject(call, sobject)
+    record = call.state.store.get(sobj.name, record_id)
+    if record is None:
+        raise not_found()
+    return json_response(_with_attributes(sobj, record, call.version))
+
+
+def _with_attributes(sobj: SObjectDef, record: dict[str, Any], version: str) -> dict[str, Any]:
+    url = f"/services/data/v{version}/sobjects/{sobj.name}/{record['Id']}"
+    return {"attributes": {"type": sobj.name, "url": url}, **record}
+
+
+def get_by_external_id(call: Call, sobject: str, field: str, value: str) -> Response:
+    sobj = _sobject(call, sobject)
+    fdef = _external_id_field(sobj, field)
+    found = call.state.store.find(sobj.name, fdef.name, value, case_sensitive=fdef.case_sensitive)
+    if not found:
+        raise not_found()
+    if len(found) > 1:
+        return json_response([_record_url(sobj, r["Id"], call.version) for r in found], 300)
+    return json_response(_with_attributes(sobj, found[0], call.version))
+
+
+def _record_url(sobj: SObjectDef, record_id: str, version: str) -> str:
+    return f"/services/data/v{version}/sobjects/{sobj.name}/{record_id}"
+
+
+def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
+    state = call.state
+    org = state.org
+    sobj = _sobject(call, sobject)
+    fdef = _external_id_field(sobj, field)
+    body = call.json_body()
+    if not isinstance(body, dict):
+        raise RequestError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+    values = parse_payload(org, sobj, body)
+    if fdef.name in values and str(values.pop(fdef.name)) != value:
+        raise RequestError(
+            400,
+            "INVALID_FIELD",
+            f"The value of {fdef.name} in the body does not match the URL",
+        )
+    with state.store.transaction() as tx:
+        saver = Saver(org, sobj, tx, state.faults if _lock_faults(call) else None)
+        result = saver.save(values, operation="upsert", match_field=fdef, match_value=value)
+        state.log_result(
+            tx,
+            result,
+            sobject=sobj.name,
+            external_id_field=fdef.name,
+            external_id=value,
+            endpoint="single_upsert",
+            request=call.number,
+            payload=body,
+        )
+    state.publish(tx)
+    if result.matches and not result.fault:
+        return json_response([_record_url(sobj, i, call.version) for i in result.matches], 300)
+    if not result.success:
+        return json_response([e.request_json() for e in result.errors], 400)
+    return json_response(result.as_json(), 201 if result.created else 200)
+
+
+def _lock_faults(call: Call) -> bool:
+    return call.state.faults.applies_to(call.request.path)
+
+
+def composite_upsert(call: Call, sobject: str, field: str) -> Response:
+    state = call.state
+    org = state.org
+    sobj = _sobject(call, sobject)
+    fdef = _external_id_field(sobj, field)
+    body = call.json_body()
+    if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+        raise RequestError(400, "JSON_PARSER_ERROR", "The request body must have a 'records' list")
+    records = body["records"]
+    all_or_none = bool(body.get("allOrNone", False))
+    if len(records) > MAX_COLLECTION_RECORDS:
+        raise RequestError(
+            400,
+            "EXCEEDED_ID_LIMIT",
+            "record limit reached. cannot submit more than 200 records into this call",
+        )
+    parsed: list[dict[str, Any]] = []
+    for record in records:
+        if not isinstance(record, dict):
+            raise RequestError(400, "JSON_PARSER_ERROR", "Each record must be a JSON object")
+        attributes = record.get("attributes")
+        record_type = attributes.get("type") if isinstance(attributes, dict) else None
+        if not record_type:
+            raise RequestError(400, "INVALID_TYPE", "Must send a concrete entity type.")
+        if str(record_type).lower() != sobj.name.lower():
+            raise RequestError(
+                400,
+                "INVALID_TYPE",
+                f"Record type {record_type} does not match the type {sobj.name} of the request",
+            )
+        parsed.append(parse_payload(org, sobj, record))
+
+    keys = [_fold(values.get(fdef.name), fdef.case_sensitive) for values in parsed]
+    repeated = {k for k in keys if k not in (None, "") and keys.count(k) > 1}
+
+    results: list[SaveResult] = []
+    match_values = [values.pop(fdef.name, None) for values in parsed]
+    with state.store.transaction() as tx:
+        saver = Saver(org, sobj, tx, state.faults if _lock_faults(call) else None)
+
+        def log(result: SaveResult, match_value: Any, raw: Any) -> None:
+            state.log_result(
+                tx,
+                result,
+                sobject=sobj.name,
+                external_id_field=fdef.name,
+                external_id=match_value,
+                endpoint="composite_upsert",
+                request=call.number,
+                payload=raw,
+            )
+
+        for values, key, match_value, raw in zip(parsed, keys, match_values, records, strict=True):
+            if key in repeated:
+                result = failure(
+                    "DUPLICATE_VALUE", f"Duplicate external id specified: {match_value}"
+                )
+            else:
+                result = saver.save(
+                    values, operation="upsert", match_field=fdef, match_value=match_value
+                )
+            results.append(result)
+            log(result, match_value, raw)
+        if all_or_none and not all(r.success for r in results):
+            tx.rollback()
+            for i, (match_value, raw) in enumerate(zip(match_values, records, strict=True)):
+                if results[i].success:
+                    results[i] = SaveResult(False, errors=(ROLLED_BACK,))
+                    log(results[i], match_value, raw)
+    state.publish(tx)
+    return json_response([r.as_json() for r in results])
+
+
+def _fold(value: Any, case_sensitive: bool) -> Any:
+    if isinstance(value, str) and not case_sensitive:
+        return value.casefold()
+    return value
+
+
+# ---- Bulk API 2.0
+
+
+def bulk_create(call: Call) -> Response:
+    state = call.state
+    assert call.token is not None
+    job_id = state.store.next_id("750")
+    job = state.jobs.create(state.org, call.json_body(), job_id, call.token.user_id, call.version)
+    return json_response(job.info())
+
+
+def bulk_list(call: Call) -> Response:
+    jobs = [job.info() for job in call.state.jobs.all()]
+    return json_response({"done": True, "records": jobs, "nextRecordsUrl": None})
+
+
+def bulk_get(call: Call, job_id: str) -> Response:
+    return json_response(call.state.jobs.get(job_id).info())
+
+
+def bulk_upload(call: Call, job_id: str) -> Response:
+    call.state.jobs.upload(job_id, call.request.get_data())
+    return Response(b"", status=201)
+
+
+def bulk_state(call: Call, job_id: str) -> Response:
+    state = call.state
+    job = state.jobs.set_state(job_id, call.json_body(), state.faults.config.bulk_job_seconds)
+    return json_response(job.info())
+
+
+def bulk_delete(call: Call, job_id: str) -> Response:
+    call.state.jobs.delete(job_id)
+    return Response(b"", status=204)
+
+
+def bulk_results(call: Call, job_id: str, kind: str) -> Response:
+    text = call.state.jobs.results_csv(job_id, kind.lower())
+    return Response(text, status=200, content_type="text/csv;charset=UTF-8")
