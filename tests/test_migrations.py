@@ -1,0 +1,243 @@
+"""The Alembic migrations, driven through crm_export.migrate, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
+
+from crm_export import migrate
+from crm_export.errors import SchemaOutdatedError
+from crm_export.ports import BatchAck, RecordError, RecordFailure
+from crm_export.schema import VERSION_TABLE, metadata
+from crm_export.store import SqlStore
+
+CRM_EXPORT_TABLES = {"export_runs", "exporterrors", "stream_state"}
+EXPORT_ERRORS_COLUMNS = [
+    "id",
+    "stream",
+    "record_key",
+    "sobject",
+    "external_id",
+    "error_code",
+    "error_message",
+    "error_fields",
+    "payload",
+    "attempts",
+    "first_failed_at",
+    "last_failed_at",
+    "resolved_at",
+    "status",
+    "run_id",
+]
+
+
+def tables(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return set(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_downgrade_and_upgrade_again(empty_state_url: str) -> None:
+    assert migrate.current(empty_state_url) is None
+
+    migrate.upgrade(empty_state_url)
+    assert migrate.current(empty_state_url) == migrate.head()
+    assert tables(empty_state_url) == CRM_EXPORT_TABLES | {VERSION_TABLE}
+    migrate.check_schema(empty_state_url)  # does not raise
+
+    migrate.downgrade(empty_state_url, "base")
+    assert migrate.current(empty_state_url) is None
+    assert tables(empty_state_url) & CRM_EXPORT_TABLES == set()
+
+    migrate.upgrade(empty_state_url)
+    assert migrate.current(empty_state_url) == migrate.head()
+
+
+def test_upgrading_twice_changes_nothing(empty_state_url: str) -> None:
+    migrate.upgrade(empty_state_url)
+    with SqlStore(empty_state_url) as store:
+        store.begin_run("CRMExport", "contacts")
+    migrate.upgrade(empty_state_url)
+    with SqlStore(empty_state_url) as store:
+        assert len(store.list_runs()) == 1
+
+
+def test_the_schema_matches_the_metadata_the_store_uses(state_url: str) -> None:
+    # schema.py and 0001_initial.py are written separately: this keeps them in step.
+    engine = sa.create_engine(state_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+            )
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_select_star_from_exporterrors_works_as_users_type_it(state_url: str) -> None:
+    with SqlStore(state_url) as store:
+        run = store.begin_run("CRMExport", "contacts")
+        error = RecordError("INVALID_EMAIL_ADDRESS", "Email: invalid email address", ("Email",))
+        store.acknowledge(
+            BatchAck(
+                "contacts",
+                run,
+                failures=[RecordFailure("7", "Contact", "Legacy_Id__c", error, {"Email": "x@"})],
+            )
+        )
+
+    url = make_url(state_url)
+    if url.get_backend_name() == "sqlite":
+        assert url.database is not None
+        conn = sqlite3.connect(url.database)
+        try:
+            cursor = conn.execute("SELECT * FROM ExportErrors")
+            rows = cursor.fetchall()
+            names = [d[0] for d in cursor.description]
+        finally:
+            conn.close()
+    else:
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(dsn) as pg, pg.cursor() as cursor:
+            cursor.execute("SELECT * FROM ExportErrors")
+            rows = cursor.fetchall()
+            names = [d.name for d in cursor.description or ()]
+
+    assert names == EXPORT_ERRORS_COLUMNS
+    [row] = rows
+    values = dict(zip(names, row, strict=True))
+    assert values["error_code"] == "INVALID_EMAIL_ADDRESS"
+    assert values["error_fields"] == "Email"
+    assert values["payload"] == '{"Email": "x@"}'
+    assert values["status"] == "open"
+
+
+def test_offline_sql_for_a_dba(empty_state_url: str) -> None:
+    sql = migrate.offline_sql(empty_state_url)
+    assert "CREATE TABLE exporterrors" in sql
+    assert "CREATE UNIQUE INDEX uq_exporterrors_open_record" in sql
+    assert "WHERE resolved_at IS NULL" in sql
+    assert sql.lstrip().startswith("BEGIN")  # all or nothing when the DBA runs it
+    assert f"INSERT INTO {VERSION_TABLE}" in sql
+
+    down = migrate.offline_sql(empty_state_url, "base", downgrade=True)
+    assert "DROP TABLE exporterrors" in down
+    # Printing SQL touches nothing.
+    assert migrate.current(empty_state_url) is None
+
+
+def test_offline_sql_runs_as_printed(empty_state_url: str) -> None:
+    script = migrate.offline_sql(empty_state_url)
+    if empty_state_url.startswith("sqlite"):
+        path = make_url(empty_state_url).database
+        assert path is not None
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.executescript(script)
+        finally:
+            conn.close()
+    else:
+        dsn = make_url(empty_state_url).set(drivername="postgresql")
+        with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as pg:
+            pg.execute(script.encode())
+    assert migrate.current(empty_state_url) == migrate.head()
+    migrate.check_schema(empty_state_url)
+
+
+def test_check_schema_on_an_empty_database_says_what_to_run(empty_state_url: str) -> None:
+    with pytest.raises(SchemaOutdatedError) as info:
+        migrate.check_schema(empty_state_url)
+    message = str(info.value)
+    assert message.startswith("the state database at ")
+    assert f"this crm-export needs {migrate.head()}: run `crm-export db upgrade`" in message
+
+
+def test_check_schema_on_an_unknown_newer_revision(state_url: str) -> None:
+    engine = sa.create_engine(state_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = 'ffff9999'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(SchemaOutdatedError, match="is at revision ffff9999, which this"):
+        migrate.check_schema(state_url)
+
+
+def test_check_schema_names_the_database_but_not_its_password(empty_state_url: str) -> None:
+    url = make_url(empty_state_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(password="hunter2")  # the test server trusts: any password connects
+    with pytest.raises(SchemaOutdatedError) as info:
+        migrate.check_schema(url.render_as_string(hide_password=False))
+    message = str(info.value)
+    assert "hunter2" not in message
+    assert str(url.database) in message
+
+
+def test_ensure_schema_sets_up_a_fresh_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'crm_export.db'}"
+    migrate.ensure_schema(url)
+    assert migrate.current(url) == migrate.head()
+    migrate.ensure_schema(url)  # at head: nothing to do, no error
+
+
+def test_ensure_schema_leaves_a_sqlite_file_with_tables_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE contacts (id INTEGER)")
+    conn.close()
+    with pytest.raises(SchemaOutdatedError, match="run `crm-export db upgrade`"):
+        migrate.ensure_schema(f"sqlite:///{path}")
+    assert tables(f"sqlite:///{path}") == {"contacts"}
+
+
+def test_ensure_schema_does_not_upgrade_postgresql(empty_state_url: str) -> None:
+    if empty_state_url.startswith("sqlite"):
+        migrate.ensure_schema(empty_state_url)
+        assert migrate.current(empty_state_url) == migrate.head()
+        return
+    with pytest.raises(SchemaOutdatedError, match="run `crm-export db upgrade`"):
+        migrate.ensure_schema(empty_state_url)
+    assert tables(empty_state_url) == set()
+
+
+def test_concurrent_first_starts_on_sqlite_migrate_once(tmp_path: Path) -> None:
+    # Several runners (or a runner and `crm-export status`) starting on a new SQLite file.
+    url = f"sqlite:///{tmp_path / 'crm_export.db'}"
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        try:
+            barrier.wait()
+            migrate.ensure_schema(url)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert migrate.current(url) == migrate.head()
+
+
+def test_asking_for_the_revision_does_not_create_a_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "typo.db"
+    assert migrate.current(f"sqlite:///{path}") is None
+    with pytest.raises(SchemaOutdatedError):
+        migrate.check_schema(f"sqlite:///{path}")
+    assert not path.exists()
