@@ -788,3 +788,36 @@ def test_one_runner_holds_the_advisory_lock(postgres_state_url: str) -> None:
     finally:
         first.release()
         second.release()
+
+
+def test_a_schema_qualified_table_and_a_view_are_sources(
+    store: SqlStore, source_url: str, create_source_table: CreateSourceTable
+) -> None:
+    # SQLite's own schema is "main"; on PostgreSQL, a schema of the user's.
+    schema = "main" if source_url.startswith("sqlite") else "crm"
+    engine = sa.create_engine(source_url)
+    try:
+        if schema == "crm":
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE SCHEMA crm")
+        create_source_table(
+            source_url,
+            "contacts",
+            {"id": sa.Integer(), "updated": sa.Integer(), "name": sa.String(50)},
+            [{"id": 1, "updated": 1, "name": "a"}, {"id": 2, "updated": 2, "name": "b"}],
+            primary_key="id",
+            schema=schema,
+        )
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"CREATE VIEW {schema}.recent AS SELECT * FROM {schema}.contacts WHERE id > 1"
+            )
+    finally:
+        engine.dispose()
+    for table, names in ((f"{schema}.contacts", ["a", "b"]), (f"{schema}.recent", ["b"])):
+        source = contacts(source_url, table=table)
+        store.check_source(source)
+        assert [r.values["name"] for r in store.read_batch(source, None, 10)] == names
+        assert list(store.read_by_keys(source, ["2"])) == ["2"]
+    with pytest.raises(SourceError, match=f"table '{schema}.nothing' does not exist"):
+        store.check_source(contacts(source_url, table=f"{schema}.nothing"))
