@@ -1,0 +1,171 @@
+"""Bulk API 2.0 ingest through simple-salesforce's ``sf.bulk2``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+import pytest
+import requests
+from sandbox_helpers import VERSION
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceOperationError
+
+from crm_export.sandbox.testing import SandboxHandle
+
+
+def rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_bulk_upsert_end_to_end_with_result_files(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sf.Contact.upsert("External_Id__c/B-1", {"LastName": "Existing"})
+    records = [
+        {"External_Id__c": "B-1", "LastName": "Updated", "Title": "VP"},
+        {"External_Id__c": "B-2", "LastName": "New", "Title": ""},
+        {"External_Id__c": "B-3", "LastName": "", "Title": "No name"},
+        {"External_Id__c": "B-4", "LastName": "TriggerFail", "Title": "x"},
+    ]
+    [result] = sf.bulk2.Contact.upsert(records=records, external_id_field="External_Id__c", wait=0)
+    assert result["numberRecordsProcessed"] == 4
+    assert result["numberRecordsFailed"] == 2
+    assert result["numberRecordsTotal"] == 4
+    job_id = result["job_id"]
+    assert job_id.startswith("750")
+
+    successful = rows(sf.bulk2.Contact.get_successful_records(job_id))
+    assert {(r["External_Id__c"], r["sf__Created"]) for r in successful} == {
+        ("B-1", "false"),
+        ("B-2", "true"),
+    }
+    assert all(r["sf__Id"].startswith("003") for r in successful)
+
+    failed = {r["External_Id__c"]: r for r in rows(sf.bulk2.Contact.get_failed_records(job_id))}
+    assert failed["B-3"]["sf__Error"] == (
+        "REQUIRED_FIELD_MISSING:Required fields are missing: [LastName]:LastName --"
+    )
+    assert failed["B-3"]["sf__Id"] == ""
+    assert failed["B-4"]["sf__Error"].startswith(
+        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY:ContactTrigger: execution of BeforeInsert"
+    )
+    assert sf.bulk2.Contact.get_unprocessed_records(job_id).strip() != ""  # the header row
+    assert rows(sf.bulk2.Contact.get_unprocessed_records(job_id)) == []
+
+    stored = {r["External_Id__c"]: r for r in sandbox.records("Contact")}
+    assert stored["B-1"]["LastName"] == "Updated" and stored["B-1"]["Title"] == "VP"
+    assert "Title" not in stored["B-2"]  # an empty cell leaves the field alone
+    writes = [w for w in sandbox.writes() if w.get("job_id") == job_id]
+    assert {w["action"] for w in writes} == {"created", "updated"}
+
+
+def test_bulk_empty_cell_keeps_and_na_nulls(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sf.Contact.upsert("External_Id__c/B-1", {"LastName": "L", "Title": "Keep", "Phone": "123"})
+    csv_text = "External_Id__c,Title,Phone\nB-1,,#N/A\n"
+    path = sandbox.server.state_dir / "contacts.csv"
+    path.write_text(csv_text)
+    sf.bulk2.Contact.upsert(csv_file=str(path), external_id_field="External_Id__c", wait=0)
+    [stored] = sandbox.records("Contact")
+    assert stored["Title"] == "Keep"
+    assert stored["Phone"] is None
+
+
+def test_bulk_insert_update_and_delete(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    [inserted] = sf.bulk2.Account.insert(
+        records=[
+            {"Name": "One", "External_Id__c": "A-1"},
+            {"Name": "Two", "External_Id__c": "A-2"},
+        ],
+        wait=0,
+    )
+    assert inserted["numberRecordsFailed"] == 0
+    ids = {r["External_Id__c"]: r["Id"] for r in sandbox.records("Account")}
+
+    [again] = sf.bulk2.Account.insert(records=[{"Name": "Dup", "External_Id__c": "A-1"}], wait=0)
+    assert again["numberRecordsFailed"] == 1
+    [dup] = rows(sf.bulk2.Account.get_failed_records(again["job_id"]))
+    assert dup["sf__Error"].startswith("DUPLICATE_VALUE:duplicate value found: External_Id__c")
+
+    sf.bulk2.Account.update(records=[{"Id": ids["A-1"], "Name": "Renamed"}], wait=0)
+    assert {r["Name"] for r in sandbox.records("Account")} == {"Renamed", "Two"}
+
+    [deleted] = sf.bulk2.Account.delete(records=[{"Id": ids["A-2"]}], wait=0)
+    assert deleted["numberRecordsFailed"] == 0
+    assert [r["Name"] for r in sandbox.records("Account")] == ["Renamed"]
+    assert sandbox.counters()["records"]["deleted"] == 1
+
+
+def test_bulk_lookup_column_by_parent_external_id(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    account = sf.Account.upsert("External_Id__c/A-1", {"Name": "Acme"}, raw_response=True).json()
+    sf.bulk2.Contact.upsert(
+        records=[
+            {"External_Id__c": "C-1", "LastName": "K", "Account.External_Id__c": "A-1"},
+            {"External_Id__c": "C-2", "LastName": "K", "Account.External_Id__c": "A-9"},
+        ],
+        external_id_field="External_Id__c",
+        wait=0,
+    )
+    [stored] = sandbox.records("Contact")
+    assert stored["AccountId"] == account["id"]
+    [rejected] = sandbox.rejections()
+    assert rejected["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
+
+
+def test_a_job_with_an_unknown_column_fails_and_leaves_rows_unprocessed(sf: Salesforce) -> None:
+    with pytest.raises(SalesforceOperationError) as failed:
+        sf.bulk2.Contact.upsert(
+            records=[{"External_Id__c": "C-1", "LastName": "K", "Nope__c": "x"}],
+            external_id_field="External_Id__c",
+            wait=0,
+        )
+    assert "InvalidBatch : Field name not found : Nope__c" in str(failed.value)
+    [job] = [j for j in sf.restful("jobs/ingest")["records"] if j["state"] == "Failed"]
+    unprocessed = rows(sf.bulk2.Contact.get_unprocessed_records(job["id"]))
+    assert unprocessed == [{"External_Id__c": "C-1", "LastName": "K", "Nope__c": "x"}]
+
+
+def test_job_states_and_abort_over_raw_http(
+    sandbox: SandboxHandle, session: requests.Session
+) -> None:
+    base = f"{sandbox.base_url}/services/data/v{VERSION}/jobs/ingest"
+    headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
+    created = session.post(
+        base,
+        json={"object": "Contact", "operation": "insert", "contentType": "CSV", "lineEnding": "LF"},
+        headers=headers,
+    )
+    assert created.status_code == 200
+    job = created.json()
+    assert job["state"] == "Open" and job["contentUrl"].endswith(
+        f"/jobs/ingest/{job['id']}/batches"
+    )
+    upload = session.put(
+        f"{base}/{job['id']}/batches",
+        data=b"LastName\nA\n",
+        headers={**headers, "Content-Type": "text/csv"},
+    )
+    assert upload.status_code == 201 and upload.content == b""
+    aborted = session.patch(f"{base}/{job['id']}", json={"state": "Aborted"}, headers=headers)
+    assert aborted.json()["state"] == "Aborted"
+    # Result paths match whatever the case and with or without a trailing slash.
+    unprocessed = session.get(f"{base}/{job['id']}/unprocessedRecords/", headers=headers)
+    assert unprocessed.text.splitlines() == ['"LastName"', '"A"']
+    assert session.get(f"{base}/{job['id']}/UNPROCESSEDRECORDS", headers=headers).ok
+    assert sandbox.records("Contact") == []
+    bad = session.post(base, json={"object": "Contact", "operation": "upsert"}, headers=headers)
+    assert bad.status_code == 400 and bad.json()[0]["errorCode"] == "INVALIDJOB"
+
+
+def test_slow_bulk_jobs_stay_in_progress(sandbox: SandboxHandle, session: requests.Session) -> None:
+    sandbox.set_faults(bulk_job_seconds=0.4)
+    base = f"{sandbox.base_url}/services/data/v{VERSION}/jobs/ingest"
+    headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
+    job = session.post(base, json={"object": "Contact", "operation": "insert"}, headers=headers)
+    job_id = job.json()["id"]
+    session.put(f"{base}/{job_id}/batches", data=b"LastName\nA\n", headers=headers)
+    closed = session.patch(f"{base}/{job_id}", json={"state": "UploadComplete"}, headers=headers)
+    assert closed.json()["state"] == "UploadComplete"
+    assert session.get(f"{base}/{job_id}", headers=headers).json()["state"] == "InProgress"
+    time.sleep(0.5)
+    done = session.get(f"{base}/{job_id}", headers=headers).json()
+    assert done["state"] == "JobComplete" and done["numberRecordsProcessed"] == 1

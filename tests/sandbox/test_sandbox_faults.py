@@ -1,0 +1,275 @@
+"""Every fault option: the response a client sees and the exception simple-salesforce raises."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import requests
+from sandbox_helpers import VERSION, contact, upsert_contacts
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import (
+    SalesforceExpiredSession,
+    SalesforceGeneralError,
+    SalesforceMalformedRequest,
+    SalesforceRefusedRequest,
+)
+
+from crm_export.sandbox.admin_client import SandboxAdminError
+from crm_export.sandbox.faults import FaultsError
+from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+
+
+def test_latency_delays_each_call(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sandbox.set_faults(latency_ms=150)
+    started = time.monotonic()
+    sf.limits()
+    assert time.monotonic() - started >= 0.15
+    assert sandbox.counters()["faults"]["latency"] == 1
+
+
+def test_http_500_is_unknown_exception_json(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sandbox.set_faults(http_error_rate={"500": 1.0})
+    with pytest.raises(SalesforceGeneralError) as failed:
+        upsert_contacts(sf, [contact("C-1", LastName="A")])
+    assert failed.value.status == 500
+    assert failed.value.content[0]["errorCode"] == "UNKNOWN_EXCEPTION"
+    assert sandbox.records("Contact") == []  # nothing was written
+
+
+@pytest.mark.parametrize("status", [502, 503])
+def test_gateway_and_maintenance_errors_are_html(
+    sandbox: SandboxHandle, sf: Salesforce, status: int
+) -> None:
+    sandbox.set_faults(http_error_rate={str(status): 1.0})
+    with pytest.raises(SalesforceGeneralError) as failed:
+        sf.limits()
+    assert failed.value.status == status
+    assert isinstance(failed.value.content, str) and "<html>" in failed.value.content
+    assert sandbox.counters()["faults"][f"http_{status}"] == 1
+
+
+def test_reset_mid_response_after_the_write_happened(
+    sandbox: SandboxHandle, sf: Salesforce
+) -> None:
+    sandbox.set_faults(reset_rate=1.0)
+    with pytest.raises(requests.exceptions.RequestException) as broken:
+        upsert_contacts(sf, [contact("C-1", LastName="A")])
+    assert isinstance(
+        broken.value,
+        requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError,
+    )
+    # Like a real network drop after commit: the record exists, the client never heard.
+    assert [r["External_Id__c"] for r in sandbox.records("Contact")] == ["C-1"]
+    sandbox.clear_faults()
+    assert upsert_contacts(sf, [contact("C-1", LastName="A")])[0]["created"] is False
+
+
+def test_outage_window_then_recovery(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sandbox.set_faults(outage_seconds=0.3)
+    with pytest.raises(SalesforceGeneralError) as down:
+        sf.limits()
+    assert down.value.status == 503
+    with sandbox.requests_session() as session:
+        token = session.post(
+            f"{sandbox.base_url}/services/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(sandbox.client_id, sandbox.client_secret),
+        )
+    assert token.status_code == 503
+    assert sandbox.faults()["outage_remaining_seconds"] > 0
+    time.sleep(0.35)
+    assert sf.limits()["DailyApiRequests"]["Max"] > 0
+
+
+def test_token_endpoint_gets_5xx_faults_in_the_oauth_shape(sandbox: SandboxHandle) -> None:
+    sandbox.set_faults(http_error_rate={"500": 1.0}, lock_row_rate=1.0)
+    with sandbox.requests_session() as session:
+        response = session.post(
+            f"{sandbox.base_url}/services/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(sandbox.client_id, sandbox.client_secret),
+        )
+    assert response.status_code == 500
+    assert response.json() == {"error": "unknown_error", "error_description": "retry your request"}
+
+
+def test_lock_row_fails_records_in_every_write_endpoint(
+    sandbox: SandboxHandle, sf: Salesforce
+) -> None:
+    sf.Contact.upsert("External_Id__c/C-1", {"LastName": "Existing"})
+    existing_id = sandbox.records("Contact")[0]["Id"]
+    sandbox.set_faults(lock_row_rate=1.0)
+
+    results = upsert_contacts(sf, [contact("C-1", LastName="B")])
+    assert results == [
+        {
+            "success": False,
+            "errors": [
+                {
+                    "statusCode": "UNABLE_TO_LOCK_ROW",
+                    "message": "unable to obtain exclusive access to this record or 1 records: "
+                    + existing_id,
+                    "fields": [],
+                }
+            ],
+        }
+    ]
+    with pytest.raises(SalesforceMalformedRequest) as single:
+        sf.Contact.upsert("External_Id__c/C-1", {"LastName": "B"})
+    assert single.value.content[0]["errorCode"] == "UNABLE_TO_LOCK_ROW"
+    [bulk] = sf.bulk2.Contact.upsert(
+        records=[{"External_Id__c": "C-2", "LastName": "New"}],
+        external_id_field="External_Id__c",
+        wait=0,
+    )
+    assert bulk["numberRecordsFailed"] == 1
+    assert [r["LastName"] for r in sandbox.records("Contact")] == ["Existing"]
+    assert sandbox.counters()["faults"]["lock_row"] == 3
+
+
+def test_daily_api_limit(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sandbox.set_faults(daily_api_limit=3)
+    assert sf.limits()["DailyApiRequests"] == {"Max": 3, "Remaining": 2}
+    sf.limits()
+    sf.limits()
+    assert sf.api_usage["api-usage"].used == 3 and sf.api_usage["api-usage"].total == 3
+    with pytest.raises(SalesforceRefusedRequest) as refused:
+        sf.limits()
+    assert refused.value.status == 403
+    assert refused.value.content == [
+        {"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}
+    ]
+
+
+def test_max_concurrent_requests(sandbox: SandboxHandle) -> None:
+    sandbox.set_faults(max_concurrent_requests=1, latency_ms=300)
+    token = sandbox.access_token()
+    outcomes: list[Any] = []
+
+    def call() -> None:
+        with sandbox.requests_session() as session:
+            sf = Salesforce(
+                instance_url=sandbox.base_url, session_id=token, session=session, version=VERSION
+            )
+            try:
+                outcomes.append(sf.limits())
+            except SalesforceRefusedRequest as exc:
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    refused = [o for o in outcomes if isinstance(o, SalesforceRefusedRequest)]
+    assert 1 <= len(refused) <= 2
+    assert refused[0].content[0]["message"] == "ConcurrentPerOrgLongTxn Limit exceeded."
+
+
+def test_request_limit_rate_bursts(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sandbox.set_faults(request_limit_rate=1.0)
+    with pytest.raises(SalesforceRefusedRequest) as refused:
+        sf.limits()
+    assert refused.value.content[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+
+
+def test_token_ttl_calls_then_a_new_token_works(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sandbox.set_faults(token_ttl_calls=2)
+    sf.limits()
+    sf.limits()
+    with pytest.raises(SalesforceExpiredSession) as expired:
+        sf.limits()
+    assert expired.value.content[0]["errorCode"] == "INVALID_SESSION_ID"
+    with pytest.raises(SalesforceExpiredSession):
+        sf.limits()  # stays expired until a new token is fetched
+    sf.session_id = sandbox.access_token()
+    sf.headers["Authorization"] = f"Bearer {sf.session_id}"
+    assert sf.limits()["DailyApiRequests"]["Max"] > 0
+    assert sandbox.counters()["faults"]["token_expired"] == 1
+
+
+def test_token_ttl_seconds(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sandbox.set_faults(token_ttl_seconds=0.2)
+    sf.limits()
+    time.sleep(0.25)
+    with pytest.raises(SalesforceExpiredSession):
+        sf.limits()
+
+
+def test_simple_salesforce_logs_in_again_after_token_expiry(sandbox: SandboxHandle) -> None:
+    sandbox.set_faults(token_ttl_calls=2)
+    with sandbox.loopback_session() as loopback:
+        sf = Salesforce(
+            username=sandbox.username,
+            password=sandbox.password,
+            consumer_key=sandbox.client_id,
+            consumer_secret=sandbox.client_secret,
+            session=loopback,
+            version=VERSION,
+        )
+        for _ in range(5):
+            sf.query("SELECT Id FROM Contact")
+    assert sandbox.counters()["calls"]["token"] == 3
+
+
+def test_paths_limit_faults_to_matching_endpoints(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sandbox.set_faults(http_error_rate={"503": 1.0}, paths="/composite/")
+    assert sf.limits()["DailyApiRequests"]["Max"] > 0
+    with pytest.raises(SalesforceGeneralError):
+        upsert_contacts(sf, [contact("C-1", LastName="A")])
+
+
+def outcome_pattern(seed: int) -> list[str]:
+    faults = {"http_error_rate": {"503": 0.3}, "lock_row_rate": 0.3}
+    pattern = []
+    with running_sandbox(seed=seed) as sandbox, sandbox.requests_session() as s:
+        sf = Salesforce(
+            instance_url=sandbox.base_url,
+            session_id=sandbox.access_token(),
+            session=s,
+            version=VERSION,
+        )
+        sandbox.set_faults(faults)
+        for i in range(20):
+            try:
+                results = upsert_contacts(
+                    sf, [contact(f"C-{i}", LastName="A"), contact(f"D-{i}", LastName="B")]
+                )
+                pattern.append("".join("ok" if r["success"] else "LOCK" for r in results))
+            except SalesforceGeneralError:
+                pattern.append("503")
+    return pattern
+
+
+def test_faults_are_deterministic_under_a_seed() -> None:
+    first = outcome_pattern(seed=7)
+    assert first == outcome_pattern(seed=7)
+    assert "503" in first and any("LOCK" in p for p in first)
+    assert first != outcome_pattern(seed=8)
+
+
+def test_reset_replays_the_fault_draws(sandbox: SandboxHandle, sf: Salesforce) -> None:
+    sandbox.set_faults(lock_row_rate=0.5)
+
+    def pattern() -> list[bool]:
+        return [
+            r["success"]
+            for r in upsert_contacts(sf, [contact(f"C-{i}", LastName="A") for i in range(10)])
+        ]
+
+    first = pattern()
+    sandbox.reset()
+    assert pattern() == first
+
+
+def test_invalid_fault_options_are_refused(sandbox: SandboxHandle) -> None:
+    with pytest.raises(SandboxAdminError) as refused:
+        sandbox.set_faults(reset_rate=2, http_error_rate={"418": 0.1})
+    assert refused.value.status == 400
+    assert "reset_rate" in str(refused.value) and "http_error_rate.418" in str(refused.value)
+    assert sandbox.faults()["reset_rate"] == 0
+    with pytest.raises(FaultsError), running_sandbox(faults={"lock_rate": 0.1}):
+        pass
