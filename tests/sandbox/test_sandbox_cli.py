@@ -45,9 +45,10 @@ def test_serve_accepts_a_script_and_records_shows_the_rejected_record(tmp_path: 
     state_dir = tmp_path / "state"
     script = tmp_path / "push.py"
     script.write_text(CLIENT_SCRIPT)
+    command = [sys.executable, "-m", "crm_export.sandbox.cli", "serve"]
+    command += ["--port", "0", "--state-dir", str(state_dir)]
     with subprocess.Popen(
-        [sys.executable, "-m", "crm_export.sandbox.cli", "serve", "--port", "0"]
-        + ["--state-dir", str(state_dir)],
+        command,
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
