@@ -352,6 +352,9 @@ class _SandboxHTTPServer(ThreadedWSGIServer):
         app = self.app
         if isinstance(app, SandboxApp) and request in app.reset_sockets:
             app.reset_sockets.discard(request)
+            # Let the client read the headers and half the body first; an RST discards
+            # whatever is still unread, and then the client would see no response at all.
+            time.sleep(0.05)
             # SO_LINGER 0 makes close() send an RST: the client sees a reset, not a clean end.
             with contextlib.suppress(OSError):
                 request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
