@@ -154,18 +154,23 @@ class Exporter:
     def _export(self, plan: StreamPlan, result: StreamResult) -> None:
         state = self.store.load_state(plan.name)
         position = state.position
-        if state.paused is not None and not self._retry_paused(
-            plan, result, state.paused, position
-        ):
-            return
+        # A released record that a fix moved later in the order is met again below; it was
+        # just sent as it is now, so it is stepped over rather than sent twice.
+        sent: tuple[str, Any] | None = None
         if state.paused is not None:
+            released = self._retry_paused(plan, result, state.paused, position)
+            if released is None:
+                return
+            sent = (released.record_key, released.order_value)
             position = self.store.load_state(plan.name).position
         streak = _Streak()
         while not self.should_stop():
             rows = self.store.read_batch(plan.source, position, self.policy.batch_size)
             if not rows:
                 break
-            outcome = self._send_batch(plan, rows)
+            outcome = self._send_batch(
+                plan, [r for r in rows if (r.record_key, r.order_value) != sent]
+            )
             halted = self._acknowledge(plan, result, rows, outcome)
             if halted:
                 return
@@ -182,10 +187,11 @@ class Exporter:
         result: StreamResult,
         paused: PausedRecord,
         position: Position | None,
-    ) -> bool:
+    ) -> SourceRow | None:
         """Retry the record the stream is paused at, from its current source row.
 
-        True when the pause is released (the record went through, or its row is gone).
+        Returns None while the stream stays paused; otherwise the row that released it (sent,
+        or skipped because pause mode is now off), or a stand-in when the row is gone.
         """
         row = self.store.read_by_keys(plan.source, [paused.record_key]).get(paused.record_key)
         if row is None:
@@ -201,7 +207,7 @@ class Exporter:
                     plan.name, result.run_id, pause=None, source_deleted_keys=[paused.record_key]
                 ),
             )
-            return True
+            return SourceRow(paused.record_key, _GONE, {})
         outcome = self._send_batch(plan, [row])
         failure = outcome.halt or (outcome.failures[0] if outcome.failures else None)
         if failure is not None and plan.pause_on_error:
@@ -220,10 +226,9 @@ class Exporter:
             )
             result.paused = self.store.load_state(plan.name).paused
             result.outcome = RunOutcome.PAUSED
-            return False
+            return None
         # Released: the record went through, or pause mode was switched off and it is skipped.
-        # If it is still the very next row, step over it so it is not sent twice; if a fix
-        # moved it in the order, it is met again later, which is harmless.
+        # If it is still the very next row, the position steps over it.
         ack = BatchAck(
             plan.name,
             result.run_id,
@@ -245,7 +250,7 @@ class Exporter:
             reason="exported" if failure is None else "pause_on_error is off; record skipped",
         )
         self._ack(result, ack)
-        return True
+        return row
 
     def _step_over(self, plan: StreamPlan, position: Position | None, row: SourceRow) -> Any:
         """``row``'s position if it is the very next row after ``position``, else UNCHANGED."""
@@ -550,6 +555,10 @@ class Exporter:
             error=result.error,
         )
         return result
+
+
+# Equal to no source row's order value: a deleted paused row is never stepped over.
+_GONE = object()
 
 
 def _first_culprit(results: Sequence[UpsertResult]) -> tuple[int, RecordError] | None:
