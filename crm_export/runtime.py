@@ -1,0 +1,103 @@
+"""Builds the export core's collaborators from a validated config.
+
+The one place that turns config into a store, a sink and stream plans, so that ``jobs/`` and
+the daemon only wire; it also starts the embedded sandbox org when ``[sandbox] enabled``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from crm_export import migrate
+from crm_export.config import Config, Secret, StreamConfig
+from crm_export.export import Exporter, ExportPolicy, StreamPlan
+from crm_export.mapping import FieldMap
+from crm_export.ports import StreamSource
+from crm_export.retry import Backoff, SystemClock
+from crm_export.salesforce import SalesforceSink
+from crm_export.store import SqlStore
+
+
+def stream_plan(stream: StreamConfig) -> StreamPlan:
+    columns = tuple(dict.fromkeys(column for _, column in stream.fields))
+    return StreamPlan(
+        name=stream.name,
+        fmap=FieldMap(stream.sobject, stream.external_id_field, stream.key, stream.fields),
+        source=StreamSource(
+            name=stream.name,
+            key=stream.key,
+            order_by=stream.order_by,
+            columns=columns,
+            source_url=stream.source_url,
+            table=stream.table,
+            query=stream.query,
+        ),
+        pause_on_error=stream.pause_on_error,
+    )
+
+
+def export_policy(config: Config) -> ExportPolicy:
+    retry = config.retry
+    return ExportPolicy(
+        batch_size=config.export.batch_size,
+        record_retry=Backoff(
+            config.export.record_retry_attempts,
+            retry.max_elapsed_seconds,
+            retry.initial_backoff_seconds,
+            retry.max_backoff_seconds,
+        ),
+        max_identical_errors=config.export.max_identical_errors,
+    )
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: SqlStore
+    sink: SalesforceSink
+    exporter: Exporter
+    plans: list[StreamPlan]
+
+
+@contextmanager
+def embedded_sandbox(config: Config) -> Iterator[Config]:
+    """Start the sandbox org in-process and point ``[salesforce]`` at it."""
+    from crm_export.sandbox.server import SandboxServer
+    from crm_export.sandbox.testing import SandboxHandle
+
+    sandbox = config.sandbox
+    server = SandboxServer(org=sandbox.org_file, data=sandbox.data_file, port=sandbox.port)
+    server.start()
+    try:
+        handle = SandboxHandle(server)
+        salesforce = replace(
+            config.salesforce,
+            login_url=handle.base_url,
+            auth="client_credentials",
+            client_id=handle.client_id,
+            client_secret=Secret(handle.client_secret, "the embedded sandbox org"),
+            ca_bundle=Path(handle.ca_path),
+        )
+        yield replace(config, salesforce=salesforce)
+    finally:
+        server.stop()
+
+
+@contextmanager
+def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterator[Runtime]:
+    stop = stop or threading.Event()
+    with ExitStack() as stack:
+        if config.sandbox.enabled:
+            config = stack.enter_context(embedded_sandbox(config))
+        migrate.ensure_schema(config.database.url)
+        store = SqlStore(config.database.url)
+        stack.callback(store.close)
+        clock = SystemClock(stop)
+        sink = SalesforceSink(config.salesforce, config.retry, clock)
+        stack.callback(sink.close)
+        exporter = Exporter(store, sink, export_policy(config), clock, should_stop=stop.is_set)
+        yield Runtime(config, store, sink, exporter, [stream_plan(s) for s in config.streams])

@@ -1,0 +1,16 @@
+"""CRMExport: export every stream's new and changed rows since its position."""
+
+from __future__ import annotations
+
+import threading
+
+from crm_export.config import Config
+from crm_export.export import EXPORT_JOB, StreamResult
+from crm_export.runtime import open_runtime
+
+JOB_ID = EXPORT_JOB
+
+
+def run(config: Config, stop: threading.Event | None = None) -> list[StreamResult]:
+    with open_runtime(config, stop) as runtime:
+        return [runtime.exporter.export_stream(plan) for plan in runtime.plans]

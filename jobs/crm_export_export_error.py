@@ -1,0 +1,16 @@
+"""CRMExport_ExportError: re-export every open ExportErrors row from its current source row."""
+
+from __future__ import annotations
+
+import threading
+
+from crm_export.config import Config
+from crm_export.export import REEXPORT_JOB, StreamResult
+from crm_export.runtime import open_runtime
+
+JOB_ID = REEXPORT_JOB
+
+
+def run(config: Config, stop: threading.Event | None = None) -> list[StreamResult]:
+    with open_runtime(config, stop) as runtime:
+        return [runtime.exporter.reexport_stream(plan) for plan in runtime.plans]
