@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from crm_export import __version__
+from crm_export import report as report_mod
 from crm_export.config import Config, Secret, load_config
 from crm_export.errors import ConfigError, CrmExportError
 from crm_export.logs import configure_logging
@@ -45,14 +49,173 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
+    from crm_export.locks import runner_lock
     from jobs import JOBS
 
     config = load(args)
-    results = JOBS[args.job_id](config, None)
+    lock = runner_lock(config.database.url)
+    deadline = time.monotonic() + args.wait
+    while not lock.acquire():
+        if time.monotonic() >= deadline:
+            print(
+                f"crm-export: another runner is active on this state database "
+                f"({lock.description}); {args.job_id} did not run. Wait for it with "
+                "--wait SECONDS, or let the daemon run the job on its schedule.",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        time.sleep(min(1.0, args.wait))
+    try:
+        results = JOBS[args.job_id](config, None)
+    finally:
+        lock.release()
     for result in results:
         print(result.summary(), flush=True)
     failed = [r for r in results if r.outcome in (RunOutcome.FAILED, RunOutcome.INTERRUPTED)]
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from crm_export import demo
+
+    directory = Path(args.dir)
+    args.config = str(demo.prepare(directory))
+    args.job_id, args.wait = "CRMExport", 0.0
+    print(f"crm-export demo in {directory}/: CRMExport on the embedded defaults", flush=True)
+    code = cmd_job(args)
+    config = load_config(args.config)
+    with _open_store(config) as store:
+        paused = next((o["paused"] for o in store.stream_overview() if o["paused"]), None)
+    cli = sys.argv[0] if Path(sys.argv[0]).name == "crm-export" else "python -m crm_export"
+    print(demo.next_steps(directory, paused.record_key if paused else None, cli))
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from crm_export.daemon import Daemon
+
+    def on_config(config: Config) -> None:
+        configure_logging(config.logging.format, config.logging.level, secrets=secrets_of(config))
+
+    return Daemon(args.config, on_config=on_config).run()
+
+
+def _open_store(config: Config) -> Any:
+    from crm_export import migrate
+    from crm_export.store import SqlStore
+
+    migrate.ensure_schema(config.database.url)
+    return SqlStore(config.database.url)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from crm_export.runtime import stream_plan
+
+    config = load(args)
+    with _open_store(config) as store:
+        overview = {o["stream"]: o for o in store.stream_overview()}
+        report = []
+        for stream in config.streams:
+            item = overview.get(stream.name, {})
+            paused = item.get("paused")
+            position = item.get("position")
+            entry: dict[str, Any] = {
+                "stream": stream.name,
+                "pause_on_error": stream.pause_on_error,
+                "position": None
+                if position is None
+                else {"order_by": position.order_value, "key": position.key},
+                "paused": None,
+                "last_run": item.get("last_run"),
+                "open_errors": item.get("open_errors", 0),
+            }
+            if paused is not None:
+                waiting = store.count_after(stream_plan(stream).source, position)
+                entry["paused"] = {
+                    "record_key": paused.record_key,
+                    "since": paused.since,
+                    "error_code": paused.error_code,
+                    "error_message": paused.error_message,
+                    # The paused record itself is the first row after the position.
+                    "waiting_behind": max(0, waiting - 1),
+                }
+            report.append(entry)
+    if args.json:
+        print(report_mod.to_json(report))
+        return EXIT_OK
+    rows = [_status_row(e) for e in report]
+    report_mod.render_table(
+        "crm-export status",
+        rows,
+        ["stream", "state", "position", "last run", "open errors"],
+        sys.stdout,
+    )
+    for e in report:
+        if e["paused"]:
+            p = e["paused"]
+            print(
+                f"{e['stream']}: paused since {p['since']:%Y-%m-%d %H:%M:%S} UTC at record "
+                f"{p['record_key']}: {p['error_code']}: {p['error_message']} "
+                f"({p['waiting_behind']} rows wait behind it)"
+            )
+    return EXIT_OK
+
+
+def _status_row(entry: dict[str, Any]) -> dict[str, Any]:
+    run = entry["last_run"]
+    position = entry["position"]
+    return {
+        "stream": entry["stream"],
+        "state": "PAUSED" if entry["paused"] else "ok",
+        "position": "-" if position is None else f"{position['order_by']} / {position['key']}",
+        "last run": "never"
+        if run is None
+        else f"{run['job_id']} {run['outcome']} at {run['started_at']:%Y-%m-%d %H:%M:%S}"
+        + (f" ({run['error']})" if run.get("error") else ""),
+        "open errors": entry["open_errors"],
+    }
+
+
+ERROR_COLUMNS = [
+    "id",
+    "stream",
+    "record_key",
+    "sobject",
+    "external_id",
+    "error_code",
+    "error_message",
+    "error_fields",
+    "payload",
+    "attempts",
+    "status",
+    "first_failed_at",
+    "last_failed_at",
+    "resolved_at",
+    "run_id",
+]
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    config = load(args)
+    if args.sql:
+        print(report_mod.operator_queries(config.database.url), end="")
+        return EXIT_OK
+    with _open_store(config) as store:
+        rows = store.list_errors(
+            stream=args.stream, code=args.code, include_resolved=args.all, limit=args.limit
+        )
+    if args.csv:
+        with open(args.csv, "w", newline="", encoding="utf-8") as out:
+            report_mod.write_csv(rows, out, ERROR_COLUMNS)
+        print(f"wrote {len(rows)} rows to {args.csv}")
+    elif args.json:
+        print(report_mod.to_json(rows))
+    else:
+        title = "ExportErrors" + ("" if args.all else " (open)")
+        columns = ["id", "stream", "record_key", "error_code", "error_message", "attempts"]
+        columns += ["first_failed_at", "last_failed_at"] + (["status"] if args.all else [])
+        report_mod.render_table(title, rows, columns, sys.stdout)
+    return EXIT_OK
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -89,7 +252,41 @@ def build_parser() -> argparse.ArgumentParser:
     job = commands.add_parser("job", help="run one job once, now, and print a line per stream")
     _config_option(job, top=False)
     job.add_argument("job_id", choices=["CRMExport", "CRMExport_ExportError"])
+    job.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another runner (the daemon) to release the state database",
+    )
     job.set_defaults(func=cmd_job)
+
+    demo = commands.add_parser(
+        "demo", help="try crm-export: sample data, SQLite and the sandbox org, one export"
+    )
+    demo.add_argument("--dir", default="crm-export-demo", help="where the demo files go")
+    demo.set_defaults(func=cmd_demo, config=None)
+
+    run = commands.add_parser("run", help="run the daemon: both jobs on their schedules")
+    _config_option(run, top=False)
+    run.set_defaults(func=cmd_run)
+
+    status = commands.add_parser("status", help="each stream: position, pause, last run, errors")
+    _config_option(status, top=False)
+    status.add_argument("--json", action="store_true", help="print JSON for scripts")
+    status.set_defaults(func=cmd_status)
+
+    errors = commands.add_parser("errors", help="list ExportErrors rows (open ones by default)")
+    _config_option(errors, top=False)
+    errors.add_argument("--stream", help="only this stream")
+    errors.add_argument("--code", help="only this error code, e.g. REQUIRED_FIELD_MISSING")
+    errors.add_argument("--all", action="store_true", help="include resolved rows")
+    errors.add_argument("--limit", type=int, help="at most this many rows")
+    out = errors.add_mutually_exclusive_group()
+    out.add_argument("--csv", metavar="FILE", help="write CSV, safe to open in a spreadsheet")
+    out.add_argument("--json", action="store_true", help="print raw JSON")
+    out.add_argument("--sql", action="store_true", help="print the operator's first queries")
+    errors.set_defaults(func=cmd_errors)
 
     db = commands.add_parser("db", help="manage the state database schema (Alembic)")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -124,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `crm-export errors --json | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -96,6 +96,8 @@ def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterato
         migrate.ensure_schema(config.database.url)
         store = SqlStore(config.database.url)
         stack.callback(store.close)
+        # Callers hold the runner lock, so a run still marked running was left by a dead one.
+        store.mark_interrupted_runs()
         clock = SystemClock(stop)
         sink = SalesforceSink(config.salesforce, config.retry, clock)
         stack.callback(sink.close)
