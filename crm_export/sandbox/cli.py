@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import tomllib
@@ -112,6 +113,9 @@ def serve(args: argparse.Namespace) -> int:
         )
     except (OrgError, FaultsError) as exc:
         print(f"crm-export sandbox: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"crm-export sandbox: cannot use --data {args.data}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(

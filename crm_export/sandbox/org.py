@@ -196,7 +196,11 @@ def load_org_source(source: str | Path | Mapping[str, Any] | None) -> dict[str, 
         return copy.deepcopy(dict(source))
     text: str
     base_dir: Path | None = None
-    if isinstance(source, Path) or ("\n" not in source and Path(source).is_file()):
+    # One line without TOML syntax can only be meant as a path, even if it does not exist.
+    looks_like_path = "\n" not in source if isinstance(source, str) else True
+    if isinstance(source, str) and looks_like_path:
+        looks_like_path = Path(source).is_file() or not any(c in source for c in "=[")
+    if isinstance(source, Path) or looks_like_path:
         path = Path(source)
         try:
             text = path.read_text(encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -246,3 +247,11 @@ def test_set_org_rejects_an_invalid_patch_and_keeps_the_old_org(sandbox: Sandbox
     assert rejected.value.status == 400
     assert "objects.Contact.fields.LastName.length" in str(rejected.value)
     assert sandbox.org()["objects"]["Contact"]["fields"]["LastName"]["length"] == 80
+
+
+def test_a_missing_org_file_is_reported_as_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(OrgError) as missing:
+        load_org(str(tmp_path / "nope.toml"))
+    assert missing.value.problems == [
+        f"{tmp_path / 'nope.toml'}: cannot read: No such file or directory"
+    ]
