@@ -152,6 +152,8 @@ class Exporter:
         return self._run(EXPORT_JOB, plan, self._export)
 
     def _export(self, plan: StreamPlan, result: StreamResult) -> None:
+        # Taken before anything is read: whatever commits after it is found again next run.
+        snapshot = self.store.source_snapshot(plan.source)
         state = self.store.load_state(plan.name)
         position = state.position
         # A released record that a fix moved later in the order is met again below; it was
@@ -163,6 +165,11 @@ class Exporter:
                 return
             sent = (released.record_key, released.order_value)
             position = self.store.load_state(plan.name).position
+        late_from = state.source_snapshot
+        if late_from and position and self._send_late_rows(plan, result, late_from, position):
+            return
+        if snapshot is not None:
+            self._ack(result, BatchAck(plan.name, result.run_id, source_snapshot=snapshot))
         streak = _Streak()
         while not self.should_stop():
             rows = self.store.read_batch(plan.source, position, self.policy.batch_size)
@@ -180,6 +187,32 @@ class Exporter:
                 break
         if self.should_stop():
             raise StopRequested()
+
+    def _send_late_rows(
+        self, plan: StreamPlan, result: StreamResult, snapshot: str, position: Position
+    ) -> bool:
+        """Send rows that committed behind the position since ``snapshot``; True if halted.
+
+        The position does not move: these rows sort before it. They go in their own order,
+        and a record error in pause mode pauses the stream at that record as anywhere else.
+        """
+        after: Position | None = None
+        while True:
+            rows = self.store.read_late(
+                plan.source, snapshot, position, after, self.policy.batch_size
+            )
+            if not rows:
+                return False
+            log.info(
+                "late_rows",
+                stream=plan.name,
+                count=len(rows),
+                detail="committed behind the position; sending them now",
+            )
+            outcome = self._send_batch(plan, rows)
+            if self._acknowledge(plan, result, rows, outcome, move_position=False):
+                return True
+            after = rows[-1].position
 
     def _retry_paused(
         self,
@@ -428,6 +461,8 @@ class Exporter:
         result: StreamResult,
         rows: Sequence[SourceRow],
         outcome: _BatchOutcome,
+        *,
+        move_position: bool = True,
     ) -> bool:
         """Commit one batch's outcome; True when the stream halted at a record."""
         ack = BatchAck(
@@ -447,10 +482,11 @@ class Exporter:
             ack.failures.append(self._failure(plan, row, error, payload))
             ack.failed += 1
             ack.pause = PausedRecord(row.record_key, self.now(), error.code, error.message)
-            ack.position = outcome.exported[-1].position if outcome.exported else UNCHANGED
+            if move_position and outcome.exported:
+                ack.position = outcome.exported[-1].position
             # Rows after the halt were read but not consumed: count only what was decided.
             ack.read = len(outcome.exported) + 1
-        else:
+        elif move_position:
             ack.position = rows[-1].position
         self._ack(result, ack)
         if outcome.halt is not None:

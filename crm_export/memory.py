@@ -96,6 +96,19 @@ class InMemoryStore:
             rows = [r for r in rows if _sort_key(r) > (after.order_value, after.key)]
         return rows[:limit]
 
+    def source_snapshot(self, source: StreamSource) -> str | None:
+        return None
+
+    def read_late(
+        self,
+        source: StreamSource,
+        snapshot: str,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        return []
+
     def read_by_keys(self, source: StreamSource, keys: Sequence[str]) -> dict[str, SourceRow]:
         wanted = set(keys)
         return {
@@ -143,6 +156,8 @@ class InMemoryStore:
             state = replace(state, position=ack.position)
         if ack.pause is not UNCHANGED:
             state = replace(state, paused=ack.pause)
+        if ack.source_snapshot is not UNCHANGED:
+            state = replace(state, source_snapshot=ack.source_snapshot)
         states[ack.stream] = state
         for failure in ack.failures:
             open_row = self._find_open(errors, ack.stream, failure.record_key)

@@ -102,6 +102,8 @@ class StreamState:
     stream: str
     position: Position | None = None
     paused: PausedRecord | None = None
+    # Where late commits are searched from (PostgreSQL sources); opaque to the core.
+    source_snapshot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class BatchAck:
     position: Position | None = UNCHANGED
     # PausedRecord to pause, None to release the pause, UNCHANGED to leave it.
     pause: PausedRecord | None = UNCHANGED
+    source_snapshot: str | None = UNCHANGED
     failures: list[RecordFailure] = field(default_factory=list)
     resolved_keys: list[str] = field(default_factory=list)
     source_deleted_keys: list[str] = field(default_factory=list)
@@ -168,6 +171,20 @@ class Store(Protocol):
     ) -> list[SourceRow]: ...
 
     def read_by_keys(self, source: StreamSource, keys: Sequence[str]) -> dict[str, SourceRow]: ...
+
+    def source_snapshot(self, source: StreamSource) -> str | None:
+        """A marker of what the source has committed so far, where it can tell (else None)."""
+
+    def read_late(
+        self,
+        source: StreamSource,
+        snapshot: str,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        """Rows at or before ``upto`` that may have committed after ``snapshot`` was taken:
+        they sort behind the position but were not visible when it moved past them."""
 
     def open_errors(self, stream: str, after_id: int = 0, limit: int = 200) -> list[OpenError]: ...
 

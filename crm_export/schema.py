@@ -150,6 +150,9 @@ stream_state = sa.Table(
     sa.Column("paused_since", UtcDateTime(), nullable=True),
     sa.Column("paused_error_code", sa.String(200), nullable=True),
     sa.Column("paused_error_message", sa.Text(), nullable=True),
+    # PostgreSQL sources: pg_current_snapshot() taken before the last run read anything; rows
+    # committed late behind the position are found again from its xmin (see SqlStore).
+    sa.Column("source_snapshot", sa.Text(), nullable=True),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
     sa.CheckConstraint(
         "(position_order IS NULL) = (position_key IS NULL)",

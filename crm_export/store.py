@@ -482,7 +482,8 @@ class _SourceQuery:
         self.from_: sa.FromClause
         if source.table is not None:
             schema, table = _split_table(source.table)
-            self.from_ = sa.table(table, *cols, schema=schema)
+            # xmin: PostgreSQL's system column, read only by read_late.
+            self.from_ = sa.table(table, *cols, sa.column("xmin"), schema=schema)
         elif source.query is not None:
             self.from_ = _literal_query(source.query).columns(*cols).subquery("src")
         else:
@@ -732,7 +733,12 @@ class SqlStore:
                 error_code=m["paused_error_code"],
                 error_message=m["paused_error_message"],
             )
-        return StreamState(stream=m["stream"], position=position, paused=paused)
+        return StreamState(
+            stream=m["stream"],
+            position=position,
+            paused=paused,
+            source_snapshot=m["source_snapshot"],
+        )
 
     def clear_pause(self, stream: str) -> bool:
         """Release a stream's pause (operator ``resume``). True if it was paused."""
@@ -817,6 +823,58 @@ class SqlStore:
             if len(rows) == limit and rows[-1].key is None:
                 rows = self._complete_null_keys(conn, q, rows)
         return rows
+
+    # Late commits (PostgreSQL). A transaction may commit a row whose order_by sorts behind
+    # a position the exporter already passed: it ran long, or its clock was behind. Such a
+    # row was invisible when the position moved past it, so the position alone would skip it
+    # forever. Every run therefore notes pg_current_snapshot() before it reads anything, and
+    # the next run re-reads the rows behind its position whose xmin is not older than that
+    # snapshot's xmin (the oldest transaction then in flight). That is a superset of the late
+    # rows, savepoint-written ones included (pg_current_snapshot lists top-level xids only);
+    # resending the few others is harmless, because upserts by external ID are idempotent.
+
+    def source_snapshot(self, source: StreamSource) -> str | None:
+        """pg_current_snapshot() of a PostgreSQL table source, as text; None elsewhere.
+
+        Query sources have no single xmin to look at, and SQLite runs one writer at a time,
+        so for them a late row is only possible through clock skew, which the docs warn of.
+        """
+        if source.table is None or self._source_engine(source).dialect.name != "postgresql":
+            return None
+        with self._source(source) as conn:
+            snapshot = conn.execute(sa.select(sa.cast(sa.func.pg_current_snapshot(), sa.Text)))
+            return str(snapshot.scalar_one())
+
+    def read_late(
+        self,
+        source: StreamSource,
+        snapshot: str,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        """Up to ``limit`` rows in (order_by, key) order, after ``after`` and at or before
+        ``upto``, written by a transaction not older than the oldest one in flight when
+        ``snapshot`` was taken."""
+        if source.table is None or upto.order_value is None:
+            return []
+        horizon = int(snapshot.split(":", 1)[0])
+        q = _SourceQuery(source)
+        # xmin is a 32-bit xid and wraps around: "at or after the horizon" is the circular
+        # comparison PostgreSQL itself uses. xids below 3 are frozen or bootstrap: old rows.
+        xid = sa.cast(sa.cast(q.from_.c.xmin, sa.Text), sa.BigInteger)
+        wrap = 2**32
+        recent = sa.and_(xid >= 3, sa.func.mod(xid - horizon % wrap + wrap, wrap) < 2**31)
+        not_past = sa.not_(_ordered_after(q, upto))
+        with self._source(source) as conn:
+            return self._fetch(
+                conn,
+                q.select()
+                .where(q.order.is_not(None), _ordered_after(q, after), not_past, recent)
+                .order_by(q.order, _nulls_first(q.key, conn.dialect))
+                .limit(limit),
+                q,
+            )
 
     @staticmethod
     def _fetch(conn: Connection, stmt: sa.Select[Any], q: _SourceQuery) -> list[SourceRow]:
@@ -1041,6 +1099,8 @@ class SqlStore:
             changes.update(_position_values(ack.position))
         if ack.pause is not UNCHANGED:
             changes.update(_pause_values(ack.pause))
+        if ack.source_snapshot is not UNCHANGED:
+            changes["source_snapshot"] = ack.source_snapshot
         if not changes:
             return
         changes["updated_at"] = now

@@ -109,6 +109,7 @@ def upgrade() -> None:
         _ts("paused_since", nullable=True),
         sa.Column("paused_error_code", sa.String(200), nullable=True),
         sa.Column("paused_error_message", sa.Text(), nullable=True),
+        sa.Column("source_snapshot", sa.Text(), nullable=True),
         _ts("updated_at", nullable=False),
         sa.PrimaryKeyConstraint("stream", name=op.f("pk_stream_state")),
         sa.CheckConstraint(
