@@ -57,7 +57,8 @@ class SourceRow:
 
 def record_key_text(key: SourceValue) -> str:
     if isinstance(key, bytes):
-        return key.decode("utf-8")
+        # A key that is not UTF-8 must still name its record (in ExportErrors and logs).
+        return key.decode("utf-8", errors="backslashreplace")
     return str(key)
 
 
