@@ -1,0 +1,70 @@
+"""Kill crm-export with SIGKILL at random points until an export completes; check the result.
+
+    .venv/bin/python bench/crash_harness.py --records 20000 --kills 20 --state sqlite
+    .venv/bin/python bench/crash_harness.py --records 20000 --kills 20 --state postgres
+
+PostgreSQL state needs a server: --postgres-url, or $CRM_EXPORT_TEST_POSTGRES_URL (a database
+is created for the run and dropped after). Exits 1 if any promise is broken. The logic lives
+in tests/reliability/crash.py, shared with the CI version (tests/reliability/test_crash.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+_TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(_TESTS), str(_TESTS / "reliability")]
+
+# The harness lives with the tests, which put these folders on sys.path themselves.
+from crash import CrashOptions, run_crash_harness  # noqa: E402
+from harness import POSTGRES_ENV  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs in phase 1 (skip mode)")
+    parser.add_argument("--state", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--postgres-url", default=os.environ.get(POSTGRES_ENV))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--latency-ms", type=int, default=30, help="sandbox latency per call")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--reject-every", type=int, default=37, help="every Nth row is rejected")
+    parser.add_argument(
+        "--pause-records", type=int, default=1000, help="phase 2 (pause mode) rows; 0 skips it"
+    )
+    parser.add_argument("--pause-rejects", type=int, default=3)
+    parser.add_argument("--pause-kills", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
+    args = parser.parse_args()
+    if args.state == "postgres" and not args.postgres_url:
+        parser.error(f"--state postgres needs --postgres-url or ${POSTGRES_ENV}")
+
+    with tempfile.TemporaryDirectory(prefix="crm-export-crash-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        report = run_crash_harness(
+            CrashOptions(
+                workdir=workdir,
+                records=args.records,
+                kills=args.kills,
+                state=args.state,
+                postgres_url=args.postgres_url,
+                seed=args.seed,
+                latency_ms=args.latency_ms,
+                batch_size=args.batch_size,
+                reject_every=args.reject_every,
+                pause_records=args.pause_records,
+                pause_rejects=args.pause_rejects,
+                pause_kills=args.pause_kills,
+            )
+        )
+        print("\n".join(report.lines()), flush=True)
+    return 1 if report.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
