@@ -36,7 +36,9 @@ class FileRunnerLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.description = f"file lock {path}"
-        self._lock = FileLock(str(path), timeout=0)
+        # Not thread-local (filelock's default): the heartbeat checks alive() from its own
+        # thread, and a thread-local lock looks unheld there, which would stop the daemon.
+        self._lock = FileLock(str(path), timeout=0, thread_local=False)
 
     def acquire(self) -> bool:
         try:
