@@ -81,16 +81,19 @@ def call_with_retries(
         try:
             return fn()
         except TransientError as exc:
+            elapsed = clock.monotonic() - started
             if attempt >= backoff.max_attempts:
                 raise RetriesExhaustedError(
-                    f"gave up after {attempt} attempts: {exc}", retry_after=exc.retry_after
+                    f"gave up after {attempt} attempts and {elapsed:.0f}s "
+                    f"([retry] max_attempts = {backoff.max_attempts}): {exc}",
+                    retry_after=exc.retry_after,
                 ) from exc
             wait = backoff.delay(attempt, rng, exc.retry_after)
-            elapsed = clock.monotonic() - started
             if elapsed + wait > backoff.max_elapsed:
                 raise RetriesExhaustedError(
                     f"gave up after {attempt} attempts and {elapsed:.0f}s "
-                    f"(retry budget {backoff.max_elapsed:.0f}s): {exc}",
+                    f"(retry budget {backoff.max_elapsed:g}s, [retry] max_elapsed_seconds): "
+                    f"{exc}",
                     retry_after=exc.retry_after,
                 ) from exc
             if on_retry is not None:

@@ -33,6 +33,8 @@ from crm_export.classify import REQUEST_HINTS, request_error_class
 from crm_export.config import RetryConfig, SalesforceConfig
 from crm_export.errors import (
     NetworkError,
+    RequestLimitError,
+    RetriesExhaustedError,
     SalesforceConfigurationError,
     ServerError,
     SessionExpiredError,
@@ -230,7 +232,14 @@ class SalesforceSink:
                 "restrictions and the connected app's policies)"
             )
 
-        return call_with_retries(attempt, self.backoff, self.clock, self.rng, self._on_retry)
+        try:
+            return call_with_retries(attempt, self.backoff, self.clock, self.rng, self._on_retry)
+        except RetriesExhaustedError as exc:
+            raise RetriesExhaustedError(
+                f"{_what_failed(exc.__cause__)}; {exc}. Nothing was skipped: the next run "
+                "resumes where this one stopped.",
+                retry_after=exc.retry_after,
+            ) from exc.__cause__
 
     def _call(self, method: str, path: str, body: Any) -> Any:
         try:
@@ -279,13 +288,38 @@ class SalesforceSink:
         )
 
 
+def _what_failed(cause: BaseException | None) -> str:
+    """The kind of trouble an exhausted retry budget means, in an operator's words."""
+    if isinstance(cause, ServerError):
+        return "Salesforce was unavailable (an outage, maintenance or overload)"
+    if isinstance(cause, NetworkError):
+        return "Salesforce could not be reached (a network problem)"
+    if isinstance(cause, RequestLimitError):
+        return "Salesforce kept refusing calls over the org's API request limits"
+    return "Salesforce kept failing"
+
+
 def network_error(exc: requests.RequestException, url: str) -> Exception:
+    host = urlsplit(url).netloc
     if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return SalesforceConfigurationError(
-            f"TLS certificate of {urlsplit(url).netloc} is not trusted: {exc}. "
+            f"TLS certificate of {host} is not trusted: {exc}. "
             "Set salesforce.ca_bundle to the CA that signed it."
         )
-    return NetworkError(f"{type(exc).__name__}: {exc}")
+    return NetworkError(f"{_network_trouble(exc)} ({host}): {type(exc).__name__}: {exc}")
+
+
+def _network_trouble(exc: requests.RequestException) -> str:
+    text = str(exc).lower()
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "could not connect within salesforce.timeout_seconds"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "no answer within salesforce.timeout_seconds"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError) or "reset" in text:
+        return "the connection was reset before the answer was complete"
+    if "refused" in text:
+        return "connection refused"
+    return "network error"
 
 
 def _json(response: requests.Response) -> Any:
@@ -299,7 +333,9 @@ def _first_error(content: Any) -> tuple[str | None, str]:
     if isinstance(content, list) and content and isinstance(content[0], Mapping):
         first = content[0]
         return first.get("errorCode"), str(first.get("message", ""))
-    text = re.sub(r"<[^>]+>", " ", str(content))
+    # An HTML error page (a 503 maintenance page, a proxy's 502): its visible text only.
+    text = re.sub(r"(?is)<(head|script|style)\b.*?</\1>", " ", str(content))
+    text = re.sub(r"<[^>]+>", " ", text)
     return None, " ".join(text.split())[:200]
 
 

@@ -3,9 +3,16 @@ from __future__ import annotations
 import random
 
 import pytest
+import requests
 
-from crm_export.errors import RetriesExhaustedError, SalesforceConfigurationError, ServerError
+from crm_export.errors import (
+    NetworkError,
+    RetriesExhaustedError,
+    SalesforceConfigurationError,
+    ServerError,
+)
 from crm_export.retry import Backoff, call_with_retries
+from crm_export.salesforce import network_error
 
 
 class FakeClock:
@@ -77,3 +84,38 @@ def test_terminal_errors_are_not_retried() -> None:
     with pytest.raises(SalesforceConfigurationError):
         call_with_retries(fn, Backoff(5, 100, 1, 10), clock, random.Random(1))  # type: ignore[arg-type]
     assert clock.sleeps == []
+
+
+def test_the_message_names_the_bound_that_ran_out() -> None:
+    with pytest.raises(RetriesExhaustedError, match=r"\[retry\] max_attempts = 3"):
+        call_with_retries(
+            failing(99, ServerError("HTTP 503")),  # type: ignore[arg-type]
+            Backoff(3, 1e9, 1, 10),
+            FakeClock(),
+            random.Random(1),
+        )
+    with pytest.raises(RetriesExhaustedError, match=r"\[retry\] max_elapsed_seconds\): HTTP 503"):
+        call_with_retries(
+            failing(99, ServerError("HTTP 503", retry_after=30)),  # type: ignore[arg-type]
+            Backoff(1000, 100, 1, 10),
+            FakeClock(),
+            random.Random(1),
+        )
+
+
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead"), "reset"),
+        (requests.exceptions.ConnectionError("[Errno 104] Connection reset by peer"), "reset"),
+        (requests.exceptions.ConnectionError("[Errno 111] Connection refused"), "refused"),
+        (requests.exceptions.ReadTimeout("read timed out"), "timeout_seconds"),
+    ],
+)
+def test_a_connection_that_breaks_is_a_network_error_an_operator_can_read(
+    exc: requests.RequestException, words: str
+) -> None:
+    error = network_error(exc, "https://acme.my.salesforce.com")
+    # Transient, so it is retried and never becomes a record error.
+    assert isinstance(error, NetworkError)
+    assert words in str(error) and "acme.my.salesforce.com" in str(error)
