@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,11 @@ from crm_export.ports import RecordError, SourceRow, SourceValue
 # apart from Salesforce statusCodes in ExportErrors.error_code.
 NULL_KEY = "CRM_EXPORT_NULL_KEY"
 INVALID_VALUE = "CRM_EXPORT_INVALID_VALUE"
+NULL_ORDER_BY = "CRM_EXPORT_NULL_ORDER_BY"
+
+# Salesforce refuses Date and DateTime values outside these years, with a message that
+# names neither the column nor the row; saying so before sending names both.
+MIN_YEAR, MAX_YEAR = 1700, 4000
 
 # Salesforce rejects text fields over 131,072 characters (long text area maximum).
 MAX_TEXT_LENGTH = 131_072
@@ -41,10 +47,25 @@ def build_payload(fmap: FieldMap, row: SourceRow) -> dict[str, Any]:
     """
     if row.key is None:
         raise MappingError(
-            RecordError(NULL_KEY, f"key column {fmap.key_column!r} is NULL", (fmap.key_column,))
+            RecordError(
+                NULL_KEY,
+                f"key column {fmap.key_column!r} is NULL, so the row has no external ID to be "
+                f"upserted by; give the row a key",
+                (fmap.key_column,),
+            )
         )
-    external_id = _convert(fmap.key_column, fmap.external_id_field, row.key)
-    payload: dict[str, Any] = {fmap.external_id_field: str(external_id)}
+    external_id = str(_convert(fmap.key_column, fmap.external_id_field, row.key))
+    if not external_id.strip():
+        # Salesforce reads a blank external ID as no value at all, and fails the upsert.
+        raise MappingError(
+            RecordError(
+                INVALID_VALUE,
+                f"key column {fmap.key_column!r} is blank, so the row has no external ID to be "
+                "upserted by; give the row a key",
+                (fmap.key_column,),
+            )
+        )
+    payload: dict[str, Any] = {fmap.external_id_field: external_id}
     for sf_field, column in fmap.fields:
         payload[sf_field] = _convert(column, sf_field, row.values.get(column))
     return payload
@@ -58,10 +79,11 @@ def _convert(column: str, sf_field: str, value: SourceValue) -> Any:
                 converter = fn
                 break
     if converter is None:
-        return str(value)
+        # UUIDs, intervals, driver-specific types: their text, checked like any text.
+        converter = _as_text
     try:
         return converter(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise MappingError(
             RecordError(INVALID_VALUE, f"column {column!r} (-> {sf_field}): {exc}", (sf_field,))
         ) from exc
@@ -73,6 +95,10 @@ def _text(value: str) -> str:
     if len(value) > MAX_TEXT_LENGTH:
         raise ValueError(f"text of {len(value)} characters exceeds {MAX_TEXT_LENGTH}")
     return value
+
+
+def _as_text(value: object) -> str:
+    return _text(str(value))
 
 
 def _bytes(value: bytes) -> str:
@@ -97,8 +123,32 @@ def _decimal(value: Decimal) -> int | float:
 def _datetime(value: datetime) -> str:
     # Naive timestamps are taken as UTC: the documented convention for source tables.
     if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError as exc:
+            shown = value.isoformat()
+            raise ValueError(f"{shown} is outside the dates Salesforce accepts") from exc
+    _check_year(value)
+    # Not strftime: it writes year 1 as "1", which is no ISO 8601 date.
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def _date(value: date) -> str:
+    _check_year(value)
+    return value.isoformat()
+
+
+def _check_year(value: date) -> None:
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise ValueError(
+            f"{value.isoformat()} is outside the dates Salesforce accepts "
+            f"(years {MIN_YEAR} to {MAX_YEAR})"
+        )
+
+
+def _structured(value: dict[str, Any] | list[Any] | tuple[Any, ...]) -> str:
+    # JSON and array columns (PostgreSQL) go out as JSON text, not as Python's repr.
+    return _text(json.dumps(value, default=str, ensure_ascii=False, sort_keys=True))
 
 
 def _time(value: time) -> str:
@@ -114,6 +164,9 @@ _CONVERTERS: Mapping[type, Any] = {
     str: _text,
     bytes: _bytes,
     datetime: _datetime,
-    date: lambda v: v.isoformat(),
+    date: _date,
     time: _time,
+    dict: _structured,
+    list: _structured,
+    tuple: _structured,
 }

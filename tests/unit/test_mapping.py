@@ -62,3 +62,38 @@ def test_null_key_is_a_record_error() -> None:
     with pytest.raises(MappingError) as info:
         payload("v", key=None)
     assert info.value.error.code == "CRM_EXPORT_NULL_KEY"
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (datetime(1, 1, 1), "0001-01-01T00:00:00 is outside the dates Salesforce accepts"),
+        (date(9999, 12, 31), "9999-12-31 is outside the dates Salesforce accepts"),
+        # Converting to UTC would leave the calendar: no crash, a clear error.
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=2))), "outside the dates"),
+        (datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-2))), "outside the dates"),
+    ],
+)
+def test_dates_salesforce_cannot_hold_name_the_column(value: object, words: str) -> None:
+    with pytest.raises(MappingError) as info:
+        payload(value)
+    assert info.value.error.code == "CRM_EXPORT_INVALID_VALUE"
+    assert words in info.value.error.message and "'x'" in info.value.error.message
+
+
+def test_early_years_keep_four_digits() -> None:
+    assert payload(datetime(1700, 1, 1, 0, 0, 1))["X__c"] == "1700-01-01T00:00:01.000Z"
+    assert payload(date(4000, 12, 31))["X__c"] == "4000-12-31"
+
+
+def test_structured_values_go_out_as_json_text() -> None:
+    assert payload({"b": 1, "a": [1, "x"]})["X__c"] == '{"a": [1, "x"], "b": 1}'
+    assert payload(["a", "b"])["X__c"] == '["a", "b"]'
+
+
+@pytest.mark.parametrize("key", ["", "   "])
+def test_a_blank_key_is_refused_by_name(key: str) -> None:
+    with pytest.raises(MappingError) as info:
+        payload("v", key=key)
+    assert info.value.error.code == "CRM_EXPORT_INVALID_VALUE"
+    assert "key column 'id' is blank" in info.value.error.message
