@@ -19,7 +19,13 @@ import structlog
 
 from crm_export.classify import ErrorClass, classify_record_error
 from crm_export.errors import CrmExportError, SalesforceConfigurationError, TerminalError
-from crm_export.mapping import FieldMap, MappingError, build_payload
+from crm_export.mapping import (
+    NULL_KEY,
+    NULL_ORDER_BY,
+    FieldMap,
+    MappingError,
+    build_payload,
+)
 from crm_export.ports import (
     UNCHANGED,
     BatchAck,
@@ -33,6 +39,7 @@ from crm_export.ports import (
     Store,
     StreamSource,
     UpsertResult,
+    record_key_text,
 )
 from crm_export.retry import Backoff, Clock, StopRequested
 
@@ -40,6 +47,21 @@ EXPORT_JOB = "CRMExport"
 REEXPORT_JOB = "CRMExport_ExportError"
 
 log = structlog.get_logger("crm_export.export")
+
+# How many source rows one page of the re-export's search for NULL-key rows reads.
+NULL_KEY_SCAN_PAGE = 1000
+
+
+def null_key_name(key_column: str, order_by: str, order_value: Any) -> str:
+    """The ExportErrors.record_key of a row whose key is NULL: it has no key to be named by,
+    so it is named by where it sits in the order, in words an operator can turn into SQL.
+
+    Rows are told apart from real keys by their error code (CRM_EXPORT_NULL_KEY), never by
+    this text; the text only has to lead a person to the row.
+    """
+    if order_value is None:
+        return f"({key_column} is NULL; {order_by} is NULL)"
+    return f"({key_column} is NULL; {order_by} = {record_key_text(order_value)})"
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,12 @@ class StreamPlan:
     fmap: FieldMap
     source: StreamSource
     pause_on_error: bool
+
+    def record_key(self, row: SourceRow) -> str:
+        """What ExportErrors, the pause and the logs call ``row``."""
+        if row.key is None:
+            return null_key_name(self.source.key, self.source.order_by, row.order_value)
+        return row.record_key
 
 
 @dataclass(frozen=True)
@@ -123,6 +151,8 @@ class _BatchOutcome:
     )
     # Pause mode: the record the stream halts at (with its error), if any.
     halt: tuple[SourceRow, RecordError, dict[str, Any] | None] | None = None
+    # Rows not sent because a later row of the same batch has the same key.
+    superseded: list[SourceRow] = field(default_factory=list)
 
 
 class Exporter:
@@ -163,20 +193,22 @@ class Exporter:
             released = self._retry_paused(plan, result, state.paused, position)
             if released is None:
                 return
-            sent = (released.record_key, released.order_value)
+            sent = (plan.record_key(released), released.order_value)
             position = self.store.load_state(plan.name).position
         late_from = state.source_snapshot
         if late_from and position and self._send_late_rows(plan, result, late_from, position):
             return
         if snapshot is not None:
             self._ack(result, BatchAck(plan.name, result.run_id, source_snapshot=snapshot))
+        if position is not None and position.order_value is not None:
+            self._report_null_order_rows(plan, result)
         streak = _Streak()
         while not self.should_stop():
             rows = self.store.read_batch(plan.source, position, self.policy.batch_size)
             if not rows:
                 break
             outcome = self._send_batch(
-                plan, [r for r in rows if (r.record_key, r.order_value) != sent]
+                plan, [r for r in rows if (plan.record_key(r), r.order_value) != sent]
             )
             halted = self._acknowledge(plan, result, rows, outcome)
             if halted:
@@ -214,6 +246,33 @@ class Exporter:
                 return True
             after = rows[-1].position
 
+    def _report_null_order_rows(self, plan: StreamPlan, result: StreamResult) -> None:
+        """Record the rows whose order_by is NULL, which sort before the position.
+
+        The position moved past them (or they were written later), so the reading loop will
+        never meet them: without this they would be invisible for good. They cannot be sent
+        (they have no place in the order) and, having no place in it, never pause a stream.
+        """
+        rows = self.store.read_batch(plan.source, None, self.policy.batch_size)
+        unordered = [r for r in rows if r.order_value is None]
+        if not unordered:
+            return
+        outcome = _BatchOutcome(failures=[(r, _null_order_error(plan), None) for r in unordered])
+        self._acknowledge(plan, result, unordered, outcome, move_position=False)
+
+    def _find_null_key_row(
+        self, plan: StreamPlan, position: Position | None, name: str
+    ) -> SourceRow | None:
+        """The row a stream paused at for its NULL key, if its key is still NULL.
+
+        It has no key to look it up by; it was the first row after the position, and NULL
+        keys sort first among rows with the same order value, so it is in the next batch.
+        """
+        for row in self.store.read_batch(plan.source, position, self.policy.batch_size):
+            if row.key is None and plan.record_key(row) == name:
+                return row
+        return None
+
     def _retry_paused(
         self,
         plan: StreamPlan,
@@ -226,7 +285,12 @@ class Exporter:
         Returns None while the stream stays paused; otherwise the row that released it (sent,
         or skipped because pause mode is now off), or a stand-in when the row is gone.
         """
-        row = self.store.read_by_keys(plan.source, [paused.record_key]).get(paused.record_key)
+        if paused.error_code == NULL_KEY:
+            row = self._find_null_key_row(plan, position, paused.record_key)
+            if row is None:
+                return self._release_fixed_null_key(plan, result, paused)
+        else:
+            row = self.store.read_by_keys(plan.source, [paused.record_key]).get(paused.record_key)
         if row is None:
             log.warning(
                 "paused_record_deleted",
@@ -285,10 +349,31 @@ class Exporter:
         self._ack(result, ack)
         return row
 
+    def _release_fixed_null_key(
+        self, plan: StreamPlan, result: StreamResult, paused: PausedRecord
+    ) -> SourceRow:
+        """The row paused for its NULL key has a key now (or is gone): release the pause.
+
+        The position stays put: the row, under its new key, is still ahead of it (a key sorts
+        after NULL at the same order value, and a new order value sorts later), so the reading
+        loop sends it next, in order.
+        """
+        log.info(
+            "pause_released",
+            stream=plan.name,
+            key=paused.record_key,
+            reason="no row with a NULL key is left there; it was given a key or deleted",
+        )
+        self._ack(
+            result,
+            BatchAck(plan.name, result.run_id, pause=None, resolved_keys=[paused.record_key]),
+        )
+        return SourceRow(paused.record_key, _GONE, {})
+
     def _step_over(self, plan: StreamPlan, position: Position | None, row: SourceRow) -> Any:
         """``row``'s position if it is the very next row after ``position``, else UNCHANGED."""
         following = self.store.read_batch(plan.source, position, 1)
-        if following and following[0].record_key == row.record_key:
+        if following and plan.record_key(following[0]) == plan.record_key(row):
             return row.position
         return UNCHANGED
 
@@ -306,19 +391,23 @@ class Exporter:
             if not errors:
                 return
             after_id = errors[-1].id
-            keys = [e.record_key for e in errors]
+            keys = [e.record_key for e in errors if e.error_code != NULL_KEY]
             found = self.store.read_by_keys(plan.source, keys)
             gone = [k for k in keys if k not in found]
             rows = [found[k] for k in keys if k in found]
-            outcome = self._send_batch(plan, rows, all_or_none=False) if rows else _BatchOutcome()
+            names = [e.record_key for e in errors if e.error_code == NULL_KEY]
+            still_null, fixed = self._search_null_keys(plan, names) if names else ([], [])
+            outcome = _BatchOutcome()
+            if rows or still_null:
+                outcome = self._send_batch(plan, rows + still_null, all_or_none=False)
             ack = BatchAck(
                 plan.name,
                 result.run_id,
-                read=len(rows),
+                read=len(rows) + len(still_null),
                 exported=len(outcome.exported),
                 failed=len(outcome.failures),
                 source_deleted_keys=gone,
-                resolved_keys=[r.record_key for r in outcome.exported],
+                resolved_keys=[r.record_key for r in outcome.exported] + fixed,
                 failures=[self._failure(plan, r, e, p) for r, e, p in outcome.failures],
             )
             for row, error, _ in outcome.failures:
@@ -338,6 +427,41 @@ class Exporter:
             self._ack(result, ack)
         raise StopRequested()
 
+    def _search_null_keys(
+        self, plan: StreamPlan, names: Sequence[str]
+    ) -> tuple[list[SourceRow], list[str]]:
+        """Rows still named by these NULL-key errors (one each), and the names with no such
+        row left: those rows were given a key or deleted.
+
+        A NULL key cannot be looked up, so this reads the whole source (only while such
+        errors are open). A row given a key but no new order value sits behind the position,
+        where the reading loop will not meet it again, so the rows that now hold its place in
+        the order are sent too: the one that was fixed is among them, and the others are
+        sent again harmlessly (upsert by external ID).
+        """
+        wanted = set(names)
+        still: dict[str, SourceRow] = {}
+        by_place: dict[str, list[SourceRow]] = {}
+        after: Position | None = None
+        while not self.should_stop():
+            page = self.store.read_batch(plan.source, after, NULL_KEY_SCAN_PAGE)
+            for row in page:
+                place = null_key_name(plan.source.key, plan.source.order_by, row.order_value)
+                if place not in wanted:
+                    continue
+                if row.key is None:
+                    still.setdefault(place, row)
+                else:
+                    by_place.setdefault(place, []).append(row)
+            if len(page) < NULL_KEY_SCAN_PAGE:
+                break
+            after = page[-1].position
+        if self.should_stop():
+            raise StopRequested()
+        fixed = [n for n in dict.fromkeys(names) if n not in still]
+        refill = [row for name in fixed for row in by_place.get(name, [])]
+        return list(still.values()) + refill, fixed
+
     # ---- one batch -----------------------------------------------------------------------
 
     def _send_batch(
@@ -348,19 +472,54 @@ class Exporter:
         outcome = _BatchOutcome()
         prepared: list[_Prepared] = []
         for row in rows:
+            if row.key is not None and row.order_value is None:
+                # No place in the order, so nothing waits behind it: it never pauses.
+                outcome.failures.append((row, _null_order_error(plan), None))
+                continue
             try:
-                prepared.append(_Prepared(row, build_payload(plan.fmap, row)))
+                item = _Prepared(row, build_payload(plan.fmap, row))
             except MappingError as exc:
                 if pause:
                     # Nothing ordered after an unsendable record may go out.
                     outcome.halt = (row, exc.error, None)
                     break
                 outcome.failures.append((row, exc.error, None))
+                continue
+            self._supersede(plan, prepared, item, outcome)
+            prepared.append(item)
         if pause:
             self._send_in_order(plan, prepared, outcome)
         else:
             self._send_independently(plan, prepared, outcome)
         return outcome
+
+    def _supersede(
+        self, plan: StreamPlan, prepared: list[_Prepared], item: _Prepared, outcome: _BatchOutcome
+    ) -> None:
+        """Drop an earlier row of the batch with ``item``'s key: the later row wins.
+
+        Two source rows with one key are one Salesforce record, and a request holding the
+        key twice is refused for both. Sent in order, the later row would overwrite the
+        earlier anyway (as it does when they fall in different batches), so only it goes.
+        """
+        key = item.row.record_key
+        for index, earlier in enumerate(prepared):
+            if earlier.row.record_key == key:
+                del prepared[index]
+                outcome.superseded.append(earlier.row)
+                log.warning(
+                    "duplicate_key",
+                    stream=plan.name,
+                    key=key,
+                    detail=(
+                        f"more than one source row has {plan.source.key} = {key}; the one "
+                        f"with {plan.source.order_by} = {record_key_text(item.row.order_value)}"
+                        f" is sent, the one with {plan.source.order_by} = "
+                        f"{record_key_text(earlier.row.order_value)} is not. Make "
+                        f"{plan.source.key} unique."
+                    ),
+                )
+                return
 
     def _send_in_order(
         self, plan: StreamPlan, prepared: list[_Prepared], outcome: _BatchOutcome
@@ -446,7 +605,7 @@ class Exporter:
         log.info(
             "record_retry",
             stream=plan.name,
-            key=row.record_key,
+            key=plan.record_key(row),
             code=error.code,
             attempt=attempt,
             wait_seconds=round(wait, 3),
@@ -475,17 +634,19 @@ class Exporter:
         for row, error, payload in outcome.failures:
             self._record_failure(plan, row, error)
             ack.failures.append(self._failure(plan, row, error, payload))
-        ack.failed = ack.skipped = len(outcome.failures)
+        ack.failed = len(outcome.failures)
+        ack.skipped = len(outcome.failures) + len(outcome.superseded)
         if outcome.halt is not None:
             row, error, payload = outcome.halt
             self._record_failure(plan, row, error)
             ack.failures.append(self._failure(plan, row, error, payload))
             ack.failed += 1
-            ack.pause = PausedRecord(row.record_key, self.now(), error.code, error.message)
+            ack.pause = PausedRecord(plan.record_key(row), self.now(), error.code, error.message)
             if move_position and outcome.exported:
                 ack.position = outcome.exported[-1].position
             # Rows after the halt were read but not consumed: count only what was decided.
-            ack.read = len(outcome.exported) + 1
+            ack.read = len(outcome.exported) + len(outcome.failures) + 1
+            ack.skipped = len(outcome.failures)
         elif move_position:
             ack.position = rows[-1].position
         self._ack(result, ack)
@@ -529,9 +690,10 @@ class Exporter:
         payload: dict[str, Any] | None,
     ) -> RecordFailure:
         return RecordFailure(
-            record_key=row.record_key,
+            record_key=plan.record_key(row),
             sobject=plan.fmap.sobject,
-            external_id=row.record_key,
+            # A row without a key has no external ID: nothing in Salesforce to match.
+            external_id="" if row.key is None else row.record_key,
             error=error,
             payload=payload,
         )
@@ -540,7 +702,7 @@ class Exporter:
         log.warning(
             "record_failed",
             stream=plan.name,
-            key=row.record_key,
+            key=plan.record_key(row),
             code=error.code,
             message=error.message,
             fields=list(error.fields),
@@ -595,6 +757,17 @@ class Exporter:
 
 # Equal to no source row's order value: a deleted paused row is never stepped over.
 _GONE = object()
+
+
+def _null_order_error(plan: StreamPlan) -> RecordError:
+    order_by = plan.source.order_by
+    return RecordError(
+        NULL_ORDER_BY,
+        f"order_by column {order_by!r} is NULL. crm-export reads rows in {order_by} order and "
+        f"finds changed rows by it, so this row has no place in the order and is not sent. "
+        f"Give it a value (the time of its last change) and the next run exports it.",
+        (order_by,),
+    )
 
 
 def _first_culprit(results: Sequence[UpsertResult]) -> tuple[int, RecordError] | None:

@@ -63,8 +63,18 @@ class RunRow:
     )
 
 
-def _sort_key(row: SourceRow) -> tuple[Any, Any]:
-    return (row.order_value, row.key)
+def _sort_key(row: SourceRow) -> tuple[Any, ...]:
+    return _order(row.order_value, row.key)
+
+
+def _order(order_value: Any, key: Any) -> tuple[Any, ...]:
+    # As SqlStore reads: NULL order values first, then NULL keys first within an order value.
+    return (
+        order_value is not None,
+        0 if order_value is None else order_value,
+        key is not None,
+        0 if key is None else key,
+    )
 
 
 class InMemoryStore:
@@ -93,7 +103,7 @@ class InMemoryStore:
     ) -> list[SourceRow]:
         rows = sorted(self.rows.get(source.name, []), key=_sort_key)
         if after is not None:
-            rows = [r for r in rows if _sort_key(r) > (after.order_value, after.key)]
+            rows = [r for r in rows if _sort_key(r) > _order(after.order_value, after.key)]
         return rows[:limit]
 
     def source_snapshot(self, source: StreamSource) -> str | None:
@@ -114,7 +124,7 @@ class InMemoryStore:
         return {
             r.record_key: r
             for r in self.rows.get(source.name, [])
-            if record_key_text(r.key) in wanted
+            if r.key is not None and record_key_text(r.key) in wanted
         }
 
     # state side

@@ -195,7 +195,100 @@ def test_null_key_and_nan_become_record_errors_naming_the_record() -> None:
     assert result.outcome is RunOutcome.COMPLETED
     assert sink.writes == ["3"]
     codes = {e.record_key: e.error_code for e in store.open_error_rows()}
-    assert codes == {"None": "CRM_EXPORT_NULL_KEY", "2": "CRM_EXPORT_INVALID_VALUE"}
+    assert codes == {
+        "(id is NULL; updated_at = 2026-01-01 00:00:00+00:00)": "CRM_EXPORT_NULL_KEY",
+        "2": "CRM_EXPORT_INVALID_VALUE",
+    }
+
+
+def null_key_row(minutes: int, last_name: str = "Nokey") -> SourceRow:
+    at = T0 + timedelta(minutes=minutes)
+    return SourceRow(None, at, {"last_name": last_name, "updated_at": at})
+
+
+def test_a_real_key_spelled_like_a_null_key_is_a_different_record() -> None:
+    # The string "None" is a key like any other; only a NULL key is a NULL key.
+    store, sink, exporter = make([SourceRow("None", T0, {"last_name": "x"}), null_key_row(1)])
+    exporter.export_stream(plan(pause=False))
+    assert sink.writes == ["None"]
+    (error,) = store.open_error_rows()
+    assert error.record_key == "(id is NULL; updated_at = 2026-01-01 00:01:00+00:00)"
+
+
+def test_a_null_key_pauses_until_the_row_gets_a_key_then_it_goes_out_in_order() -> None:
+    store, sink, exporter = make([row(1), null_key_row(2), row(3)])
+    first = exporter.export_stream(plan(pause=True))
+    assert first.outcome is RunOutcome.PAUSED
+    assert first.paused is not None and first.paused.error_code == "CRM_EXPORT_NULL_KEY"
+
+    # Still NULL: still paused, the same error bumped, nothing behind it sent.
+    again = exporter.export_stream(plan(pause=True))
+    assert again.outcome is RunOutcome.PAUSED
+    assert [e.attempts for e in store.errors] == [2]
+    assert sink.writes == ["1"]
+
+    # Given a key, at the same order value: released, sent next, then the rest.
+    store.delete_row("contacts", None)
+    store.put_row("contacts", row(2, minutes=2))
+    fixed = exporter.export_stream(plan(pause=True))
+    assert fixed.outcome is RunOutcome.COMPLETED
+    assert sink.writes == ["1", "2", "3"]
+    assert [(e.status, e.error_code) for e in store.errors] == [("resolved", "CRM_EXPORT_NULL_KEY")]
+
+
+def test_reexport_keeps_a_null_key_open_and_sends_the_row_once_it_has_a_key() -> None:
+    store, sink, exporter = make([row(1), null_key_row(2), row(3)])
+    exporter.export_stream(plan(pause=False))
+    assert sink.writes == ["1", "3"]
+
+    exporter.reexport_stream(plan(pause=False))
+    (error,) = store.errors
+    assert (error.status, error.attempts) == ("open", 2)
+
+    # Fixed without a new updated_at: behind the position, so only the re-export finds it.
+    store.delete_row("contacts", None)
+    store.put_row("contacts", row(2, "Keyed", minutes=2))
+    result = exporter.reexport_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.COMPLETED
+    assert sink.records["2"]["LastName"] == "Keyed"
+    assert [e.status for e in store.errors] == ["resolved"]
+
+
+def test_two_rows_with_one_key_in_a_batch_send_the_later_one_only() -> None:
+    rows = [row(1, "Old", minutes=1), row(2), row(1, "New", minutes=3)]
+    store, sink, exporter = make([])
+    store.rows["contacts"] = rows  # put_row would replace: a source can hold both
+    result = exporter.export_stream(plan(pause=True))
+    assert result.outcome is RunOutcome.COMPLETED
+    assert sink.records["1"]["LastName"] == "New"
+    assert sorted(sink.writes) == ["1", "2"]
+    assert (result.read, result.exported, result.skipped) == (3, 2, 1)
+    assert store.errors == []
+
+
+@pytest.mark.parametrize("pause", [True, False])
+def test_a_null_order_by_is_a_record_error_that_never_pauses(pause: bool) -> None:
+    unordered = SourceRow(9, None, {"last_name": "x", "updated_at": None})
+    store, sink, exporter = make([row(1), unordered, row(2)])
+    result = exporter.export_stream(plan(pause=pause))
+    assert result.outcome is RunOutcome.COMPLETED
+    assert sink.writes == ["1", "2"]
+    (error,) = store.open_error_rows()
+    assert (error.record_key, error.error_code) == ("9", "CRM_EXPORT_NULL_ORDER_BY")
+    assert "'updated_at' is NULL" in error.error_message
+
+    # Written after the position moved on: the next run still reports it.
+    store.put_row("contacts", SourceRow(10, None, {"last_name": "y", "updated_at": None}))
+    exporter.export_stream(plan(pause=pause))
+    attempts = {e.record_key: e.attempts for e in store.open_error_rows()}
+    assert attempts == {"9": 2, "10": 1}
+
+    # Given an order value, it is exported in order and its error resolved.
+    store.put_row("contacts", row(9, "x", minutes=10))
+    store.put_row("contacts", row(10, "y", minutes=11))
+    exporter.export_stream(plan(pause=pause))
+    assert sink.writes == ["1", "2", "9", "10"]
+    assert store.open_error_rows() == []
 
 
 def test_reexport_resolves_fixed_records_and_closes_deleted_ones() -> None:
