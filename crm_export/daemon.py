@@ -88,6 +88,17 @@ class Daemon:
                 detail="keeping the last good config; fix the file, no restart needed",
             )
             return self.config
+        if new.database.url != self.config.database.url:
+            # The runner lock guards the old database; switching under it would let another
+            # runner export the same streams from the new one at the same time.
+            log.error(
+                "config_restart_required",
+                path=str(new.path),
+                key="database.url",
+                detail="the state database changed; restart the daemon to switch. Keeping "
+                "the last good config until then",
+            )
+            return self.config
         self._announce_changes(self.config, new)
         self.config = new
         if self.on_config is not None:
