@@ -12,14 +12,16 @@ outdated); 2 invalid config at start; 3 lost the runner lock while active.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -66,8 +68,9 @@ class Daemon:
         self.on_config = on_config
         self.config: Config | None = None
         self.stop = threading.Event()
-        self.idle = threading.Event()
-        self.idle.set()
+        # Held for the whole of a job. Stopping takes it after setting ``stop``: from then on
+        # no job is running and none can start, so the runner lock can be let go.
+        self._job_running = threading.Lock()
         self.scheduler: BlockingScheduler | None = None
         self.lock: RunnerLock | None = None
         self.exit_code = EXIT_STOPPED
@@ -129,25 +132,23 @@ class Daemon:
     # ---- jobs --------------------------------------------------------------------------
 
     def _job(self, job_id: str) -> None:
-        if self.stop.is_set():
-            return
-        self.idle.clear()
-        try:
-            config = self.reload()
-            started = datetime.now(UTC)
-            log.info("job_started", job=job_id)
-            results = self.run_job(job_id, config, self.stop)
-            outcomes = {r.stream: str(r.outcome) for r in results or ()}
-            log.info(
-                "job_finished",
-                job=job_id,
-                outcomes=outcomes,
-                seconds=round((datetime.now(UTC) - started).total_seconds(), 3),
-            )
-        except Exception:
-            log.exception("job_crashed", job=job_id)
-        finally:
-            self.idle.set()
+        with self._job_running:
+            if self.stop.is_set():
+                return
+            try:
+                config = self.reload()
+                started = datetime.now(UTC)
+                log.info("job_started", job=job_id)
+                results = self.run_job(job_id, config, self.stop)
+                outcomes = {r.stream: str(r.outcome) for r in results or ()}
+                log.info(
+                    "job_finished",
+                    job=job_id,
+                    outcomes=outcomes,
+                    seconds=round((datetime.now(UTC) - started).total_seconds(), 3),
+                )
+            except Exception:
+                log.exception("job_crashed", job=job_id)
 
     def _heartbeat(self) -> None:
         assert self.lock is not None
@@ -161,7 +162,7 @@ class Daemon:
         log.info(
             "heartbeat",
             runner=holder_id(),
-            busy=not self.idle.is_set(),
+            busy=self._job_running.locked(),
             next_runs={j.id: _iso(j.next_run_time) for j in jobs if j.id != "heartbeat"},
         )
 
@@ -200,7 +201,7 @@ class Daemon:
         self._signals += 1
         if self._signals > 1:
             log.warning("second_signal", signal=signal.Signals(signum).name, detail="exit now")
-            os._exit(128 + signum)
+            _exit_now(128 + signum)
         log.info(
             "stopping",
             signal=signal.Signals(signum).name,
@@ -253,12 +254,29 @@ class Daemon:
             log.info("daemon_started", config=str(self.config.path))
             if not self.stop.is_set():
                 self.scheduler.start()
-            if not self.idle.wait(self.tuning.stop_timeout_seconds):
-                log.warning("stop_timeout", detail="the job in flight did not finish in time")
+            if not self._job_running.acquire(timeout=self.tuning.stop_timeout_seconds):
+                log.warning(
+                    "stop_timeout",
+                    seconds=self.tuning.stop_timeout_seconds,
+                    detail="the job in flight did not finish in time; exiting without it, "
+                    "which is safe: every acknowledged batch is already committed",
+                )
+                # Releasing the runner lock while the job still writes would let a standby
+                # start alongside it, and a normal exit would wait for the job's thread.
+                # Dying releases the lock only once this process can no longer write.
+                _exit_now(self.exit_code)
+            self._job_running.release()
         finally:
             self.lock.release()
         log.info("daemon_stopped", exit_code=self.exit_code)
         return self.exit_code
+
+
+def _exit_now(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _iso(value: datetime | None) -> str | None:
