@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,9 +29,12 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
+from crm_export import migrate
 from crm_export.config import Config, load_config
-from crm_export.errors import ConfigError
+from crm_export.errors import ConfigError, CrmExportError
 from crm_export.locks import RunnerLock, holder_id, runner_lock
 
 EXIT_STOPPED, EXIT_START_FAILED, EXIT_CONFIG, EXIT_LOCK_LOST = 0, 1, 2, 3
@@ -161,6 +165,7 @@ class Daemon:
         jobs = scheduler.get_jobs() if scheduler is not None else []
         log.info(
             "heartbeat",
+            role="active",
             runner=holder_id(),
             busy=self._job_running.locked(),
             next_runs={j.id: _iso(j.next_run_time) for j in jobs if j.id != "heartbeat"},
@@ -219,18 +224,48 @@ class Daemon:
         poll = min(
             self.tuning.max_standby_poll_seconds, self.config.schedule.export_interval_seconds
         )
+        beat = min(self.tuning.max_heartbeat_seconds, self.config.schedule.export_interval_seconds)
         announced = False
+        last_beat = time.monotonic()
         while not lock.acquire():
             if not announced:
                 log.info(
                     "standby",
                     lock=lock.description,
+                    runner=holder_id(),
                     detail="another runner is active; taking over when it stops",
                 )
                 announced = True
+            elif time.monotonic() - last_beat >= beat:
+                # A standby is otherwise silent: show it is alive and still waiting.
+                log.info("heartbeat", role="standby", runner=holder_id(), lock=lock.description)
+                last_beat = time.monotonic()
             if self.stop.wait(poll):
                 return False
         log.info("active", lock=lock.description, runner=holder_id())
+        return True
+
+    def _state_database_ready(self, *, holding_lock: bool) -> bool:
+        """Can the jobs use the state database? Logs why not.
+
+        Before the lock only PostgreSQL is checked (read-only): an unreachable server would
+        otherwise look like another runner holding the lock, and the daemon would wait as a
+        standby forever. With the lock, a fresh SQLite file may also be set up.
+        """
+        assert self.config is not None
+        url = self.config.database.url
+        try:
+            if holding_lock:
+                migrate.ensure_schema(url)
+            elif make_url(url).get_backend_name() != "sqlite":
+                migrate.check_schema(url)
+        except (CrmExportError, SQLAlchemyError) as exc:
+            log.error(
+                "cannot_start",
+                error=str(exc),
+                detail="the state database is not usable; fix it, then start the daemon again",
+            )
+            return False
         return True
 
     def run(self) -> int:
@@ -239,9 +274,14 @@ class Daemon:
             self.on_config(self.config)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        if not self._state_database_ready(holding_lock=False):
+            return EXIT_START_FAILED
         self.lock = runner_lock(self.config.database.url)
         if not self._wait_for_lock(self.lock):
             return EXIT_STOPPED
+        if not self._state_database_ready(holding_lock=True):
+            self.lock.release()
+            return EXIT_START_FAILED
         try:
             self.scheduler = BlockingScheduler(
                 timezone=UTC,
