@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from crm_export.config import (
@@ -22,7 +29,8 @@ from crm_export.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
-BAD_CONFIGS = sorted((Path(__file__).parent / "configs" / "bad").glob("*.toml"))
+BAD_DIR = Path(__file__).parent / "configs" / "bad"
+BAD_CONFIGS = sorted(BAD_DIR.glob("*.toml"))
 
 # Planted in the environment, in files and in bad configs: it must never be printed.
 PLANTED = "PLANTED-SECRET-VALUE"
@@ -392,3 +400,91 @@ def test_loading_writes_nothing(tmp_path: Path) -> None:
 
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
     assert not (tmp_path / "state.db").exists()
+
+
+# The corpus through the real command line ----------------------------------------------------
+
+# The mistakes issue 5 lists by name; `crm-export run` is checked on these (the daemon loads
+# the config through its own path), `crm-export job` on the whole corpus.
+ISSUE_LIST = (
+    "syntax_error",
+    "unknown_key_in_section",
+    "string_for_number",
+    "stream_missing_key",
+    "unknown_auth_mode",
+    "secret_env_not_set",
+    "batch_size_zero",
+    "batch_size_500",
+    "bad_cron",
+    "key_with_quote",
+    "table_with_semicolon",
+)
+
+
+def _expected_lines(path: Path) -> list[str]:
+    return [
+        line.removeprefix("# expect: ")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("# expect: ")
+    ]
+
+
+def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRM_EXPORT", "SF_"))}
+    env["SF_CLIENT_SECRET"] = PLANTED
+    return subprocess.run(
+        [sys.executable, "-m", "crm_export", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_every_bad_config_exits_2_through_the_cli_and_creates_no_state_database(
+    tmp_path: Path,
+) -> None:
+    # A copy of the corpus, so that the default state database (crm_export.db next to the
+    # file) would show up here if anything created it; the relative paths inside still work.
+    shutil.copytree(Path(__file__).parent / "configs", tmp_path / "configs")
+    bad = tmp_path / "configs" / "bad"
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    commands = [["job", "CRMExport", "--config", str(p)] for p in sorted(bad.glob("*.toml"))]
+    commands += [["run", "--config", str(bad / f"{name}.toml")] for name in ISSUE_LIST]
+
+    # Two at a time: each is a short process, and the machine may be busy.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(lambda args: _run_cli(args, tmp_path), commands))
+
+    for args, result in zip(commands, done, strict=True):
+        path = Path(args[-1])
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith(f"crm-export: invalid config {path}:\n"), result.stderr
+        for text in _expected_lines(path):
+            assert text in result.stderr, (args, text, result.stderr)
+        assert result.stdout == ""
+        assert PLANTED not in result.stdout + result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_bad_config_leaves_a_postgresql_state_database_without_tables(
+    tmp_path: Path, postgres_server: Any, request: pytest.FixtureRequest
+) -> None:
+    name = f"crm_export_badcfg_{os.getpid()}"
+    url = postgres_server.create(name)
+    request.addfinalizer(lambda: postgres_server.drop(name))
+    for mistake in ("batch_size_zero", "unknown_auth_mode", "bad_cron", "key_with_quote"):
+        text = (BAD_DIR / f"{mistake}.toml").read_text(encoding="utf-8")
+        path = write(tmp_path, f'[database]\nurl = "{url}"\n\n{text}', f"{mistake}.toml")
+        for args in (["job", "CRMExport"], ["run"]):
+            result = _run_cli([*args, "--config", str(path)], tmp_path)
+            assert result.returncode == 2, result.stderr
+            for line in _expected_lines(path):
+                assert line in result.stderr
+    engine = sa.create_engine(url)
+    try:
+        assert sa.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
