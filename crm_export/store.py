@@ -213,6 +213,19 @@ def lock_for_migration(conn: Connection) -> None:
 # The runner lock's key: (class, object) in PostgreSQL's two-int4 advisory key space. Advisory
 # locks are scoped to one database, so this means "one runner per state database".
 _RUNNER_LOCK_KEY = (0x63726D, 1)  # "crm"
+# Each run in progress holds a session advisory lock (this class, the run id's low 31 bits) on
+# a connection of its own, so that a run left 'running' is provably abandoned exactly when
+# its lock is free: the server drops it with the connection of a runner that died.
+_RUN_LOCK_CLASS = 0x63726E  # "crn"
+# How long mark_interrupted_runs waits for the lock of a run whose runner may be dying (the
+# server ends a killed client's session within milliseconds) before taking it as alive.
+_RUN_LOCK_WAIT = "2s"
+
+
+def _run_lock_key(run_id: int) -> tuple[int, int]:
+    return (_RUN_LOCK_CLASS, run_id & 0x7FFFFFFF)
+
+
 # libpq settings for the lock's connection: a dead network must fail alive() within about a
 # minute (the daemon's heartbeat), not hang for the kernel's TCP timeout.
 _LIBPQ_LOCK_ARGS = {
@@ -615,6 +628,17 @@ class SqlStore:
         self._lock = threading.Lock()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._runner = runner or _runner_name()
+        # PostgreSQL: the connections holding the locks of this store's runs in progress.
+        self._run_locks: dict[int, Connection] = {}
+        self._run_lock_engine: Engine | None = None
+        if make_url(state_url).get_backend_name() == "postgresql":
+            driver = make_url(state_url).get_driver_name()
+            # NullPool: a run's lock lives exactly as long as its own connection.
+            self._run_lock_engine = sa.create_engine(
+                state_url,
+                poolclass=sa.pool.NullPool,
+                connect_args=_LIBPQ_LOCK_ARGS if driver in ("psycopg", "psycopg2") else {},
+            )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -623,6 +647,13 @@ class SqlStore:
         with self._lock:
             engines = list(self._sources.values())
             self._sources.clear()
+            run_locks = list(self._run_locks.values())
+            self._run_locks.clear()
+        for conn in run_locks:
+            with suppress(sa.exc.SQLAlchemyError):
+                conn.close()
+        if self._run_lock_engine is not None:
+            self._run_lock_engine.dispose()
         for engine in {id(e): e for e in [self._engine, *engines]}.values():
             engine.dispose()
 
@@ -651,20 +682,36 @@ class SqlStore:
     # -- runs -------------------------------------------------------------------------------
 
     def begin_run(self, job_id: str, stream: str) -> int:
-        """Record a run as ``running`` and return its id."""
-        with self._write() as conn:
-            result = conn.execute(
-                export_runs.insert().values(
-                    job_id=job_id,
-                    stream=stream,
-                    started_at=self._now(),
-                    outcome=RunOutcome.RUNNING.value,
-                    runner=self._runner,
-                )
-            )
-            pk = result.inserted_primary_key
-            assert pk is not None
-            return int(pk[0])
+        """Record a run as ``running`` and return its id.
+
+        On PostgreSQL the run's lock is taken in the transaction that inserts the row, so no
+        other session ever sees the run ``running`` without its lock held.
+        """
+        insert = export_runs.insert().values(
+            job_id=job_id,
+            stream=stream,
+            started_at=self._now(),
+            outcome=RunOutcome.RUNNING.value,
+            runner=self._runner,
+        )
+        if self._run_lock_engine is None:
+            with self._write() as conn:
+                pk = conn.execute(insert).inserted_primary_key
+                assert pk is not None
+                return int(pk[0])
+        with state_database_errors(self.state_url):
+            lock_conn = self._run_lock_engine.connect()
+            try:
+                with lock_conn.begin():
+                    run_id = int(lock_conn.execute(insert.returning(export_runs.c.id)).scalar_one())
+                    # Session level: it outlives this transaction, until finish_run or death.
+                    lock_conn.execute(sa.select(sa.func.pg_advisory_lock(*_run_lock_key(run_id))))
+            except BaseException:
+                lock_conn.close()
+                raise
+        with self._lock:
+            self._run_locks[run_id] = lock_conn
+        return run_id
 
     def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
         """Close a run with its outcome (and the error text of a failed run)."""
@@ -678,24 +725,75 @@ class SqlStore:
             )
             if result.rowcount != 1:
                 raise LookupError(f"no export run with id {run_id}")
+        # Only after the outcome is committed: nobody may see the run running and unlocked.
+        self._release_run_lock(run_id)
+
+    def _release_run_lock(self, run_id: int) -> None:
+        with self._lock:
+            lock_conn = self._run_locks.pop(run_id, None)
+        if lock_conn is not None:
+            # Closing the session releases the lock, also when the unlock itself fails.
+            with suppress(sa.exc.SQLAlchemyError):
+                lock_conn.execute(sa.select(sa.func.pg_advisory_unlock(*_run_lock_key(run_id))))
+                lock_conn.commit()
+            with suppress(sa.exc.SQLAlchemyError):
+                lock_conn.close()
 
     def mark_interrupted_runs(self) -> int:
         """Mark runs left ``running`` by a runner that died as ``interrupted``.
 
-        Only call this while holding the one-runner lock: any ``running`` row is then stale.
-        Returns how many runs were marked.
+        Call this while holding the one-runner lock, before this store begins a run (its own
+        runs in progress count as abandoned). On SQLite that is the whole proof: the runner's
+        file lock can not be lost while its process lives. On PostgreSQL the runner lock can
+        be lost to a broken connection while the process goes on, so a run is only marked
+        when its own lock is free: its runner is gone. Returns how many runs were marked.
         """
+        for run_id in list(self._run_locks):
+            self._release_run_lock(run_id)
+        runs = export_runs
         with self._write() as conn:
-            result = conn.execute(
-                export_runs.update()
-                .where(export_runs.c.outcome == RunOutcome.RUNNING.value)
-                .values(
-                    outcome=RunOutcome.INTERRUPTED.value,
-                    finished_at=self._now(),
-                    error=INTERRUPTED_MESSAGE,
+            running = [
+                int(r[0])
+                for r in conn.execute(
+                    sa.select(runs.c.id).where(runs.c.outcome == RunOutcome.RUNNING.value)
                 )
-            )
-            return int(result.rowcount)
+            ]
+            if conn.dialect.name == "postgresql":
+                running = self._abandoned(conn, running)
+            marked = 0
+            for chunk in _chunks(running):
+                result = conn.execute(
+                    runs.update()
+                    .where(runs.c.id.in_(chunk), runs.c.outcome == RunOutcome.RUNNING.value)
+                    .values(
+                        outcome=RunOutcome.INTERRUPTED.value,
+                        finished_at=self._now(),
+                        error=INTERRUPTED_MESSAGE,
+                    )
+                )
+                marked += int(result.rowcount)
+            return marked
+
+    @staticmethod
+    def _abandoned(conn: Connection, run_ids: Sequence[int]) -> list[int]:
+        """The runs among ``run_ids`` whose lock this transaction could take: nobody holds it,
+        so their runner is dead (and, the lock now ours until commit, stays so)."""
+        if not run_ids:
+            return []
+        conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_RUN_LOCK_WAIT}'"))
+        dead = []
+        for run_id in run_ids:
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(*_run_lock_key(run_id))))
+            except sa.exc.OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                continue  # its runner is alive: the run is still its own
+            dead.append(run_id)
+        # The wait was for run locks only; the update that follows waits as usual.
+        conn.execute(sa.text("SET LOCAL lock_timeout = DEFAULT"))
+        return dead
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         """One export_runs row as a dict, or None."""
