@@ -9,10 +9,15 @@ The full size (20,000 records, 20 kills) is ``bench/crash_harness.py``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from crash import CrashOptions, run_crash_harness
+from crash import INTERRUPTED_ERROR, CrashOptions, run_crash_harness
+
+from crm_export.store import SqlStore
 
 
 @pytest.mark.parametrize("state", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -43,3 +48,45 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
     )
     # The problems include fewer than 6 kills landing before the export was done.
     assert not report.problems, "\n".join(lines + report.lines())
+
+
+_HOLD_A_RUN = """
+import sys
+from crm_export.store import SqlStore
+store = SqlStore(sys.argv[1])
+print(store.begin_run("CRMExport", "contacts"), flush=True)
+sys.stdin.read()  # a run in progress, until the test kills this process
+"""
+
+
+@pytest.mark.postgres
+def test_a_live_run_of_another_runner_is_never_marked_interrupted(
+    postgres_state_url: str,
+) -> None:
+    """Two daemons share one PostgreSQL state database; a runner that takes over (or one
+    whose runner lock broke while it works) marks only runs whose runner is really gone."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_RUN, postgres_state_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            run_id = int(holder.stdout.readline())
+            with SqlStore(postgres_state_url) as other:
+                assert other.mark_interrupted_runs() == 0
+                run = other.get_run(run_id)
+                assert run is not None and run["outcome"] == "running"
+
+                holder.kill()
+                holder.wait()
+                # The server ends the dead runner's session at once; allow a loaded machine.
+                deadline = time.monotonic() + 30
+                while other.mark_interrupted_runs() == 0:
+                    assert time.monotonic() < deadline, "the killed runner's run stayed running"
+                run = other.get_run(run_id)
+                assert run is not None
+                assert (run["outcome"], run["error"]) == ("interrupted", INTERRUPTED_ERROR)
+        finally:
+            holder.kill()
