@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from harness import (
     Org,
     Stream,
@@ -29,6 +30,7 @@ from harness import (
     sql,
     write_config,
 )
+from sqlalchemy.engine import make_url
 
 from crm_export.sandbox.admin_client import AdminClient
 
@@ -189,7 +191,22 @@ class DaemonProcess:
 # -- what the state database and the org say ----------------------------------------------------
 
 
+def state_tables_exist(state_url: str) -> bool:
+    """Has the daemon set the state database up yet? Asked without creating the file."""
+    url = make_url(state_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        return False
+    engine = sa.create_engine(state_url)
+    try:
+        return sa.inspect(engine).has_table("export_runs")
+    finally:
+        engine.dispose()
+
+
 def runs(state_url: str, job: str | None = None) -> list[dict[str, Any]]:
+    """export_runs rows, oldest first; none while the daemon has not created the table."""
+    if not state_tables_exist(state_url):
+        return []
     query = "SELECT * FROM export_runs"
     if job is not None:
         query += " WHERE job_id = :job"
@@ -198,6 +215,8 @@ def runs(state_url: str, job: str | None = None) -> list[dict[str, Any]]:
 
 def open_errors(state_url: str) -> dict[str, str]:
     """record_key -> error_code of the open ExportErrors rows."""
+    if not state_tables_exist(state_url):
+        return {}
     rows = sql(
         state_url, "SELECT record_key, error_code FROM ExportErrors WHERE resolved_at IS NULL"
     )
