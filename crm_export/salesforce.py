@@ -236,8 +236,8 @@ class SalesforceSink:
             return call_with_retries(attempt, self.backoff, self.clock, self.rng, self._on_retry)
         except RetriesExhaustedError as exc:
             raise RetriesExhaustedError(
-                f"{_what_failed(exc.__cause__)}; {exc}. Nothing was skipped: the next run "
-                "resumes where this one stopped.",
+                f"{_what_failed(exc.__cause__)}; {str(exc).rstrip('.')}. Nothing was skipped: "
+                "the next run resumes where this one stopped.",
                 retry_after=exc.retry_after,
             ) from exc.__cause__
 
