@@ -286,6 +286,16 @@ def postgres_database(server_url: str, name: str) -> Iterator[str]:
 # -- the sandbox org as its own process --------------------------------------------------------
 
 
+def _read_state_file(path: Path) -> dict[str, Any] | None:
+    """The sandbox's state file, or None until it exists and is complete: the sandbox
+    creates it, then writes it, and a poll can fall in between."""
+    try:
+        info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return info
+
+
 class SandboxProcess:
     """``crm-export sandbox serve`` in a child process, so it outlives killed exporters."""
 
@@ -316,14 +326,13 @@ class SandboxProcess:
             crm_export_command(*args), stdout=self._log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 30
-        while not state_file.exists():
+        while (info := _read_state_file(state_file)) is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
                     f"the sandbox did not start: {self.log_path.read_text(encoding='utf-8')}"
                 )
             time.sleep(0.05)
-        info = json.loads(state_file.read_text(encoding="utf-8"))
         self.org = Org(info["base_url"], info["ca_path"])
         self.admin = self.org.admin()
 
