@@ -96,7 +96,8 @@ def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterato
         migrate.ensure_schema(config.database.url)
         store = SqlStore(config.database.url)
         stack.callback(store.close)
-        # Callers hold the runner lock, so a run still marked running was left by a dead one.
+        # Callers hold the runner lock, so a run still marked running was left by a dead
+        # runner (on PostgreSQL the store also checks each run's own lock: see the method).
         store.mark_interrupted_runs()
         clock = SystemClock(stop)
         sink = SalesforceSink(config.salesforce, config.retry, clock)
