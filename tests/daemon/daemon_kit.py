@@ -255,7 +255,7 @@ def overlapping_runs(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Interval, 
             continue
         by_stream.setdefault(r["stream"], []).append(
             Interval(
-                r["id"], r["stream"], r["runner"], _aware(r["started_at"]), _aware(r["finished_at"])
+                r["id"], r["stream"], r["runner"], as_utc(r["started_at"]), as_utc(r["finished_at"])
             )
         )
     clashes = []
@@ -267,7 +267,7 @@ def overlapping_runs(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Interval, 
     return clashes
 
 
-def _aware(value: Any) -> datetime:
+def as_utc(value: Any) -> datetime:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     # SQLite hands back the stored text: naive, and UTC by the state schema's rule.
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
