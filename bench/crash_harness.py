@@ -39,6 +39,11 @@ def main() -> int:
     )
     parser.add_argument("--pause-rejects", type=int, default=3)
     parser.add_argument("--pause-kills", type=int, default=5)
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip timing one uninterrupted export of the same rows (the ratio's baseline)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     args = parser.parse_args()
     if args.state == "postgres" and not args.postgres_url:
@@ -60,6 +65,7 @@ def main() -> int:
                 pause_records=args.pause_records,
                 pause_rejects=args.pause_rejects,
                 pause_kills=args.pause_kills,
+                baseline=not args.no_baseline,
             )
         )
         print("\n".join(report.lines()), flush=True)

@@ -86,6 +86,9 @@ class CrashOptions:
     pause_rejects: int = 3
     pause_kills: int = 4
     attempt_timeout: float = 600.0
+    # Also time one uninterrupted export of the phase 1 rows (fresh org and state database),
+    # the baseline the kills' cost is reported against.
+    baseline: bool = False
     log: Callable[[str], None] = print
 
 
@@ -177,6 +180,15 @@ class CrashReport:
             out.append(
                 f"  phase 2: paused at {f.get('phase2_fixed')}, each fixed in the source; "
                 f"first writes in source order: {f.get('phase2_in_order')}"
+            )
+        phase1 = sum(a.seconds for a in self.attempts if a.phase == 1)
+        if "baseline_seconds" in f:
+            base = f["baseline_seconds"]
+            out.append(
+                f"  baseline, the same {o.records} rows exported by one process, never killed: "
+                f"{base:.1f}s. Phase 1 under kills: {phase1:.1f}s in its processes = "
+                f"{phase1 / base:.2f}x the baseline; org writes per accepted record: "
+                f"{f['phase1_writes'] / f['phase1_accepted']:.3f} (baseline 1.000)"
             )
         out.append(f"  time: {self.seconds:.1f}s")
         out.append("  RESULT: " + ("OK" if not self.problems else "FAILED"))
@@ -430,6 +442,8 @@ class _Harness:
                 break  # the export finished first: fewer kills, reported as a problem below
         final = self.attempt(1, None)
         self._expect(final, "completed")
+        self.report.facts["phase1_writes"] = self.count("writes")
+        self.report.facts["phase1_accepted"] = target
         landed = self.report.kills_landed(1)
         self.report.facts["phase1_kills"] = sum(landed.values())
         during = sum(n for where, n in landed.items() if where != AFTER_RUN)
@@ -732,8 +746,48 @@ def run_crash_harness(options: CrashOptions) -> CrashReport:
                 harness.check(phase1, phase2)
             finally:
                 harness.org.close()
+    if options.baseline:
+        report.facts["baseline_seconds"] = _baseline(options, phase1)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _baseline(options: CrashOptions, rows: ContactSet) -> float:
+    """Seconds one ``crm-export job CRMExport`` takes to export ``rows`` uninterrupted, into
+    a fresh org (same latency) and a fresh state database."""
+    workdir = options.workdir / "baseline"
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "source.db"
+    write_contacts(source, rows.rows)
+    env = job_env(SECRET)
+    with (
+        _state_database(options, "baseline") as state_url,
+        SandboxProcess(
+            workdir,
+            faults={"latency_ms": options.latency_ms} if options.latency_ms else None,
+            seed=options.seed,
+        ) as sandbox,
+    ):
+        config = write_config(
+            workdir / "crm-export.toml",
+            state_url=state_url,
+            org=sandbox.org,
+            streams=[Stream("contacts", sqlite_url(source))],
+            pause_on_error=False,
+            batch_size=options.batch_size,
+        )
+        if options.state == "postgres":
+            run_cli("db", "upgrade", "--config", str(config), env=env)
+        started = time.monotonic()
+        done = run_cli("job", "CRMExport", "--config", str(config), env=env)
+        seconds = time.monotonic() - started
+        created = sandbox.admin.counters()["records"]["created"]
+        if done.returncode != 0 or created != len(rows.accepted):
+            raise CrashCheckFailed(
+                f"the baseline export failed: exit {done.returncode}, {created} records in the "
+                f"org: {done.stdout}{done.stderr}"
+            )
+    return seconds
 
 
 def _describe(plan: KillPoint | None) -> str:
@@ -759,13 +813,13 @@ def _aware(moment: datetime | str | None) -> datetime | None:
 
 
 @contextmanager
-def _state_database(options: CrashOptions) -> Iterator[str]:
+def _state_database(options: CrashOptions, purpose: str = "crash") -> Iterator[str]:
     """A fresh state database: a SQLite file in the workdir, or a new PostgreSQL database."""
     if options.state == "sqlite":
-        yield sqlite_url(options.workdir / "state.db")
+        yield sqlite_url(options.workdir / f"{purpose}-state.db")
         return
     if options.state != "postgres" or not options.postgres_url:
         raise ValueError("state must be sqlite, or postgres with a postgres_url")
-    name = f"crm_export_crash_{os.getpid()}_{options.seed}"
+    name = f"crm_export_{purpose}_{os.getpid()}_{options.seed}"
     with postgres_database(options.postgres_url, name) as url:
         yield url
