@@ -79,6 +79,8 @@ class Daemon:
         self.lock: RunnerLock | None = None
         self.exit_code = EXIT_STOPPED
         self._signals = 0
+        # job id -> when it last finished and each stream's outcome, for the heartbeat.
+        self._last_jobs: dict[str, dict[str, Any]] = {}
 
     # ---- config ----------------------------------------------------------------------
 
@@ -145,19 +147,27 @@ class Daemon:
                 log.info("job_started", job=job_id)
                 results = self.run_job(job_id, config, self.stop)
                 outcomes = {r.stream: str(r.outcome) for r in results or ()}
+                finished = datetime.now(UTC)
                 log.info(
                     "job_finished",
                     job=job_id,
                     outcomes=outcomes,
-                    seconds=round((datetime.now(UTC) - started).total_seconds(), 3),
+                    seconds=round((finished - started).total_seconds(), 3),
                 )
+                self._last_jobs[job_id] = {"finished_at": _iso(finished), "outcomes": outcomes}
             except Exception:
                 log.exception("job_crashed", job=job_id)
+                self._last_jobs[job_id] = {"finished_at": _iso(datetime.now(UTC)), "crashed": True}
 
     def _heartbeat(self) -> None:
         assert self.lock is not None
         if not self.lock.alive():
-            log.error("runner_lock_lost", lock=self.lock.description, detail="stopping")
+            log.error(
+                "runner_lock_lost",
+                lock=self.lock.description,
+                detail="another runner may take over now; stopping after the batch in flight "
+                f"(exit code {EXIT_LOCK_LOST}) so that two never export at once",
+            )
             self.exit_code = EXIT_LOCK_LOST
             self._begin_stop()
             return
@@ -169,6 +179,7 @@ class Daemon:
             runner=holder_id(),
             busy=self._job_running.locked(),
             next_runs={j.id: _iso(j.next_run_time) for j in jobs if j.id != "heartbeat"},
+            last_jobs=dict(self._last_jobs),
         )
 
     def _schedule(self, config: Config, *, reschedule: bool = False) -> None:
@@ -278,6 +289,7 @@ class Daemon:
             return EXIT_START_FAILED
         self.lock = runner_lock(self.config.database.url)
         if not self._wait_for_lock(self.lock):
+            log.info("daemon_stopped", exit_code=EXIT_STOPPED, detail="stopped while on standby")
             return EXIT_STOPPED
         if not self._state_database_ready(holding_lock=True):
             self.lock.release()
@@ -291,7 +303,15 @@ class Daemon:
                 },
             )
             self._schedule(self.config)
-            log.info("daemon_started", config=str(self.config.path))
+            schedule = self.config.schedule
+            log.info(
+                "daemon_started",
+                config=str(self.config.path),
+                export_interval_seconds=schedule.export_interval_seconds,
+                reexport_cron=schedule.reexport_cron,
+                timezone=schedule.timezone,
+                pause_on_error={s.name: s.pause_on_error for s in self.config.streams},
+            )
             if not self.stop.is_set():
                 self.scheduler.start()
             if not self._job_running.acquire(timeout=self.tuning.stop_timeout_seconds):
