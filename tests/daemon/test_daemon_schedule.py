@@ -217,9 +217,17 @@ def test_the_log_tells_an_operator_what_the_daemon_does(schedule_run: ScheduleRu
     names = [e["event"] for e in daemon.events()]
     assert names.index("active") < names.index("daemon_started") < names.index("job_started")
     assert names[-1] == "daemon_stopped"
+    started = daemon.events("daemon_started")[0]
+    assert started["export_interval_seconds"] == INTERVAL
+    assert started["reexport_cron"] == "* * * * *"
+    assert started["pause_on_error"] == {"contacts": False, "leads": False}
     beats = daemon.events("heartbeat", role="active")
     assert beats, names
     assert set(beats[-1]["next_runs"]) == {"CRMExport", "CRMExport_ExportError"}
+    # The last heartbeat says how each job last ended, for whoever reads only that line.
+    last_jobs = beats[-1]["last_jobs"]
+    assert last_jobs["CRMExport"]["outcomes"] == {"contacts": "completed", "leads": "completed"}
+    assert "CRMExport_ExportError" in last_jobs
     for job in ("CRMExport", "CRMExport_ExportError"):
         assert daemon.events("job_started", job=job)
     for event in daemon.events():

@@ -30,6 +30,7 @@ from harness import (
     SandboxProcess,
     Stream,
     contact_rows,
+    sql,
     sqlite_url,
     write_contacts,
 )
@@ -171,3 +172,76 @@ def active_periods(
         )
         periods.append((began, ended))
     return periods
+
+
+def test_a_standby_stopped_by_sigterm_exits_0_without_running_anything(tmp_path: Path) -> None:
+    source = tmp_path / "source.db"
+    Feeder(source).feed()
+    state_url = sqlite_url(tmp_path / "state.db")
+    with SandboxProcess(tmp_path) as sandbox:
+        config = write_daemon_config(
+            tmp_path / "crm-export.toml",
+            state_url=state_url,
+            org=sandbox.org,
+            streams=[Stream("contacts", sqlite_url(source))],
+            interval=INTERVAL,
+        )
+        with (
+            DaemonProcess(config, tmp_path / "active.log") as active,
+            DaemonProcess(config, tmp_path / "standby.log") as standby,
+        ):
+            active.wait_for_event("job_finished", job="CRMExport")
+            standby.wait_for_event("standby")
+            assert standby.stop(timeout=15) == 0
+            assert active.alive()
+            assert active.stop() == 0
+    assert standby.events("daemon_stopped")[0]["exit_code"] == 0
+    assert not standby.events("job_started")
+    assert {runner_pid(r) for r in runs(state_url)} == {active.pid}
+
+
+# The runner lock's advisory key (crm_export.store._RUNNER_LOCK_KEY), as pg_locks shows it.
+RUNNER_LOCK_HOLDER = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 6517357 "
+    "AND objid = 1 AND objsubid = 2 AND granted"
+)
+
+
+@pytest.mark.postgres
+def test_a_daemon_that_loses_its_postgres_lock_stops_with_exit_3(
+    tmp_path: Path, postgres_state_url: str
+) -> None:
+    source = tmp_path / "source.db"
+    feeder = Feeder(source)
+    feeder.feed()
+    with SandboxProcess(tmp_path) as sandbox:
+        config = write_daemon_config(
+            tmp_path / "crm-export.toml",
+            state_url=postgres_state_url,
+            org=sandbox.org,
+            streams=[Stream("contacts", sqlite_url(source))],
+            interval=INTERVAL,
+        )
+        with (
+            DaemonProcess(config, tmp_path / "first.log") as first,
+            DaemonProcess(config, tmp_path / "second.log") as second,
+        ):
+            first.wait_for_event("job_finished", job="CRMExport")
+            second.wait_for_event("standby")
+            # A DBA (or a network cut) ends the session that holds the runner lock.
+            (holder,) = sql(postgres_state_url, RUNNER_LOCK_HOLDER)
+            sql(postgres_state_url, "SELECT pg_terminate_backend(:pid)", pid=holder["pid"])
+            assert first.wait(timeout=30) == 3, first.tail()
+            assert first.events("runner_lock_lost")
+            second.wait_for_event("active", timeout=30)
+            feeder.feed()
+            poll(
+                lambda: set(external_ids(sandbox.admin)) == feeder.keys,
+                "every source row in the org",
+                context=second.tail,
+            )
+            assert second.stop() == 0
+    assert first.events("daemon_stopped")[-1]["exit_code"] == 3
+    all_runs = runs(postgres_state_url)
+    assert not overlapping_runs(all_runs)
+    assert {runner_pid(r) for r in all_runs} == {first.pid, second.pid}
