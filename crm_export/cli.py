@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from crm_export import __version__
 from crm_export import report as report_mod
 from crm_export.config import Config, Secret, load_config
@@ -53,6 +55,12 @@ def cmd_job(args: argparse.Namespace) -> int:
     from jobs import JOBS
 
     config = load(args)
+    if make_url(config.database.url).get_backend_name() != "sqlite":
+        from crm_export import migrate
+
+        # An unreachable server also fails the lock attempt: say what is wrong with the
+        # database instead of blaming a runner that may not exist.
+        migrate.check_schema(config.database.url)
     lock = runner_lock(config.database.url)
     deadline = time.monotonic() + args.wait
     while not lock.acquire():
