@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -174,3 +175,43 @@ def test_demo_runs_the_main_job_on_the_embedded_defaults(tmp_path: Path) -> None
             "SELECT resolved_at IS NOT NULL FROM ExportErrors WHERE record_key = '8'"
         ).fetchone()
     assert resolved == (1,)
+
+
+def test_job_does_not_run_beside_an_active_runner_and_can_wait_for_it(
+    tmp_path: Path, sandbox: SandboxHandle
+) -> None:
+    from crm_export.locks import runner_lock
+
+    config = make_config(tmp_path, sandbox)
+    env = {"SF_CLIENT_SECRET": sandbox.client_secret}
+    lock = runner_lock(f"sqlite:///{tmp_path / 'state.db'}")  # what a running daemon holds
+    assert lock.acquire()
+    try:
+        refused = crm_export("job", "CRMExport", "--config", str(config), env=env)
+    finally:
+        lock.release()
+    assert refused.returncode == 1
+    assert "another runner is active" in refused.stderr and "--wait" in refused.stderr
+    assert sandbox.counters()["calls"].get("token", 0) == 0
+
+    done = crm_export("job", "CRMExport", "--wait", "5", "--config", str(config), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("CRMExport contacts: paused")
+
+
+def test_job_on_an_unreachable_postgres_names_the_database_not_another_runner(
+    tmp_path: Path, sandbox: SandboxHandle
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    config = make_config(tmp_path, sandbox)
+    url = f"postgresql+psycopg://crm@127.0.0.1:{port}/state"
+    config.write_text(config.read_text().replace("sqlite:///state.db", url))
+    env = {"SF_CLIENT_SECRET": sandbox.client_secret}
+    for args in (["job", "CRMExport"], ["run"]):
+        done = crm_export(*args, "--config", str(config), env=env)
+        assert done.returncode == 1, (args, done.stderr)
+        assert f"127.0.0.1:{port}/state is unavailable" in done.stderr, done.stderr
+        assert "another runner" not in done.stderr and "standby" not in done.stderr
+    assert sandbox.counters()["calls"].get("token", 0) == 0
