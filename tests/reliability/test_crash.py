@@ -33,7 +33,7 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
     report = run_crash_harness(
         CrashOptions(
             workdir=tmp_path,
-            records=3000,
+            records=4000,
             kills=6,
             state=state,
             postgres_url=postgres_url,
