@@ -186,13 +186,11 @@ def test_a_standby_stopped_by_sigterm_exits_0_without_running_anything(tmp_path:
             streams=[Stream("contacts", sqlite_url(source))],
             interval=INTERVAL,
         )
-        with (
-            DaemonProcess(config, tmp_path / "active.log") as active,
-            DaemonProcess(config, tmp_path / "standby.log") as standby,
-        ):
+        with DaemonProcess(config, tmp_path / "active.log") as active:
             active.wait_for_event("job_finished", job="CRMExport")
-            standby.wait_for_event("standby")
-            assert standby.stop(timeout=15) == 0
+            with DaemonProcess(config, tmp_path / "standby.log") as standby:
+                standby.wait_for_event("standby")
+                assert standby.stop(timeout=15) == 0
             assert active.alive()
             assert active.stop() == 0
     assert standby.events("daemon_stopped")[0]["exit_code"] == 0
@@ -200,10 +198,17 @@ def test_a_standby_stopped_by_sigterm_exits_0_without_running_anything(tmp_path:
     assert {runner_pid(r) for r in runs(state_url)} == {active.pid}
 
 
+def start_after(active: DaemonProcess, config: Path, log: Path) -> DaemonProcess:
+    active.wait_for_event("job_finished", job="CRMExport")
+    return DaemonProcess(config, log)
+
+
 # The runner lock's advisory key (crm_export.store._RUNNER_LOCK_KEY), as pg_locks shows it.
+# pg_locks lists the whole server's locks: other tests' runners hold the same key elsewhere.
 RUNNER_LOCK_HOLDER = (
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 6517357 "
-    "AND objid = 1 AND objsubid = 2 AND granted"
+    "AND objid = 1 AND objsubid = 2 AND granted AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 
 
@@ -224,9 +229,9 @@ def test_a_daemon_that_loses_its_postgres_lock_stops_with_exit_3(
         )
         with (
             DaemonProcess(config, tmp_path / "first.log") as first,
-            DaemonProcess(config, tmp_path / "second.log") as second,
+            # Started once the first is active, so that it is the standby.
+            start_after(first, config, tmp_path / "second.log") as second,
         ):
-            first.wait_for_event("job_finished", job="CRMExport")
             second.wait_for_event("standby")
             # A DBA (or a network cut) ends the session that holds the runner lock.
             (holder,) = sql(postgres_state_url, RUNNER_LOCK_HOLDER)
