@@ -142,9 +142,6 @@ class MixRig:
         source = mix.workdir / "app.db"
         write_contacts(source, self.contacts.rows)
         self.sandbox = SandboxProcess(mix.workdir, faults=start_faults(mix), seed=mix.seed)
-        config_kwargs: dict[str, Any] = {}
-        if mix.retry is not None:
-            config_kwargs["retry"] = mix.retry
         self.config = write_config(
             mix.workdir / "crm-export.toml",
             state_url=mix.state_url,
@@ -154,7 +151,8 @@ class MixRig:
             batch_size=mix.batch_size,
             timeout_seconds=mix.timeout_seconds,
             record_retry_attempts=mix.record_retry_attempts,
-            **config_kwargs,
+            # An empty [retry] table leaves crm-export's defaults in force.
+            retry=mix.retry if mix.retry is not None else {},
         )
         self.runs = 0
 
