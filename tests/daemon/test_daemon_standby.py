@@ -38,7 +38,8 @@ from harness import (
 INTERVAL = 1
 # The standby polls the lock every min(5 s, interval); allow generous slack for a busy box.
 TAKEOVER_DEADLINE = INTERVAL + INTERVAL + 4
-HANDOVERS = 2
+# Issue 5 §4 asks PostgreSQL for many short intervals: more handovers there.
+HANDOVERS = {"sqlite": 1, "postgres": 2}
 ROWS_PER_FEED = 15
 
 
@@ -110,7 +111,8 @@ def test_one_daemon_exports_and_a_standby_takes_over_when_it_is_killed(
             active = start("daemon-0")
             active.wait_for_event("job_finished", job="CRMExport")
             kills: list[datetime] = []
-            for handover in range(1, HANDOVERS + 1):
+            backend = "sqlite" if shared_state_url.startswith("sqlite") else "postgres"
+            for handover in range(1, HANDOVERS[backend] + 1):
                 standby = start(f"daemon-{handover}")
                 standby.wait_for_event("standby")
 
