@@ -288,7 +288,12 @@ class Daemon:
         if not self._state_database_ready(holding_lock=False):
             return EXIT_START_FAILED
         self.lock = runner_lock(self.config.database.url)
-        if not self._wait_for_lock(self.lock):
+        try:
+            got_lock = self._wait_for_lock(self.lock)
+        except CrmExportError as exc:
+            log.error("cannot_start", error=str(exc), detail="the runner lock can not be taken")
+            return EXIT_START_FAILED
+        if not got_lock:
             log.info("daemon_stopped", exit_code=EXIT_STOPPED, detail="stopped while on standby")
             return EXIT_STOPPED
         if not self._state_database_ready(holding_lock=True):

@@ -15,6 +15,8 @@ from typing import Protocol
 from filelock import FileLock, Timeout
 from sqlalchemy.engine import make_url
 
+from crm_export.errors import TerminalError
+
 
 class RunnerLock(Protocol):
     description: str
@@ -45,6 +47,12 @@ class FileRunnerLock:
             self._lock.acquire(timeout=0)
         except Timeout:
             return False
+        except OSError as exc:
+            raise TerminalError(
+                f"cannot create the runner lock file {self.path} beside the SQLite state "
+                f"database: {exc.strerror or exc}. Check that its directory exists and is "
+                "writable."
+            ) from exc
         return True
 
     def alive(self) -> bool:

@@ -215,3 +215,21 @@ def test_job_on_an_unreachable_postgres_names_the_database_not_another_runner(
         assert f"127.0.0.1:{port}/state is unavailable" in done.stderr, done.stderr
         assert "another runner" not in done.stderr and "standby" not in done.stderr
     assert sandbox.counters()["calls"].get("token", 0) == 0
+
+
+def test_job_and_run_exit_1_naming_the_lock_file_when_it_can_not_be_created(
+    tmp_path: Path, sandbox: SandboxHandle
+) -> None:
+    config = make_config(tmp_path, sandbox)
+    # The state database's directory is a file, so its lock file can not be made beside it.
+    (tmp_path / "not-a-dir").write_text("")
+    text = config.read_text().replace("sqlite:///state.db", "sqlite:///not-a-dir/state.db")
+    config.write_text(text)
+    env = {"SF_CLIENT_SECRET": sandbox.client_secret}
+    for args in (["job", "CRMExport"], ["run"]):
+        done = crm_export(*args, "--config", str(config), env=env)
+        assert done.returncode == 1, (args, done.stderr)
+        assert "cannot create the runner lock file" in done.stderr, done.stderr
+        assert "not-a-dir/state.runner.lock" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert sandbox.counters()["calls"].get("token", 0) == 0
