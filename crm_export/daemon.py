@@ -13,6 +13,7 @@ outdated); 2 invalid config at start; 3 lost the runner lock while active.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -159,6 +161,25 @@ class Daemon:
                 log.exception("job_crashed", job=job_id)
                 self._last_jobs[job_id] = {"finished_at": _iso(datetime.now(UTC)), "crashed": True}
 
+    def _on_scheduler_event(self, event: JobEvent) -> None:
+        if event.job_id == "heartbeat":
+            return
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            log.info(
+                "job_skipped",
+                job=event.job_id,
+                detail="its previous run is still going; it runs again at the next tick after",
+            )
+        elif event.code == EVENT_JOB_MISSED:
+            scheduled = getattr(event, "scheduled_run_time", None)
+            log.warning(
+                "job_missed",
+                job=event.job_id,
+                scheduled=_iso(scheduled),
+                detail="the daemon was busy or down for longer than [schedule] "
+                "misfire_grace_seconds after this run was due; it runs at its next time",
+            )
+
     def _heartbeat(self) -> None:
         assert self.lock is not None
         if not self.lock.alive():
@@ -196,12 +217,13 @@ class Daemon:
         interval = IntervalTrigger(seconds=schedule.export_interval_seconds, timezone=UTC)
         cron = CronTrigger.from_crontab(schedule.reexport_cron, timezone=schedule.timezone)
         first = {} if reschedule else {"next_run_time": datetime.now(UTC)}
-        self.scheduler.add_job(
-            self._job, interval, args=["CRMExport"], id="CRMExport", **common, **first
-        )
-        self.scheduler.add_job(
-            self._job, cron, args=["CRMExport_ExportError"], id="CRMExport_ExportError", **common
-        )
+        for job_id, trigger, extra in (
+            ("CRMExport", interval, first),
+            ("CRMExport_ExportError", cron, {}),
+        ):
+            self.scheduler.add_job(
+                self._job, trigger, args=[job_id], id=job_id, name=job_id, **common, **extra
+            )
         beat = min(self.tuning.max_heartbeat_seconds, schedule.export_interval_seconds)
         self.scheduler.add_job(
             self._heartbeat,
@@ -307,6 +329,10 @@ class Daemon:
                     "heartbeat": ThreadPoolExecutor(1),
                 },
             )
+            self.scheduler.add_listener(
+                self._on_scheduler_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED
+            )
+            _route_scheduler_logging()
             self._schedule(self.config)
             schedule = self.config.schedule
             log.info(
@@ -335,6 +361,24 @@ class Daemon:
             self.lock.release()
         log.info("daemon_stopped", exit_code=self.exit_code)
         return self.exit_code
+
+
+class _ToStructlog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        log.error("scheduler_error", logger=record.name, message=record.getMessage())
+
+
+def _route_scheduler_logging() -> None:
+    """Keep APScheduler's own stdlib log lines out of the JSON stream.
+
+    Unconfigured, Python prints them as plain text on stderr, which breaks a log pipeline
+    that parses every line as JSON. Its warnings (a run skipped or missed) reach the log as
+    events through the scheduler listener instead; anything worse is forwarded.
+    """
+    scheduler_log = logging.getLogger("apscheduler")
+    scheduler_log.handlers[:] = [_ToStructlog()]
+    scheduler_log.setLevel(logging.ERROR)
+    scheduler_log.propagate = False
 
 
 def _exit_now(code: int) -> NoReturn:
