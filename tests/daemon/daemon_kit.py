@@ -128,6 +128,18 @@ class DaemonProcess:
                 out.append(event)
         return out
 
+    def plain_lines(self) -> list[str]:
+        """Lines that are not JSON objects: each one breaks a pipeline parsing the log."""
+        out = []
+        for line in self.text().splitlines():
+            try:
+                if isinstance(json.loads(line), dict):
+                    continue
+            except json.JSONDecodeError:
+                pass
+            out.append(line)
+        return out
+
     def tail(self, lines: int = 40) -> str:
         return f"--- daemon {self.pid} log (last {lines} lines) ---\n" + "\n".join(
             self.text().splitlines()[-lines:]

@@ -247,6 +247,7 @@ def test_the_log_tells_an_operator_what_the_daemon_does(schedule_run: ScheduleRu
     assert "CRMExport_ExportError" in last_jobs
     for job in ("CRMExport", "CRMExport_ExportError"):
         assert daemon.events("job_started", job=job)
+    assert daemon.plain_lines() == []
     for event in daemon.events():
         assert "sandbox-secret" not in json.dumps(event)
         assert event["level"] in {"info", "warning", "error"}

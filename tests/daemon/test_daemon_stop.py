@@ -93,6 +93,7 @@ def test_sigterm_mid_export_exits_0_and_a_restart_loses_and_duplicates_nothing(
         assert took < 30, took
         assert daemon.events("stopping")[0]["signal"] == "SIGTERM"
         assert daemon.events("daemon_stopped")[-1]["exit_code"] == 0
+        assert daemon.plain_lines() == []
 
         # The run says it was stopped, and counts exactly what reached the org.
         (run,) = runs(state_url, "CRMExport")
@@ -133,6 +134,10 @@ def test_a_second_signal_exits_at_once_and_a_restart_still_loses_nothing(
             code = daemon.wait()
             took = time.monotonic() - signalled
         assert code == 128 + signal.SIGTERM
+        # Each 4 s batch outlived the 2 s interval: the ticks in between were skipped, and the
+        # log says so in JSON like everything else.
+        assert daemon.events("job_skipped", job="CRMExport"), daemon.tail()
+        assert daemon.plain_lines() == []
         assert took < 3, f"the second signal took {took:.1f} s to end the daemon"
         assert daemon.events("second_signal")
         # Nobody finished the run: it stays 'running' until the next runner marks it.
