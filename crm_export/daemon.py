@@ -7,7 +7,14 @@ lets the in-flight batch be acknowledged and committed, then exits 0; a second s
 at once, which is safe because every acknowledgement is a single transaction.
 
 Exit codes: 0 stopped on request; 1 could not start (state database unreachable or
-outdated); 2 invalid config at start; 3 lost the runner lock while active.
+outdated, runner lock file impossible to create); 2 invalid config at start; 3 lost the
+runner lock while active. 128 + the signal number after a second signal.
+
+Log events an operator can watch for: ``standby`` / ``active`` (the runner lock),
+``daemon_started``, ``job_started`` / ``job_finished`` (each stream's outcome),
+``job_skipped`` / ``job_missed``, ``heartbeat`` (role, next runs, how each job last ended),
+``config_invalid`` / ``config_restart_required``, ``pause_mode_off``, ``stopping``,
+``runner_lock_lost``, ``cannot_start`` and ``daemon_stopped``.
 """
 
 from __future__ import annotations
