@@ -40,6 +40,13 @@ def main() -> int:
     parser.add_argument("--pause-rejects", type=int, default=3)
     parser.add_argument("--pause-kills", type=int, default=5)
     parser.add_argument(
+        "--reexport-fixes",
+        type=int,
+        default=270,
+        help="phase 3: rejected rows fixed, then re-exported by CRMExport_ExportError; 0 skips",
+    )
+    parser.add_argument("--reexport-kills", type=int, default=3)
+    parser.add_argument(
         "--no-baseline",
         action="store_true",
         help="skip timing one uninterrupted export of the same rows (the ratio's baseline)",
@@ -65,6 +72,8 @@ def main() -> int:
                 pause_records=args.pause_records,
                 pause_rejects=args.pause_rejects,
                 pause_kills=args.pause_kills,
+                reexport_fixes=args.reexport_fixes,
+                reexport_kills=args.reexport_kills,
                 baseline=not args.no_baseline,
             )
         )

@@ -4,18 +4,20 @@ export_runs tells the truth about the killed runs.
 
 The sandbox org runs as its own process (``crm-export sandbox serve --data``) with latency on
 every call, so it outlives every killed exporter and a kill often lands while a batch is in
-flight. The exporter is ``crm-export job CRMExport`` as a process, exactly as a user (or
-cron) runs it. Kill points are seeded: most are drawn over the export's progress (the org's
-count of created records, plus a little jitter, so a kill lands anywhere in a batch's cycle:
-sending, waiting for the org, acknowledging); about a fifth over the first seconds of a
-process (start-up, the migration of a new SQLite state database, login).
+flight. The exporter is ``crm-export job ...`` as a process, exactly as a user (or cron) runs
+it. Kill points are seeded: most are drawn over the export's progress (the org's count of
+records written, plus a little jitter, so a kill lands anywhere in a batch's cycle: sending,
+waiting for the org, acknowledging); about a fifth over the first seconds of a process
+(start-up, the migration of a new SQLite state database, login).
 
 Phase 1 (skip mode, ``pause_on_error = false``): every ``reject_every``-th row breaks an org
 rule; those are logged and skipped.
 Phase 2 (pause mode, optional): new rows, a few of them rejected; each pause is fixed in the
 source as a person would (order value unchanged) and the exporter goes on, killed meanwhile
-right after the org's rejections and between pauses. The org must receive the new rows in
-source order, each once.
+with a call in flight, right after the org's rejections, and between pauses. The org must
+receive the new rows in source order, each once.
+Phase 3 (optional): some of phase 1's rejected rows are fixed in the source, and the daily
+re-export (``CRMExport_ExportError``) runs, killed the same way, until one run completes.
 
 After each kill the harness notes how many records the org holds that the state database has
 not acknowledged: those are the only ones a later run may send again. The checks then hold
@@ -85,6 +87,10 @@ class CrashOptions:
     pause_records: int = 0
     pause_rejects: int = 3
     pause_kills: int = 4
+    # Phase 3: fix this many of phase 1's rejected rows, then run the daily re-export
+    # (CRMExport_ExportError) under kills; 0 skips it.
+    reexport_fixes: int = 0
+    reexport_kills: int = 2
     attempt_timeout: float = 600.0
     # Also time one uninterrupted export of the phase 1 rows (fresh org and state database),
     # the baseline the kills' cost is reported against.
@@ -149,9 +155,9 @@ class CrashReport:
             f"latency={o.latency_ms}ms batch={o.batch_size}",
             f"  exporter processes: {len(self.attempts)}, killed with SIGKILL: {self.kills} "
             f"(phase 1, skip mode: {f.get('phase1_kills')}; phase 2, pause mode: "
-            f"{f.get('phase2_kills', 0)})",
+            f"{f.get('phase2_kills', 0)}; phase 3, re-export: {f.get('phase3_kills', 0)})",
         ]
-        for phase in (1, 2):
+        for phase in (1, 2, 3):
             landed = self.kills_landed(phase)
             if landed:
                 out.append(f"  phase {phase} kills landed:")
@@ -162,6 +168,11 @@ class CrashReport:
                 f" (+{len(f.get('phase2_fixed', []))} rejected in phase 2, then fixed)"
                 if o.pause_records
                 else ""
+            )
+            + (
+                f" ({f.get('phase3_fixed')} more were rejected in phase 1, then fixed)"
+                if o.reexport_fixes
+                else ""
             ),
             f"  org: {f.get('contacts')} Contact records, {f.get('distinct_ids')} distinct "
             f"External_Id__c, duplicates: {f.get('duplicates')}, missing: {f.get('missing')}",
@@ -169,7 +180,7 @@ class CrashReport:
             f"{f.get('updated')} resends (updates); kills left {f.get('unacknowledged')} "
             "written records unacknowledged, the only ones allowed to go again",
             f"  ExportErrors: {f.get('open_errors')} open rows == the rejected records: "
-            f"{f.get('errors_match')}; {f.get('resolved_errors', 0)} resolved (phase 2 fixes); "
+            f"{f.get('errors_match')}; {f.get('resolved_errors', 0)} resolved (the fixed ones); "
             f"open rows for records in the org: {f.get('open_but_in_org')}",
             f"  export_runs: {f.get('runs_by_outcome')}",
             f"  phase 1 counters summed over its runs: read {f.get('sum_read')}, exported "
@@ -180,6 +191,12 @@ class CrashReport:
             out.append(
                 f"  phase 2: paused at {f.get('phase2_fixed')}, each fixed in the source; "
                 f"first writes in source order: {f.get('phase2_in_order')}"
+            )
+        if o.reexport_fixes:
+            out.append(
+                f"  phase 3: {f.get('phase3_fixed')} fixed rows re-exported and resolved; the "
+                f"unfixed gained {f.get('reexport_attempts')} attempts == the failures counted "
+                "by acknowledged re-export runs"
             )
         phase1 = sum(a.seconds for a in self.attempts if a.phase == 1)
         if "baseline_seconds" in f:
@@ -206,10 +223,13 @@ class _Org:
         self._url = f"{sandbox.org.base_url.rstrip('/')}/_sandbox/counters"
 
     def counters(self) -> dict[str, int]:
+        """The org's record counters (created, updated, failed) and ``upserts``: how many
+        sObject Collections calls it has received (counted before its latency)."""
         response = self._session.get(self._url, timeout=30)
         response.raise_for_status()
-        records: dict[str, int] = response.json()["records"]
-        return records
+        counters = response.json()
+        records: dict[str, int] = counters["records"]
+        return {**records, "upserts": int(counters["calls"].get("composite_upsert", 0))}
 
     def settled(self, quiet: float) -> dict[str, int]:
         """The counters once they have not moved for ``quiet`` seconds: the org has finished
@@ -234,9 +254,11 @@ class CrashCheckFailed(AssertionError):
     pass
 
 
+_OPEN_ERRORS = "SELECT record_key FROM ExportErrors WHERE resolved_at IS NULL"
+
 # A kill point: ("time", seconds after a process started), or the org's count to wait for:
-# ("writes", records written, resends included), ("created", records created) or ("failed",
-# records rejected).
+# ("writes", records written, resends included), ("created", records created), ("failed",
+# records rejected) or ("upserts", calls received: the kill lands with that call in flight).
 KillPoint = tuple[str, float]
 
 
@@ -273,8 +295,8 @@ class _Harness:
         return self.counters()["created"]
 
     def count(self, kind: str) -> int:
-        """The org's count of ``kind``: created, failed (rejected), or writes (created or
-        updated, resends included)."""
+        """The org's count of ``kind``: created, failed (rejected), upserts (calls received),
+        or writes (created or updated, resends included)."""
         counters = self.counters()
         if kind == "writes":
             return counters["created"] + counters["updated"]
@@ -296,17 +318,15 @@ class _Harness:
         accepted record is acknowledged once, so this is how many the org should hold."""
         return sum(int(r["records_exported"]) for r in self.runs().values())
 
-    def attempt(self, phase: int, plan: KillPoint | None) -> Attempt:
-        """Start the exporter; kill it at ``plan`` (None: let it finish)."""
+    def attempt(self, phase: int, plan: KillPoint | None, job: str = "CRMExport") -> Attempt:
+        """Start ``job``; kill it at ``plan`` (None: let it finish)."""
         number = len(self.report.attempts) + 1
         before = set(self.runs())
         log_file = self.dir / f"exporter-{number:03d}.log"
         started = time.monotonic()
         with log_file.open("w", encoding="utf-8") as err:
             proc = subprocess.Popen(
-                crm_export_command(
-                    "job", "CRMExport", "--config", str(self.config_path), "--wait", "60"
-                ),
+                crm_export_command("job", job, "--config", str(self.config_path), "--wait", "60"),
                 env=job_env(SECRET),
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -379,9 +399,9 @@ class _Harness:
             if due:
                 if kind != "time":
                     # Land anywhere in the batch cycle: the org's answer on its way back,
-                    # the acknowledgement, the next read, the next request. Pause-mode runs
-                    # end soon after a rejection, so the jitter is shorter there.
-                    spread = 1.0 if kind == "failed" else 2.5
+                    # the acknowledgement, the next read, the next request. A pause-mode run
+                    # ends soon after its last write or rejection: less jitter there.
+                    spread = {"writes": 2.5, "failed": 1.0, "upserts": 1.0}.get(kind, 0.5)
                     time.sleep(self.rng.uniform(0, spread * self.o.latency_ms / 1000))
                 if proc.poll() is not None:
                     return None
@@ -521,18 +541,71 @@ class _Harness:
             )
         return contacts
 
-    def aim_paused(self, created_at_pause: int, pauses: bool) -> KillPoint | None:
-        """Right after the org's next rejection (between a rolled-back batch and the resend
-        of its prefix, or the pause's acknowledgement), or while the records before the next
-        pause go out (the first of them may be the released record); None if neither is left.
-        """
+    def aim_paused(self, created_at_pause: int, pauses: bool) -> KillPoint:
+        """With one of the next calls in flight, right after the org's next rejection
+        (between a rolled-back batch and the resend of its prefix, or the pause's
+        acknowledgement), or while the records before the next pause go out."""
         counters = self.counters()
         room = created_at_pause - counters["created"]
-        if room > 1 and (not pauses or self.rng.random() < 0.5):
-            return "created", float(counters["created"] + self.rng.randint(1, room - 1))
-        if pauses:
-            return "failed", float(counters["failed"] + 1)
-        return None
+        kinds = ["upserts"] + (["created"] if room > 1 else []) + (["failed"] if pauses else [])
+        kind = self.rng.choice(kinds)
+        if kind == "created":
+            return kind, float(counters["created"] + self.rng.randint(1, room - 1))
+        if kind == "failed":
+            return kind, float(counters["failed"] + 1)
+        # The next call or the one after: the retry of a released record, the batch the
+        # org will reject, or the resend of its prefix.
+        return kind, float(counters["upserts"] + self.rng.randint(1, 2))
+
+    # -- phase 3: the daily re-export -----------------------------------------------------
+
+    def phase3(self, phase1: ContactSet) -> list[str]:
+        """A person fixes some of phase 1's rejected rows (order values unchanged, so only
+        the re-export finds them); CRMExport_ExportError runs, killed meanwhile, until one
+        run completes. Returns the fixed keys."""
+        o = self.o
+        rejected = sorted(phase1.rejected, key=int)
+        fixed = self.rng.sample(rejected, min(o.reexport_fixes, len(rejected)))
+        with sqlite3.connect(self.source) as db:
+            db.executemany(
+                "UPDATE contacts SET email = 'c' || id || '@acme.test', last_name = 'Last' || id,"
+                " title = NULL WHERE id = ?",
+                [(int(k),) for k in fixed],
+            )
+        db.close()
+        self.write_config(pause_on_error=False)
+        self.o.log(
+            f"phase 3 (CRMExport_ExportError): {len(fixed)} of {len(rejected)} rejected rows "
+            f"fixed, {o.reexport_kills} kills planned"
+        )
+        kills_left = o.reexport_kills
+        for _ in range(3 * o.reexport_kills + 5):
+            plan = self.aim_reexport(fixed, len(rejected) - len(fixed)) if kills_left else None
+            a = self.attempt(3, plan, job="CRMExport_ExportError")
+            if a.kill is not None:
+                kills_left -= 1
+                continue
+            self._expect(a, "completed")
+            break
+        else:
+            self.report.problems.append("phase 3 never completed")
+        self.report.facts["phase3_kills"] = sum(self.report.kills_landed(3).values())
+        self.report.facts["phase3_fixed"] = len(fixed)
+        return sorted(fixed, key=int)
+
+    def aim_reexport(self, fixed: list[str], unfixed: int) -> KillPoint:
+        """With the next call in flight, while the fixed records not yet resolved are created,
+        or while the unfixed ones are rejected again."""
+        counters = self.counters()
+        still_open = {e["record_key"] for e in sql(self.state_url, _OPEN_ERRORS)}
+        waiting = sum(1 for k in fixed if k in still_open)
+        kinds = ["upserts"] + (["failed"] if unfixed else []) + (["created"] if waiting else [])
+        kind = self.rng.choice(kinds)
+        if kind == "failed":
+            return kind, float(counters["failed"] + self.rng.randint(1, unfixed))
+        if kind == "created":
+            return kind, float(counters["created"] + self.rng.randint(1, waiting))
+        return kind, float(counters["upserts"] + 1)
 
     def _expect(self, attempt: Attempt, outcome: str) -> None:
         if attempt.exit_code != 0 or f": {outcome}" not in attempt.stdout:
@@ -543,13 +616,17 @@ class _Harness:
 
     # -- the checks -----------------------------------------------------------------------
 
-    def check(self, phase1: ContactSet, phase2: ContactSet | None) -> None:
+    def check(
+        self, phase1: ContactSet, phase2: ContactSet | None, phase3: list[str] | None = None
+    ) -> None:
         assert self.sandbox is not None
         facts, problems = self.report.facts, self.report.problems
         accepted = set(phase1.accepted) | (
             {str(r["id"]) for r in phase2.rows} if phase2 is not None else set()
         )
-        rejected = dict(phase1.rejected)
+        fixed3 = phase3 or []
+        accepted |= set(fixed3)
+        rejected = {k: v for k, v in phase1.rejected.items() if k not in fixed3}
 
         # The org: every accepted record exactly once, nothing else, with its own values.
         records = self.sandbox.admin.records("Contact")
@@ -623,13 +700,23 @@ class _Harness:
         if bad_codes:
             problems.append(f"ExportErrors rows with another code than expected: {bad_codes[:10]}")
         # Skip mode sends each row once per acknowledged batch, so a rejection is counted
-        # once however many times a kill made the batch go again.
-        twice = [k for k, e in open_rows.items() if e["attempts"] != 1]
-        if twice:
-            problems.append(f"rejected records counted more than once (attempts): {twice[:10]}")
+        # once however many times a kill made the batch go again; each acknowledged
+        # re-export adds one attempt, and its run counts one failure.
+        reexport_failed = self._sums(3)["failed"]
+        extra_attempts = sum(int(e["attempts"]) - 1 for e in open_rows.values())
+        facts["reexport_attempts"] = extra_attempts
+        if phase3 is None:
+            twice = [k for k, e in open_rows.items() if e["attempts"] != 1]
+            if twice:
+                problems.append(f"rejected records counted more than once (attempts): {twice[:10]}")
+        elif extra_attempts != reexport_failed:
+            problems.append(
+                f"the re-export runs count {reexport_failed} failures, but the open ExportErrors "
+                f"rows gained {extra_attempts} attempts"
+            )
         resolved = [e for e in errors if e["resolved_at"] is not None]
         facts["resolved_errors"] = len(resolved)
-        expected_resolved = sorted(phase2.rejected if phase2 is not None else {})
+        expected_resolved = sorted([*(phase2.rejected if phase2 is not None else {}), *fixed3])
         if sorted(e["record_key"] for e in resolved) != expected_resolved or any(
             e["status"] != "resolved" for e in resolved
         ):
@@ -638,11 +725,20 @@ class _Harness:
                 f" != the fixed records {expected_resolved}"
             )
 
-        self._check_runs(phase1, phase2)
+        self._check_runs(phase1, phase2, fixed3)
         if phase2 is not None:
             self._check_order(phase2, writes)
 
-    def _check_runs(self, phase1: ContactSet, phase2: ContactSet | None) -> None:
+    def _sums(self, phase: int) -> dict[str, int]:
+        """A phase's counters summed over its runs."""
+        runs = self.runs()
+        ids = [i for a in self.report.attempts if a.phase == phase for i in a.new_runs]
+        return {
+            k: sum(int(runs[i][f"records_{k}"]) for i in ids)
+            for k in ("exported", "failed", "read")
+        }
+
+    def _check_runs(self, phase1: ContactSet, phase2: ContactSet | None, fixed3: list[str]) -> None:
         facts, problems = self.report.facts, self.report.problems
         runs = self.runs()
         facts["runs_by_outcome"] = dict(Counter(r["outcome"] for r in runs.values()))
@@ -672,15 +768,8 @@ class _Harness:
                         f"run {run_id} is marked interrupted at {finished}, before it was killed"
                     )
 
-        def sums(phase: int) -> dict[str, int]:
-            ids = [i for a in self.report.attempts if a.phase == phase for i in a.new_runs]
-            return {
-                k: sum(int(runs[i][f"records_{k}"]) for i in ids)
-                for k in ("exported", "failed", "read")
-            }
-
         # Counted when acknowledged, in the same transaction as the position: exactly once.
-        p1 = sums(1)
+        p1 = self._sums(1)
         facts.update({f"sum_{k}": v for k, v in p1.items()})
         expected = {
             "exported": len(phase1.accepted),
@@ -690,10 +779,13 @@ class _Harness:
         for k, n in expected.items():
             if p1[k] != n:
                 problems.append(f"phase 1 runs count {p1[k]} records {k}, not {n}")
-        if phase2 is not None and sums(2)["exported"] != len(phase2.rows):
-            problems.append(
-                f"phase 2 runs count {sums(2)['exported']} records exported, not {len(phase2.rows)}"
-            )
+        exported = {2: len(phase2.rows) if phase2 is not None else 0, 3: len(fixed3)}
+        for phase, n in exported.items():
+            if self._sums(phase)["exported"] != n:
+                problems.append(
+                    f"phase {phase} runs count {self._sums(phase)['exported']} records exported,"
+                    f" not {n}"
+                )
 
     def _check_order(self, phase2: ContactSet, writes: list[dict[str, Any]]) -> None:
         """Pause mode: nothing after a paused record reached the org before it did, so the
@@ -743,7 +835,11 @@ def run_crash_harness(options: CrashOptions) -> CrashReport:
                 phase2 = harness.phase2(options.records + 1) if options.pause_records else None
                 if phase2 is not None:
                     report.accepted += len(phase2.rows)
-                harness.check(phase1, phase2)
+                phase3 = harness.phase3(phase1) if options.reexport_fixes else None
+                if phase3 is not None:
+                    report.accepted += len(phase3)
+                    report.rejected -= len(phase3)
+                harness.check(phase1, phase2, phase3)
             finally:
                 harness.org.close()
     if options.baseline:
@@ -800,6 +896,8 @@ def _describe(plan: KillPoint | None) -> str:
         return f"kill once the org has {at:.0f} records"
     if kind == "writes":
         return f"kill at the org's write #{at:.0f}"
+    if kind == "upserts":
+        return f"kill with the org's upsert call #{at:.0f} in flight"
     return f"kill after the org's rejection #{at:.0f}"
 
 

@@ -2,8 +2,9 @@
 
 ``crm-export job CRMExport`` runs as a process against the sandbox org (its own process, with
 latency) and is killed with SIGKILL at seeded random points, then restarted, until the export
-completes; then a short pause-mode phase is killed the same way around its pauses. The
-harness (``crash.py``) checks the org, ExportErrors and export_runs against every promise.
+completes; then a short pause-mode phase is killed the same way around its pauses, and the
+daily re-export of fixed rows (CRMExport_ExportError) too. The harness (``crash.py``) checks
+the org, ExportErrors and export_runs against every promise.
 The full size (20,000 records, 20 kills) is ``bench/crash_harness.py``.
 """
 
@@ -42,6 +43,8 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
             pause_records=200,
             pause_rejects=2,
             pause_kills=3,
+            reexport_fixes=40,
+            reexport_kills=2,
             attempt_timeout=120,
             log=lines.append,
         )
