@@ -594,17 +594,19 @@ class _Harness:
         return sorted(fixed, key=int)
 
     def aim_reexport(self, fixed: list[str], unfixed: int) -> KillPoint:
-        """With the next call in flight, while the fixed records not yet resolved are created,
+        """With the next call in flight, while the fixed records not yet resolved are written,
         or while the unfixed ones are rejected again."""
         counters = self.counters()
         still_open = {e["record_key"] for e in sql(self.state_url, _OPEN_ERRORS)}
         waiting = sum(1 for k in fixed if k in still_open)
-        kinds = ["upserts"] + (["failed"] if unfixed else []) + (["created"] if waiting else [])
+        kinds = ["upserts"] + (["failed"] if unfixed else []) + (["writes"] if waiting else [])
         kind = self.rng.choice(kinds)
         if kind == "failed":
             return kind, float(counters["failed"] + self.rng.randint(1, unfixed))
-        if kind == "created":
-            return kind, float(counters["created"] + self.rng.randint(1, waiting))
+        if kind == "writes":
+            # Written again, not created, if a killed run left them unacknowledged.
+            writes = counters["created"] + counters["updated"]
+            return kind, float(writes + self.rng.randint(1, waiting))
         return kind, float(counters["upserts"] + 1)
 
     def _expect(self, attempt: Attempt, outcome: str) -> None:
