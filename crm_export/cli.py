@@ -52,9 +52,11 @@ def load(args: argparse.Namespace) -> Config:
 
 def cmd_job(args: argparse.Namespace) -> int:
     from crm_export.locks import runner_lock
+    from crm_export.runtime import check_sources
     from jobs import JOBS
 
     config = load(args)
+    check_sources(config)
     if make_url(config.database.url).get_backend_name() != "sqlite":
         from crm_export import migrate
 

@@ -66,3 +66,15 @@ class SalesforceConfigurationError(TerminalError):
 
 class SourceError(TerminalError):
     """The source table or query cannot be read as configured."""
+
+
+class SourceMissingError(SourceError):
+    """What a stream names is not there: its SQLite file (``setting = "source_url"``), its
+    table (``"table"``), or columns (``columns`` maps each to its problem)."""
+
+    def __init__(
+        self, message: str, *, setting: str | None = None, columns: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.columns = dict(columns or {})

@@ -13,13 +13,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from crm_export import migrate
-from crm_export.config import Config, Secret, StreamConfig
+from crm_export.config import Config, Secret, StreamConfig, stream_key_path
+from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
 from crm_export.export import Exporter, ExportPolicy, StreamPlan
 from crm_export.mapping import FieldMap
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
-from crm_export.store import SqlStore
+from crm_export.store import SqlStore, preflight_source
 
 
 def stream_plan(stream: StreamConfig) -> StreamPlan:
@@ -38,6 +39,46 @@ def stream_plan(stream: StreamConfig) -> StreamPlan:
         ),
         pause_on_error=stream.pause_on_error,
     )
+
+
+def check_sources(config: Config) -> None:
+    """Raise ``ConfigError`` naming the key when a stream's SQLite file, table or columns do
+    not exist, before any state database is touched. A source that can not be reached right
+    now is left for the run to report: that is an outage, not a mistake in the file."""
+    problems: list[str] = []
+    for i, stream in enumerate(config.streams):
+        where = stream_key_path(i, stream.name)
+        try:
+            preflight_source(stream_plan(stream).source)
+        except TransientError:
+            continue
+        except SourceMissingError as exc:
+            if exc.columns:  # each column's problem, under the key that names the column
+                problems += [
+                    f"{where}.{_setting_of(stream, c)}: {p}" for c, p in exc.columns.items()
+                ]
+            else:
+                problems.append(f"{where}.{exc.setting or 'table'}: {_reason(stream, exc)}")
+        except SourceError as exc:
+            problems.append(
+                f"{where}.{'table' if stream.table else 'query'}: {_reason(stream, exc)}"
+            )
+    if problems:
+        raise ConfigError(str(config.path), problems)
+
+
+def _reason(stream: StreamConfig, exc: Exception) -> str:
+    return str(exc).removeprefix(f"stream {stream.name!r}: ")
+
+
+def _setting_of(stream: StreamConfig, column: str) -> str:
+    """The config key that names ``column``: key, order_by, or a fields entry."""
+    if column == stream.key:
+        return "key"
+    if column == stream.order_by:
+        return "order_by"
+    field = next((sf for sf, col in stream.fields if col == column), None)
+    return f"fields.{field}" if field else "fields"
 
 
 def export_policy(config: Config) -> ExportPolicy:

@@ -35,7 +35,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.types import NullType
 
-from crm_export.errors import SourceError, TerminalError, TransientError
+from crm_export.errors import SourceError, SourceMissingError, TerminalError, TransientError
 from crm_export.ports import (
     UNCHANGED,
     BatchAck,
@@ -385,6 +385,68 @@ def _source_failure(source: StreamSource, exc: sa.exc.SQLAlchemyError) -> NoRetu
             f" is unavailable: {_reason(exc)}"
         ) from exc
     raise SourceError(f"stream {source.name!r}: cannot read the source: {_reason(exc)}") from exc
+
+
+def _check_source(conn: Connection, source: StreamSource) -> None:
+    q = _SourceQuery(source)
+    if source.table is not None:
+        schema, table = _split_table(source.table)
+        insp = sa.inspect(conn)
+        if not (insp.has_table(table, schema=schema) or _is_view(insp, table, schema)):
+            raise SourceMissingError(
+                f"stream {source.name!r}: table {source.table!r} does not exist"
+                f" in {redact_url(source.source_url)}",
+                setting="table",
+            )
+        available = [c["name"] for c in insp.get_columns(table, schema=schema)]
+        where = f"table {source.table}"
+    else:
+        probe: sa.Select[Any] = (
+            sa.select(sa.literal_column("*"))
+            .select_from(_literal_query(source.query or "").columns().subquery("src"))
+            .limit(0)
+        )
+        available = list(conn.execute(probe).keys())
+        where = "the query"
+    missing: dict[str, str] = {}
+    for name in q.names:
+        if any(_same_name(a, name, conn.dialect) for a in available):
+            continue
+        hint = next((a for a in available if a.casefold() == name.casefold()), None)
+        missing[name] = f"column {name!r} does not exist in {where}" + (
+            f" (did you mean {hint!r}?)" if hint else ""
+        )
+    if missing:
+        problems = (f"stream {source.name!r}: {p}" for p in missing.values())
+        raise SourceMissingError("; ".join(problems), columns=missing)
+    # Finally read nothing for real: catches permissions and broken views.
+    conn.execute(q.select().limit(0)).all()
+
+
+def preflight_source(source: StreamSource) -> None:
+    """``check_source`` before any state database is opened, on a throwaway engine that
+    changes nothing, and never creating a SQLite file that is not there."""
+    url = make_url(source.source_url)
+    if _is_sqlite(source.source_url) and not is_memory_sqlite(source.source_url):
+        path = url.database or ""
+        if not os.path.exists(path):
+            raise SourceMissingError(
+                f"stream {source.name!r}: the SQLite file {path} does not exist",
+                setting="source_url",
+            )
+    try:
+        engine = create_source_engine(source.source_url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise SourceError(
+            f"stream {source.name!r}: cannot use source URL {redact_url(source.source_url)}: {exc}"
+        ) from exc
+    try:
+        with engine.connect() as conn:
+            _check_source(conn, source)
+    except sa.exc.SQLAlchemyError as exc:
+        _source_failure(source, exc)
+    finally:
+        engine.dispose()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1058,40 +1120,8 @@ class SqlStore:
     def check_source(self, source: StreamSource) -> None:
         """Raise ``SourceError`` naming the stream and what is missing (table, column), or
         why the source can not be read, so a typo in the config stops before any export."""
-        q = _SourceQuery(source)
-        required = q.names
         with self._source(source) as conn:
-            if source.table is not None:
-                schema, table = _split_table(source.table)
-                insp = sa.inspect(conn)
-                if not (insp.has_table(table, schema=schema) or _is_view(insp, table, schema)):
-                    raise SourceError(
-                        f"stream {source.name!r}: table {source.table!r} does not exist"
-                        f" in {redact_url(source.source_url)}"
-                    )
-                available = [c["name"] for c in insp.get_columns(table, schema=schema)]
-                where = f"table {source.table}"
-            else:
-                probe: sa.Select[Any] = (
-                    sa.select(sa.literal_column("*"))
-                    .select_from(_literal_query(source.query or "").columns().subquery("src"))
-                    .limit(0)
-                )
-                available = list(conn.execute(probe).keys())
-                where = "the query"
-            problems = []
-            for name in required:
-                if any(_same_name(a, name, conn.dialect) for a in available):
-                    continue
-                hint = next((a for a in available if a.casefold() == name.casefold()), None)
-                problems.append(
-                    f"stream {source.name!r}: column {name!r} does not exist in {where}"
-                    + (f" (did you mean {hint!r}?)" if hint else "")
-                )
-            if problems:
-                raise SourceError("; ".join(problems))
-            # Finally read nothing for real: catches permissions and broken views.
-            conn.execute(q.select().limit(0)).all()
+            _check_source(conn, source)
 
     # -- ExportErrors -----------------------------------------------------------------------
 

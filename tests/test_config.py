@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -488,3 +489,41 @@ def test_a_bad_config_leaves_a_postgresql_state_database_without_tables(
         assert sa.inspect(engine).get_table_names() == []
     finally:
         engine.dispose()
+
+
+# Sources that do not exist ------------------------------------------------------------------
+
+BAD_SOURCE_DIR = Path(__file__).parent / "configs" / "bad_source"
+
+
+def test_a_missing_source_table_column_or_file_exits_2_naming_the_key_and_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    corpus = tmp_path / "bad_source"
+    shutil.copytree(BAD_SOURCE_DIR, corpus)
+    source = corpus / "source.db"
+    with sqlite3.connect(source) as db:
+        db.execute(
+            "CREATE TABLE contacts (id INTEGER PRIMARY KEY, first_name TEXT, last_name TEXT,"
+            " email TEXT, updated_at TEXT)"
+        )
+        db.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
+    db.close()
+    before = {p.name: p.stat().st_mtime_ns for p in corpus.iterdir()}
+    configs = sorted(corpus.glob("*.toml"))
+    assert len(configs) >= 5
+
+    commands = [
+        [*cmd, "--config", str(p)] for p in configs for cmd in (["job", "CRMExport"], ["run"])
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(lambda args: _run_cli(args, tmp_path), commands))
+
+    for args, result in zip(commands, done, strict=True):
+        path = Path(args[-1])
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith(f"crm-export: invalid config {path}:\n"), result.stderr
+        for text in _expected_lines(path):
+            assert text in result.stderr, (args, text, result.stderr)
+    # No state database, no source file created, the source file itself unchanged.
+    assert {p.name: p.stat().st_mtime_ns for p in corpus.iterdir()} == before
