@@ -45,6 +45,7 @@ from crm_export import migrate
 from crm_export.config import Config, load_config
 from crm_export.errors import ConfigError, CrmExportError
 from crm_export.locks import RunnerLock, holder_id, runner_lock
+from crm_export.runtime import check_sources
 
 EXIT_STOPPED, EXIT_START_FAILED, EXIT_CONFIG, EXIT_LOCK_LOST = 0, 1, 2, 3
 
@@ -310,6 +311,8 @@ class Daemon:
 
     def run(self) -> int:
         self.config = load_config(self.config_path)
+        # A table or column that does not exist is a mistake in the file: exit 2 at start.
+        check_sources(self.config)
         if self.on_config is not None:
             self.on_config(self.config)
         for signum in (signal.SIGTERM, signal.SIGINT):
