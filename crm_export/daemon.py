@@ -54,6 +54,10 @@ log = structlog.get_logger("crm_export.daemon")
 JobRunner = Callable[[str, Config, threading.Event], Any]
 
 
+# The scheduled jobs users know; the daemon's own housekeeping jobs are left out of events.
+JOB_IDS = ("CRMExport", "CRMExport_ExportError")
+
+
 @dataclass(frozen=True)
 class DaemonTuning:
     stop_timeout_seconds: float = 60.0
@@ -170,7 +174,7 @@ class Daemon:
                 self._last_jobs[job_id] = {"finished_at": _iso(datetime.now(UTC)), "crashed": True}
 
     def _on_scheduler_event(self, event: JobEvent) -> None:
-        if event.job_id == "heartbeat":
+        if event.job_id not in JOB_IDS:
             return
         if event.code == EVENT_JOB_MAX_INSTANCES:
             log.info(
@@ -188,7 +192,9 @@ class Daemon:
                 "misfire_grace_seconds after this run was due; it runs at its next time",
             )
 
-    def _heartbeat(self) -> None:
+    def _check_lock(self) -> None:
+        # Checked more often than the heartbeat logs: once a standby has taken over, every
+        # batch this runner still sends is sent twice.
         assert self.lock is not None
         if not self.lock.alive():
             log.error(
@@ -199,6 +205,9 @@ class Daemon:
             )
             self.exit_code = EXIT_LOCK_LOST
             self._begin_stop()
+
+    def _heartbeat(self) -> None:
+        if self.stop.is_set():
             return
         scheduler = self.scheduler
         jobs = scheduler.get_jobs() if scheduler is not None else []
@@ -207,7 +216,7 @@ class Daemon:
             role="active",
             runner=holder_id(),
             busy=self._job_running.locked(),
-            next_runs={j.id: _iso(j.next_run_time) for j in jobs if j.id != "heartbeat"},
+            next_runs={j.id: _iso(j.next_run_time) for j in jobs if j.id in JOB_IDS},
             last_jobs=dict(self._last_jobs),
         )
 
@@ -225,21 +234,23 @@ class Daemon:
         interval = IntervalTrigger(seconds=schedule.export_interval_seconds, timezone=UTC)
         cron = CronTrigger.from_crontab(schedule.reexport_cron, timezone=schedule.timezone)
         first = {} if reschedule else {"next_run_time": datetime.now(UTC)}
-        for job_id, trigger, extra in (
-            ("CRMExport", interval, first),
-            ("CRMExport_ExportError", cron, {}),
-        ):
+        for job_id, trigger, extra in zip(JOB_IDS, (interval, cron), (first, {}), strict=True):
             self.scheduler.add_job(
                 self._job, trigger, args=[job_id], id=job_id, name=job_id, **common, **extra
             )
         beat = min(self.tuning.max_heartbeat_seconds, schedule.export_interval_seconds)
-        self.scheduler.add_job(
-            self._heartbeat,
-            IntervalTrigger(seconds=beat, timezone=UTC),
-            id="heartbeat",
-            executor="heartbeat",
-            **common,
-        )
+        check = min(self.tuning.max_standby_poll_seconds, schedule.export_interval_seconds)
+        for job_id, func, seconds in (
+            ("heartbeat", self._heartbeat, beat),
+            ("lock_check", self._check_lock, check),
+        ):
+            self.scheduler.add_job(
+                func,
+                IntervalTrigger(seconds=seconds, timezone=UTC),
+                id=job_id,
+                executor="heartbeat",
+                **common,
+            )
 
     # ---- life cycle --------------------------------------------------------------------
 
