@@ -104,7 +104,7 @@ class SalesforceConfig:
 class RetryConfig:
     """Request-level retries: exponential backoff with full jitter, bounded twice."""
 
-    max_attempts: int = 8
+    max_attempts: int = 12
     max_elapsed_seconds: float = 300.0
     initial_backoff_seconds: float = 1.0
     max_backoff_seconds: float = 60.0
