@@ -528,14 +528,21 @@ class Exporter:
 
         With allOrNone nothing commits when any record fails, so resending only the prefix
         before the culprit is how a batch is written up to, and never past, that record.
+        A record that is only locked (a transient fault) goes the same way: the records
+        before it are sent first, then it and the rest. Resending the whole batch instead
+        would meet a new lock somewhere in most calls once locks are frequent.
         """
-        pending = prepared
+        remaining = list(prepared)  # not yet written, in order
+        send = len(remaining)  # how many of them the next call carries
         tries: dict[int, int] = {}
-        while pending:
+        while send:
+            pending = remaining[:send]
             results = self._upsert(plan, pending, all_or_none=True)
             if all(r.success for r in results):
                 outcome.exported.extend(p.row for p in pending)
-                return
+                remaining = remaining[send:]
+                send = len(remaining)
+                continue
             culprit = _first_culprit(results)
             if culprit is None:
                 # Everything was rolled back but nobody is to blame: retry the same request.
@@ -547,13 +554,18 @@ class Exporter:
             if cls is ErrorClass.CONFIGURATION:
                 raise _configuration(plan, culprit_error)
             if cls is ErrorClass.TRANSIENT:
-                attempt = tries[id(pending[index])] = tries.get(id(pending[index]), 0) + 1
+                item = pending[index]
+                attempt = tries[id(item)] = tries.get(id(item), 0) + 1
                 if attempt < self.policy.record_retry.max_attempts:
-                    self._record_backoff(plan, attempt, pending[index].row, culprit_error)
+                    if index == 0:
+                        self._record_backoff(plan, attempt, item.row, culprit_error)
+                    # Otherwise the call for the records before it stands in for the wait.
+                    send = index or send
                     continue
             halted = pending[index]
             outcome.halt = (halted.row, culprit_error, halted.payload)
-            pending = pending[:index]
+            remaining = remaining[:index]
+            send = index
 
     def _send_independently(
         self, plan: StreamPlan, prepared: list[_Prepared], outcome: _BatchOutcome
