@@ -381,21 +381,9 @@ def mix_time_bound(mix: FaultMix) -> float:
     return 20 + stalls + batches * per_batch + mix.retry["max_elapsed_seconds"]
 
 
-# Pause mode sends allOrNone batches; crm_export/export.py resends the whole batch after a
-# row lock, so at 2% of records nearly every resend meets a new lock and a record soon runs
-# out of record_retry_attempts: the stream pauses at UNABLE_TO_LOCK_ROW. Strict, so that the
-# fix in export.py (send the records before the lock first) turns this red until removed.
-LOCK_RESEND_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="export.py resends the whole allOrNone batch after UNABLE_TO_LOCK_ROW",
-)
-
-
-@pytest.mark.parametrize(
-    "pause_on_error",
-    [False, pytest.param(True, marks=LOCK_RESEND_BUG)],
-    ids=["skip", "pause"],
-)
+# Pause mode sends allOrNone batches, where one locked record rolls back the whole call: at
+# 2% of records nearly every 200-record call meets one. No lock may end in ExportErrors.
+@pytest.mark.parametrize("pause_on_error", [False, True], ids=["skip", "pause"])
 def test_the_hostile_mix_loses_nothing_and_logs_no_transient_fault(
     state_url: str, tmp_path: Path, pause_on_error: bool
 ) -> None:
