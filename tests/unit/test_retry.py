@@ -124,7 +124,7 @@ def test_a_connection_that_breaks_is_a_network_error_an_operator_can_read(
 
 # With full jitter, 8 attempts wait 61 s on average in all (half of 1+2+4+...+32+60), so a
 # default of 8 gave up during a 60 s outage about half the time, long before the 300 s
-# max_elapsed_seconds that an operator reads as the budget.
+# max_elapsed_seconds that an operator reads as the budget. The default is 12.
 def test_the_default_retry_budget_rides_out_a_60_second_outage() -> None:
     defaults = RetryConfig()
     backoff = Backoff(
