@@ -120,13 +120,17 @@ def test_a_second_signal_exits_at_once_and_a_restart_still_loses_nothing(
     tmp_path: Path,
 ) -> None:
     # Each upsert call takes 4 s, so a graceful stop would wait seconds for the batch in
-    # flight. The org writes a batch just before answering, and the next call starts at once:
-    # when the first records show up, the second call has ~4 s to go.
+    # flight. The org counts a call when it arrives, then waits: once the second call is
+    # counted, it has ~4 s to go. (Signalled between two calls instead, the daemon would stop
+    # at once, and the second signal could meet an interpreter already shutting down.)
     slow_upserts = {"latency_ms": 4000, "paths": "/composite/"}
     with SandboxProcess(tmp_path, faults=slow_upserts) as sandbox:
         config, state_url = setup(tmp_path, sandbox)
         with DaemonProcess(config, tmp_path / "first.log") as daemon:
-            poll(lambda: len(external_ids(sandbox.admin)) >= 20, "the first batch in the org")
+            poll(
+                lambda: sandbox.admin.counters()["calls"].get("composite_upsert", 0) >= 2,
+                "the second batch in flight",
+            )
             daemon.signal(signal.SIGTERM)
             daemon.wait_for_event("stopping")
             signalled = time.monotonic()
