@@ -131,12 +131,15 @@ def serve(args: argparse.Namespace) -> int:
     state_file = state_dir / STATE_FILE_NAME
     server.start()
     try:
-        state_file.write_text(
+        # Written aside, then renamed: a reader never sees a half-written file.
+        partial = state_file.with_name(f"{STATE_FILE_NAME}.tmp")
+        partial.write_text(
             json.dumps(
                 {"base_url": server.base_url, "ca_path": server.ca_path, "pid": os.getpid()}
             ),
             encoding="utf-8",
         )
+        os.replace(partial, state_file)
         org = server.state.org
         client = org.default_client
         user = org.default_user
