@@ -288,15 +288,19 @@ class SalesforceSink:
         )
 
 
+# The kind of trouble an exhausted retry budget means, in an operator's words.
+_WHAT_FAILED: tuple[tuple[type[BaseException], str], ...] = (
+    (ServerError, "Salesforce was unavailable (an outage, maintenance or overload)"),
+    (NetworkError, "Salesforce could not be reached (a network problem)"),
+    (RequestLimitError, "Salesforce kept refusing calls over the org's API request limits"),
+)
+
+
 def _what_failed(cause: BaseException | None) -> str:
-    """The kind of trouble an exhausted retry budget means, in an operator's words."""
-    if isinstance(cause, ServerError):
-        return "Salesforce was unavailable (an outage, maintenance or overload)"
-    if isinstance(cause, NetworkError):
-        return "Salesforce could not be reached (a network problem)"
-    if isinstance(cause, RequestLimitError):
-        return "Salesforce kept refusing calls over the org's API request limits"
-    return "Salesforce kept failing"
+    return next(
+        (words for kind, words in _WHAT_FAILED if isinstance(cause, kind)),
+        "Salesforce kept failing",
+    )
 
 
 def network_error(exc: requests.RequestException, url: str) -> Exception:
