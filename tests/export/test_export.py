@@ -173,7 +173,7 @@ def test_row_locks_are_retried_and_never_become_export_errors(scenario: Scenario
     scenario.add_many(range(1, 201))
     scenario.sandbox.set_faults(lock_row_rate=0.05)
     for pause in (True, False):
-        result = scenario.run(pause_on_error=pause, batch_size=50, record_retry_attempts=20)
+        result = scenario.run(pause_on_error=pause)
         assert result.outcome is RunOutcome.COMPLETED, result.error
         scenario.add_many(range(1000 if pause else 2000, (1000 if pause else 2000) + 100))
     assert scenario.sandbox.counters()["faults"].get("lock_row", 0) > 0
