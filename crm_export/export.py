@@ -471,6 +471,7 @@ class Exporter:
         pause = plan.pause_on_error if all_or_none is None else all_or_none
         outcome = _BatchOutcome()
         prepared: list[_Prepared] = []
+        keys: set[str] = set()
         for row in rows:
             if row.key is not None and row.order_value is None:
                 # No place in the order, so nothing waits behind it: it never pauses.
@@ -485,7 +486,9 @@ class Exporter:
                     break
                 outcome.failures.append((row, exc.error, None))
                 continue
-            self._supersede(plan, prepared, item, outcome)
+            if row.record_key in keys:
+                self._supersede(plan, prepared, item, outcome)
+            keys.add(row.record_key)
             prepared.append(item)
         if pause:
             self._send_in_order(plan, prepared, outcome)
