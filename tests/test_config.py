@@ -444,6 +444,21 @@ def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _assert_each_exits_2_naming_its_keys(commands: list[list[str]], cwd: Path) -> None:
+    """Run each command (its last argument is the config) and check crm-export's answer."""
+    # Two at a time: each is a short process, and the machine may be busy.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(lambda args: _run_cli(args, cwd), commands))
+    for args, result in zip(commands, done, strict=True):
+        path = Path(args[-1])
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith(f"crm-export: invalid config {path}:\n"), result.stderr
+        for text in _expected_lines(path):
+            assert text in result.stderr, (args, text, result.stderr)
+        assert result.stdout == ""
+        assert PLANTED not in result.stdout + result.stderr
+
+
 def test_every_bad_config_exits_2_through_the_cli_and_creates_no_state_database(
     tmp_path: Path,
 ) -> None:
@@ -455,18 +470,7 @@ def test_every_bad_config_exits_2_through_the_cli_and_creates_no_state_database(
     commands = [["job", "CRMExport", "--config", str(p)] for p in sorted(bad.glob("*.toml"))]
     commands += [["run", "--config", str(bad / f"{name}.toml")] for name in ISSUE_LIST]
 
-    # Two at a time: each is a short process, and the machine may be busy.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = list(pool.map(lambda args: _run_cli(args, tmp_path), commands))
-
-    for args, result in zip(commands, done, strict=True):
-        path = Path(args[-1])
-        assert result.returncode == 2, (args, result.stdout, result.stderr)
-        assert result.stderr.startswith(f"crm-export: invalid config {path}:\n"), result.stderr
-        for text in _expected_lines(path):
-            assert text in result.stderr, (args, text, result.stderr)
-        assert result.stdout == ""
-        assert PLANTED not in result.stdout + result.stderr
+    _assert_each_exits_2_naming_its_keys(commands, tmp_path)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
@@ -516,14 +520,6 @@ def test_a_missing_source_table_column_or_file_exits_2_naming_the_key_and_touche
     commands = [
         [*cmd, "--config", str(p)] for p in configs for cmd in (["job", "CRMExport"], ["run"])
     ]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = list(pool.map(lambda args: _run_cli(args, tmp_path), commands))
-
-    for args, result in zip(commands, done, strict=True):
-        path = Path(args[-1])
-        assert result.returncode == 2, (args, result.stdout, result.stderr)
-        assert result.stderr.startswith(f"crm-export: invalid config {path}:\n"), result.stderr
-        for text in _expected_lines(path):
-            assert text in result.stderr, (args, text, result.stderr)
+    _assert_each_exits_2_naming_its_keys(commands, tmp_path)
     # No state database, no source file created, the source file itself unchanged.
     assert {p.name: p.stat().st_mtime_ns for p in corpus.iterdir()} == before
