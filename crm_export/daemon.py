@@ -153,7 +153,9 @@ class Daemon:
 
     def _job(self, job_id: str) -> None:
         with self._job_running:
-            if self.stop.is_set():
+            # The lock is checked again here: between two lock checks a standby may already
+            # have taken over, and a run started now would overlap its runs.
+            if self.stop.is_set() or not self._check_lock():
                 return
             try:
                 config = self.reload()
@@ -192,11 +194,14 @@ class Daemon:
                 "misfire_grace_seconds after this run was due; it runs at its next time",
             )
 
-    def _check_lock(self) -> None:
-        # Checked more often than the heartbeat logs: once a standby has taken over, every
-        # batch this runner still sends is sent twice.
+    def _check_lock(self) -> bool:
+        """Is the runner lock still held? If not, stop. Checked before every job and more
+        often than the heartbeat logs: once a standby has taken over, every batch this
+        runner still sends is sent twice."""
         assert self.lock is not None
-        if not self.lock.alive():
+        if self.lock.alive():
+            return True
+        if self.exit_code != EXIT_LOCK_LOST:
             log.error(
                 "runner_lock_lost",
                 lock=self.lock.description,
@@ -205,6 +210,7 @@ class Daemon:
             )
             self.exit_code = EXIT_LOCK_LOST
             self._begin_stop()
+        return False
 
     def _heartbeat(self) -> None:
         if self.stop.is_set():
