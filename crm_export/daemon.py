@@ -45,6 +45,7 @@ from crm_export import migrate
 from crm_export.config import Config, load_config
 from crm_export.errors import ConfigError, CrmExportError
 from crm_export.locks import RunnerLock, holder_id, runner_lock
+from crm_export.ports import JobId
 from crm_export.runtime import check_sources
 
 EXIT_STOPPED, EXIT_START_FAILED, EXIT_CONFIG, EXIT_LOCK_LOST = 0, 1, 2, 3
@@ -55,7 +56,7 @@ JobRunner = Callable[[str, Config, threading.Event], Any]
 
 
 # The scheduled jobs users know; the daemon's own housekeeping jobs are left out of events.
-JOB_IDS = ("CRMExport", "CRMExport_ExportError")
+JOB_IDS: tuple[str, ...] = tuple(JobId)
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,9 @@ class DaemonTuning:
 
 
 def _run_registered_job(job_id: str, config: Config, stop: threading.Event) -> Any:
-    from jobs import JOBS
+    from crm_export.jobs import JOBS
 
-    return JOBS[job_id](config, stop)
+    return JOBS[JobId(job_id)](config, stop)
 
 
 class Daemon:

@@ -29,6 +29,7 @@ from crm_export.mapping import (
 from crm_export.ports import (
     UNCHANGED,
     BatchAck,
+    JobId,
     PausedRecord,
     Position,
     RecordError,
@@ -42,9 +43,6 @@ from crm_export.ports import (
     record_key_text,
 )
 from crm_export.retry import Backoff, Clock, StopRequested
-
-EXPORT_JOB = "CRMExport"
-REEXPORT_JOB = "CRMExport_ExportError"
 
 log = structlog.get_logger("crm_export.export")
 
@@ -179,7 +177,7 @@ class Exporter:
     # ---- CRMExport ---------------------------------------------------------------------
 
     def export_stream(self, plan: StreamPlan) -> StreamResult:
-        return self._run(EXPORT_JOB, plan, self._export)
+        return self._run(JobId.EXPORT, plan, self._export)
 
     def _export(self, plan: StreamPlan, result: StreamResult) -> None:
         # Taken before anything is read: whatever commits after it is found again next run.
@@ -380,7 +378,7 @@ class Exporter:
     # ---- CRMExport_ExportError -----------------------------------------------------------
 
     def reexport_stream(self, plan: StreamPlan) -> StreamResult:
-        return self._run(REEXPORT_JOB, plan, self._reexport)
+        return self._run(JobId.REEXPORT, plan, self._reexport)
 
     def _reexport(self, plan: StreamPlan, result: StreamResult) -> None:
         state = self.store.load_state(plan.name)

@@ -16,6 +16,13 @@ from typing import Any, Protocol
 SourceValue = Any
 
 
+class JobId(StrEnum):
+    """The two scheduled jobs, as users name them (CLI, logs, export_runs.job_id)."""
+
+    EXPORT = "CRMExport"
+    REEXPORT = "CRMExport_ExportError"
+
+
 class RunOutcome(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
