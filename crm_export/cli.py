@@ -21,7 +21,7 @@ from crm_export import report as report_mod
 from crm_export.config import Config, Secret, load_config
 from crm_export.errors import ConfigError, CrmExportError
 from crm_export.logs import configure_logging
-from crm_export.ports import RunOutcome
+from crm_export.ports import JobId, RunOutcome
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -51,9 +51,9 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
+    from crm_export.jobs import JOBS
     from crm_export.locks import runner_lock
     from crm_export.runtime import check_sources
-    from jobs import JOBS
 
     config = load(args)
     check_sources(config)
@@ -76,7 +76,7 @@ def cmd_job(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         time.sleep(min(1.0, args.wait))
     try:
-        results = JOBS[args.job_id](config, None)
+        results = JOBS[JobId(args.job_id)](config, None)
     finally:
         lock.release()
     for result in results:
@@ -90,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir)
     args.config = str(demo.prepare(directory))
-    args.job_id, args.wait = "CRMExport", 0.0
+    args.job_id, args.wait = JobId.EXPORT, 0.0
     print(f"crm-export demo in {directory}/: CRMExport on the embedded defaults", flush=True)
     code = cmd_job(args)
     config = load_config(args.config)
@@ -250,6 +250,18 @@ def cmd_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def example_config() -> str:
+    """config.example.toml, as shipped in the package (the wheel has no repository beside it)."""
+    from importlib import resources
+
+    return (resources.files("crm_export") / "config.example.toml").read_text(encoding="utf-8")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(example_config())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crm-export",
@@ -261,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     job = commands.add_parser("job", help="run one job once, now, and print a line per stream")
     _config_option(job, top=False)
-    job.add_argument("job_id", choices=["CRMExport", "CRMExport_ExportError"])
+    job.add_argument("job_id", choices=[j.value for j in JobId])
     job.add_argument(
         "--wait",
         type=float,
@@ -310,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (upgrade, downgrade, current):
         _config_option(sub, top=False)
         sub.set_defaults(func=cmd_db)
+
+    config = commands.add_parser("config", help="print an example config file to start from")
+    config_commands = config.add_subparsers(
+        dest="config_command", required=True, metavar="CONFIG_COMMAND"
+    )
+    example = config_commands.add_parser(
+        "example",
+        help="print the documented example config: crm-export config example > crm-export.toml",
+    )
+    example.set_defaults(func=cmd_config)
 
     from crm_export.sandbox.cli import add_commands as add_sandbox_commands
 

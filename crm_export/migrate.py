@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine, make_url
 
+import crm_export.migrations as _migrations_package
 from crm_export.errors import SchemaOutdatedError
 from crm_export.schema import VERSION_TABLE
 from crm_export.store import (
@@ -42,7 +43,9 @@ __all__ = [
     "upgrade_engine",
 ]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The repository's top-level migrations/, which the wheel installs as crm_export.migrations
+# (pyproject's package-dir): found through the import system, so both layouts work.
+MIGRATIONS_DIR = Path(_migrations_package.__file__ or "").resolve().parent
 
 
 def _config(

@@ -1,4 +1,7 @@
-"""The two scheduled jobs, by id. Each only wires the config to the export core."""
+"""The two scheduled jobs, by id. Each only wires the config to the export core.
+
+Installed as ``crm_export.jobs`` (pyproject's package-dir): the wheel has one import name.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ from collections.abc import Callable
 
 from crm_export.config import Config
 from crm_export.export import StreamResult
-from jobs import crm_export, crm_export_export_error
+from crm_export.ports import JobId
+
+from . import crm_export, crm_export_export_error
 
 Job = Callable[[Config, threading.Event | None], list[StreamResult]]
 
-JOBS: dict[str, Job] = {
-    crm_export.JOB_ID: crm_export.run,
-    crm_export_export_error.JOB_ID: crm_export_export_error.run,
+JOBS: dict[JobId, Job] = {
+    JobId.EXPORT: crm_export.run,
+    JobId.REEXPORT: crm_export_export_error.run,
 }

@@ -5,10 +5,8 @@ from __future__ import annotations
 import threading
 
 from crm_export.config import Config
-from crm_export.export import REEXPORT_JOB, StreamResult
+from crm_export.export import StreamResult
 from crm_export.runtime import open_runtime
-
-JOB_ID = REEXPORT_JOB
 
 
 def run(config: Config, stop: threading.Event | None = None) -> list[StreamResult]:

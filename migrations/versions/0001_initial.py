@@ -11,6 +11,7 @@ it imports nothing from crm_export (whose schema.py moves on with later revision
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -24,7 +25,7 @@ depends_on: str | Sequence[str] | None = None
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _ts(name: str, *, nullable: bool) -> sa.Column[sa.DateTime]:
+def _ts(name: str, *, nullable: bool) -> sa.Column[datetime]:
     # UTC: timestamptz on PostgreSQL, "YYYY-MM-DD HH:MM:SS.ffffff" UTC text on SQLite.
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
