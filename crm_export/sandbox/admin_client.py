@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import requests
 
-STATE_FILE_NAME = "sandbox.json"
+from crm_export.sandbox import STATE_FILE_NAME, default_state_dir
 
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "crm-export" / "sandbox"
+__all__ = ["STATE_FILE_NAME", "AdminClient", "SandboxAdminError", "default_state_dir"]
 
 
 def verified_session(ca_path: str) -> requests.Session:

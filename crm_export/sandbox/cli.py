@@ -18,15 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from crm_export.sandbox.admin_client import (
-    STATE_FILE_NAME,
-    AdminClient,
-    SandboxAdminError,
-    default_state_dir,
-)
-from crm_export.sandbox.faults import FaultsError
-from crm_export.sandbox.org import OrgError
-from crm_export.sandbox.server import DEFAULT_PORT, SandboxServer
+from crm_export.sandbox import DEFAULT_PORT, STATE_FILE_NAME, default_state_dir
+
+# The server, its TLS and the admin client are imported by the commands that use them, not
+# here: the main CLI builds these parsers on every run.
 
 SYSTEM_COLUMNS = {"CreatedDate", "LastModifiedDate", "SystemModstamp"}
 MAX_CELL = 32
@@ -83,6 +78,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _load_faults(value: str | None) -> dict[str, Any]:
+    from crm_export.sandbox.faults import FaultsError
+
     if not value:
         return {}
     path = Path(value)
@@ -100,6 +97,10 @@ def _load_faults(value: str | None) -> dict[str, Any]:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from crm_export.sandbox.faults import FaultsError
+    from crm_export.sandbox.org import OrgError
+    from crm_export.sandbox.server import SandboxServer
+
     state_dir = (args.state_dir or default_state_dir()).resolve()
     try:
         server = SandboxServer(
@@ -168,6 +169,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def records(args: argparse.Namespace) -> int:
+    from crm_export.sandbox.admin_client import AdminClient, SandboxAdminError
+
     try:
         if args.url:
             if not args.ca:

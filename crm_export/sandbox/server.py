@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("crm_export.sandbox")
 
 HOST = "127.0.0.1"
-DEFAULT_PORT = 8443
 
 
 class _VersionConverter(BaseConverter):
