@@ -1,0 +1,27 @@
+"""The export core: batching, outcome classification, pause and skip decisions.
+
+Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
+
+- ``plan``: what the core is told about a stream, its policy knobs, a run's result;
+- ``sending``: one batch to Salesforce, in pause mode (allOrNone, cut before the culprit) or
+  skip mode, with record-level retries;
+- ``outcome``: a batch's outcome and the acknowledgement it commits; the flood rule;
+- ``stream_run``: what one run of one stream shares (acknowledging, counters, logs);
+- ``incremental`` (CRMExport) and ``reexport`` (CRMExport_ExportError): the two jobs' loops;
+- ``exporter``: the entry points, and the run around them.
+"""
+
+from .exporter import Exporter
+from .outcome import BatchOutcome, FloodGuard, Rejected
+from .plan import ExportPolicy, StreamPlan, StreamResult, null_key_name
+
+__all__ = [
+    "BatchOutcome",
+    "ExportPolicy",
+    "Exporter",
+    "FloodGuard",
+    "Rejected",
+    "StreamPlan",
+    "StreamResult",
+    "null_key_name",
+]

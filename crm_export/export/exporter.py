@@ -1,0 +1,107 @@
+"""The export core's entry points: one run of one stream, for either job.
+
+Pure policy. It reads and acknowledges through a ``Store`` and writes through a ``Sink``; it
+never sees SQL or HTTP. Each batch's outcome is decided in full before the batch is
+acknowledged, and the acknowledgement (position, ExportErrors, counters) is one transaction,
+so a crash at any instant loses nothing and counts nothing twice: whatever was sent but not
+acknowledged is sent again, and upsert by external ID makes the resend harmless.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from crm_export.errors import CrmExportError, TerminalError
+from crm_export.ports import JobId, RunOutcome, Sink, Store
+from crm_export.retry import Clock, StopRequested
+
+from . import incremental, reexport
+from .plan import ExportPolicy, StreamPlan, StreamResult
+from .sending import BatchSender
+from .stream_run import StreamRun
+
+log = structlog.get_logger("crm_export.export")
+
+
+class Exporter:
+    def __init__(
+        self,
+        store: Store,
+        sink: Sink,
+        policy: ExportPolicy,
+        clock: Clock,
+        *,
+        rng: random.Random | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.policy = policy
+        self.clock = clock
+        self.now = now
+        self.should_stop = should_stop
+        self.sender = BatchSender(sink, policy, clock, rng or random.Random())
+
+    def export_stream(self, plan: StreamPlan) -> StreamResult:
+        """CRMExport: what is new or changed since the stream's position."""
+        return self._run(JobId.EXPORT, plan, incremental.export)
+
+    def reexport_stream(self, plan: StreamPlan) -> StreamResult:
+        """CRMExport_ExportError: every open ExportErrors row, from its source row now."""
+        return self._run(JobId.REEXPORT, plan, reexport.reexport)
+
+    def _run(
+        self, job_id: JobId, plan: StreamPlan, body: Callable[[StreamRun], None]
+    ) -> StreamResult:
+        run_id = self.store.begin_run(job_id, plan.name)
+        result = StreamResult(job_id, plan.name, run_id)
+        run = StreamRun(
+            plan,
+            result,
+            self.store,
+            self.sink,
+            self.sender,
+            self.policy,
+            self.now,
+            self.should_stop,
+            calls_acked=self.sink.api_calls,
+        )
+        try:
+            self.store.check_source(plan.source)
+            body(run)
+            if result.outcome is RunOutcome.RUNNING:
+                result.outcome = RunOutcome.COMPLETED
+        except StopRequested:
+            result.outcome = RunOutcome.INTERRUPTED
+            result.error = "stopped on request before the stream was finished"
+        except CrmExportError as exc:
+            result.outcome = RunOutcome.FAILED
+            result.error = str(exc)
+            kind = "terminal" if isinstance(exc, TerminalError) else "transient"
+            log.error("run_failed", job=job_id, stream=plan.name, kind=kind, error=str(exc))
+        except Exception as exc:
+            # A bug or a broken database must not take the other streams down with it.
+            result.outcome = RunOutcome.FAILED
+            result.error = f"unexpected {type(exc).__name__}: {exc}"
+            log.exception("run_crashed", job=job_id, stream=plan.name)
+        result.api_calls += self.sink.api_calls - run.calls_acked
+        self.store.finish_run(run_id, result.outcome, result.error)
+        log.info(
+            "run_finished",
+            job=job_id,
+            stream=plan.name,
+            run_id=run_id,
+            outcome=str(result.outcome),
+            read=result.read,
+            exported=result.exported,
+            failed=result.failed,
+            skipped=result.skipped,
+            api_calls=result.api_calls,
+            error=result.error,
+        )
+        return result

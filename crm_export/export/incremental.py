@@ -1,0 +1,181 @@
+"""CRMExport for one stream: everything new or changed since its position, in order.
+
+First the record the stream is paused at (from its current source row), then rows that
+committed late behind the position, then the rows after it, batch by batch. Each batch's
+outcome is acknowledged (position, ExportErrors, counters) in one transaction before the
+next batch is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from crm_export.mapping import NULL_KEY
+from crm_export.ports import BatchAck, PausedRecord, Position, SourceRow
+from crm_export.retry import StopRequested
+
+from .outcome import BatchOutcome, FloodGuard, Rejected, null_order_error
+from .stream_run import StreamRun
+
+log = structlog.get_logger("crm_export.export")
+
+# Equal to no source row's order value: a deleted paused row is never stepped over.
+_GONE = object()
+
+
+def export(run: StreamRun) -> None:
+    plan, store = run.plan, run.store
+    # Taken before anything is read: whatever commits after it is found again next run.
+    snapshot = store.source_snapshot(plan.source)
+    state = store.load_state(plan.name)
+    position = state.position
+    # A released record that a fix moved later in the order is met again below; it was
+    # just sent as it is now, so it is stepped over rather than sent twice.
+    sent: tuple[str, Any] | None = None
+    if state.paused is not None:
+        released = _retry_paused(run, state.paused, position)
+        if released is None:
+            return
+        sent = (plan.record_key(released), released.order_value)
+        position = store.load_state(plan.name).position
+    late_from = state.source_snapshot
+    if late_from and position and _send_late_rows(run, late_from, position):
+        return
+    if snapshot is not None:
+        run.ack(BatchAck(plan.name, run.result.run_id, source_snapshot=snapshot))
+    if position is not None and position.order_value is not None:
+        _report_null_order_rows(run)
+    flood = FloodGuard(run.policy.max_identical_errors)
+    batch_size = run.policy.batch_size
+    while not run.should_stop():
+        rows = store.read_batch(plan.source, position, batch_size)
+        if not rows:
+            break
+        outcome = run.send([r for r in rows if (plan.record_key(r), r.order_value) != sent])
+        run.acknowledge(rows, outcome)
+        if outcome.halt is not None:
+            return
+        flood.observe(outcome, rows)
+        position = rows[-1].position
+        if len(rows) < batch_size:
+            break
+    if run.should_stop():
+        raise StopRequested()
+
+
+def _send_late_rows(run: StreamRun, snapshot: str, position: Position) -> bool:
+    """Send rows that committed behind the position since ``snapshot``; True if halted.
+
+    The position does not move: these rows sort before it. They go in their own order,
+    and a record error in pause mode pauses the stream at that record as anywhere else.
+    """
+    plan = run.plan
+    after: Position | None = None
+    while True:
+        rows = run.store.read_late(plan.source, snapshot, position, after, run.policy.batch_size)
+        if not rows:
+            return False
+        log.info(
+            "late_rows",
+            stream=plan.name,
+            count=len(rows),
+            detail="committed behind the position; sending them now",
+        )
+        outcome = run.send(rows)
+        run.acknowledge(rows, outcome, move_position=False)
+        if outcome.halt is not None:
+            return True
+        after = rows[-1].position
+
+
+def _report_null_order_rows(run: StreamRun) -> None:
+    """Record the rows whose order_by is NULL, which sort before the position.
+
+    The position moved past them (or they were written later), so the reading loop will
+    never meet them: without this they would be invisible for good. They cannot be sent
+    (they have no place in the order) and, having no place in it, never pause a stream.
+    """
+    plan = run.plan
+    rows = run.store.read_batch(plan.source, None, run.policy.batch_size)
+    unordered = [r for r in rows if r.order_value is None]
+    if unordered:
+        outcome = BatchOutcome(failures=[Rejected(r, null_order_error(plan)) for r in unordered])
+        run.acknowledge(unordered, outcome, move_position=False)
+
+
+def _find_null_key_row(run: StreamRun, position: Position | None, name: str) -> SourceRow | None:
+    """The row a stream paused at for its NULL key, if its key is still NULL.
+
+    It has no key to look it up by; it was the first row after the position, and NULL
+    keys sort first among rows with the same order value, so it is in the next batch.
+    """
+    plan = run.plan
+    for row in run.store.read_batch(plan.source, position, run.policy.batch_size):
+        if row.key is None and plan.record_key(row) == name:
+            return row
+    return None
+
+
+def _retry_paused(run: StreamRun, paused: PausedRecord, position: Position | None) -> Any:
+    """Retry the record the stream is paused at, from its current source row.
+
+    Returns None while the stream stays paused; otherwise the row that released it (sent,
+    or skipped because pause mode is now off), or a stand-in when the row is gone.
+    """
+    plan, run_id = run.plan, run.result.run_id
+    if paused.error_code == NULL_KEY:
+        row = _find_null_key_row(run, position, paused.record_key)
+        if row is None:
+            return _release_fixed_null_key(run, paused)
+    else:
+        row = run.store.read_by_keys(plan.source, [paused.record_key]).get(paused.record_key)
+    if row is None:
+        log.warning(
+            "paused_record_deleted",
+            stream=plan.name,
+            key=paused.record_key,
+            detail="its source row is gone; the pause is released",
+        )
+        run.ack(BatchAck(plan.name, run_id, pause=None, source_deleted_keys=[paused.record_key]))
+        return SourceRow(paused.record_key, _GONE, {})
+    outcome = run.send([row])
+    failure = outcome.halt or (outcome.failures[0] if outcome.failures else None)
+    if failure is not None and plan.pause_on_error:
+        # Still failing: the pause goes on, from the day it began.
+        run.acknowledge(
+            [row], BatchOutcome(halt=failure), move_position=False, paused_since=paused.since
+        )
+        return None
+    # Released: the record went through, or pause mode was switched off and it is skipped.
+    # If it is still the very next row, the position steps over it.
+    run.acknowledge(
+        [row], outcome, move_position=False, pause=None, position=run.step_over(position, row)
+    )
+    log.info(
+        "pause_released",
+        stream=plan.name,
+        key=paused.record_key,
+        reason="exported" if failure is None else "pause_on_error is off; record skipped",
+    )
+    return row
+
+
+def _release_fixed_null_key(run: StreamRun, paused: PausedRecord) -> SourceRow:
+    """The row paused for its NULL key has a key now (or is gone): release the pause.
+
+    The position stays put: the row, under its new key, is still ahead of it (a key sorts
+    after NULL at the same order value, and a new order value sorts later), so the reading
+    loop sends it next, in order.
+    """
+    log.info(
+        "pause_released",
+        stream=run.plan.name,
+        key=paused.record_key,
+        reason="no row with a NULL key is left there; it was given a key or deleted",
+    )
+    run.ack(
+        BatchAck(run.plan.name, run.result.run_id, pause=None, resolved_keys=[paused.record_key])
+    )
+    return SourceRow(paused.record_key, _GONE, {})

@@ -1,0 +1,102 @@
+"""What the core is told about a stream (``StreamPlan``), the knobs of its policy
+(``ExportPolicy``), and what a run of one stream reports (``StreamResult``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crm_export.mapping import FieldMap
+from crm_export.ports import (
+    JobId,
+    PausedRecord,
+    RecordError,
+    RecordFailure,
+    RunOutcome,
+    SourceRow,
+    StreamSource,
+    record_key_text,
+)
+from crm_export.retry import Backoff
+
+
+def null_key_name(key_column: str, order_by: str, order_value: Any) -> str:
+    """The ExportErrors.record_key of a row whose key is NULL: it has no key to be named by,
+    so it is named by where it sits in the order, in words an operator can turn into SQL.
+
+    Rows are told apart from real keys by their error code (CRM_EXPORT_NULL_KEY), never by
+    this text; the text only has to lead a person to the row.
+    """
+    if order_value is None:
+        return f"({key_column} is NULL; {order_by} is NULL)"
+    return f"({key_column} is NULL; {order_by} = {record_key_text(order_value)})"
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """One configured stream, as the core needs it."""
+
+    name: str
+    fmap: FieldMap
+    source: StreamSource
+    pause_on_error: bool
+
+    def record_key(self, row: SourceRow) -> str:
+        """What ExportErrors, the pause and the logs call ``row``."""
+        if row.key is None:
+            return null_key_name(self.source.key, self.source.order_by, row.order_value)
+        return row.record_key
+
+    def failure(
+        self, row: SourceRow, error: RecordError, payload: Mapping[str, Any] | None
+    ) -> RecordFailure:
+        """The ExportErrors episode ``row`` opens (or bumps) with ``error``."""
+        return RecordFailure(
+            record_key=self.record_key(row),
+            sobject=self.fmap.sobject,
+            # A row without a key has no external ID: nothing in Salesforce to match.
+            external_id="" if row.key is None else row.record_key,
+            error=error,
+            payload=payload,
+        )
+
+
+@dataclass(frozen=True)
+class ExportPolicy:
+    batch_size: int = 200
+    # Record-level transient errors (a row lock): bounded in attempts and in elapsed time.
+    record_retry: Backoff = field(
+        default_factory=lambda: Backoff(max_attempts=5, max_elapsed=120.0, initial=0.5, cap=10.0)
+    )
+    max_identical_errors: int = 50
+
+
+@dataclass
+class StreamResult:
+    job_id: JobId
+    stream: str
+    run_id: int
+    outcome: RunOutcome = RunOutcome.RUNNING
+    read: int = 0
+    exported: int = 0
+    failed: int = 0
+    skipped: int = 0
+    api_calls: int = 0
+    error: str | None = None
+    paused: PausedRecord | None = None
+
+    def summary(self) -> str:
+        text = (
+            f"{self.job_id} {self.stream}: {self.outcome} - read {self.read}, "
+            f"exported {self.exported}, failed {self.failed}, skipped {self.skipped}, "
+            f"API calls {self.api_calls}"
+        )
+        if self.paused is not None:
+            text += (
+                f"; paused at record {self.paused.record_key} "
+                f"({self.paused.error_code}: {self.paused.error_message})"
+            )
+        if self.error:
+            text += f"; error: {self.error}"
+        return text

@@ -1,0 +1,102 @@
+"""One run of one stream: what both jobs share while they work on it.
+
+It acknowledges through the store (adding the API calls spent since the last
+acknowledgement, so a crash never counts a call twice), keeps the run's counters, and logs
+each record failure once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from crm_export.ports import UNCHANGED, BatchAck, Position, RunOutcome, Sink, SourceRow, Store
+
+from .outcome import BatchOutcome
+from .plan import ExportPolicy, StreamPlan, StreamResult
+from .sending import BatchSender
+
+log = structlog.get_logger("crm_export.export")
+
+
+@dataclass
+class StreamRun:
+    plan: StreamPlan
+    result: StreamResult
+    store: Store
+    sink: Sink
+    sender: BatchSender
+    policy: ExportPolicy
+    now: Callable[[], datetime]
+    should_stop: Callable[[], bool]
+    calls_acked: int = 0
+
+    def send(self, rows: Sequence[SourceRow], *, all_or_none: bool | None = None) -> BatchOutcome:
+        return self.sender.send(self.plan, rows, all_or_none=all_or_none)
+
+    def ack(self, ack: BatchAck) -> None:
+        calls = self.sink.api_calls
+        ack.api_calls = calls - self.calls_acked
+        self.calls_acked = calls
+        self.store.acknowledge(ack)
+        r = self.result
+        r.read += ack.read
+        r.exported += ack.exported
+        r.failed += ack.failed
+        r.skipped += ack.skipped
+        r.api_calls += ack.api_calls
+
+    def acknowledge(
+        self,
+        rows: Sequence[SourceRow],
+        outcome: BatchOutcome,
+        *,
+        move_position: bool = True,
+        counts_skips: bool = True,
+        paused_since: datetime | None = None,
+        **changes: Any,
+    ) -> BatchAck:
+        """Commit one batch's outcome (plus ``changes`` to the ack: position, pause...)."""
+        self.log_failures(outcome)
+        ack = outcome.to_ack(
+            self.plan,
+            self.result.run_id,
+            rows,
+            self.now(),
+            move_position=move_position,
+            paused_since=paused_since,
+            counts_skips=counts_skips,
+        )
+        for name, value in changes.items():
+            setattr(ack, name, value)
+        self.ack(ack)
+        if outcome.halt is not None and ack.pause is not None and ack.pause is not UNCHANGED:
+            self.result.outcome = RunOutcome.PAUSED
+            self.result.paused = ack.pause
+        return ack
+
+    def log_failures(self, outcome: BatchOutcome) -> None:
+        rejected = list(outcome.failures)
+        if outcome.halt is not None:
+            rejected.append(outcome.halt)
+        for failure in rejected:
+            error = failure.error
+            log.warning(
+                "record_failed",
+                stream=self.plan.name,
+                key=self.plan.record_key(failure.row),
+                code=error.code,
+                message=error.message,
+                fields=list(error.fields),
+            )
+
+    def step_over(self, position: Position | None, row: SourceRow) -> Any:
+        """``row``'s position if it is the very next row after ``position``, else UNCHANGED."""
+        following = self.store.read_batch(self.plan.source, position, 1)
+        if following and self.plan.record_key(following[0]) == self.plan.record_key(row):
+            return row.position
+        return UNCHANGED
