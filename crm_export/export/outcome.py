@@ -107,7 +107,9 @@ class FloodGuard:
     """Stops a run when ``limit`` records in a row fail with the same code and fields.
 
     Such a flood means configuration (a mapping, a permission, a rule that rejects every
-    record), and ExportErrors must not fill with thousands of identical rows.
+    record), and ExportErrors must not fill with thousands of identical rows. "In a row"
+    means consecutive records in source order: any record that goes through between two
+    failures ends the streak, however the batches fall.
     """
 
     limit: int
@@ -115,12 +117,10 @@ class FloodGuard:
     count: int = 0
 
     def observe(self, outcome: BatchOutcome, rows: Sequence[SourceRow]) -> None:
-        if not outcome.failures:
-            if outcome.exported:
+        for error in outcome.errors_in_order(rows):
+            if error is None:
                 self.signature, self.count = None, 0
-            return
-        for failure in outcome.failures:
-            error = failure.error
+                continue
             signature = (error.code, error.fields)
             self.count = self.count + 1 if signature == self.signature else 1
             self.signature = signature

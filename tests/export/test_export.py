@@ -3,6 +3,11 @@ and PostgreSQL), the sandbox org over verified HTTPS, unmodified simple-salesfor
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
+
 from export_scenario import Scenario
 
 from crm_export.ports import RunOutcome
@@ -306,3 +311,39 @@ def test_every_call_has_a_timeout(scenario: Scenario) -> None:
     assert result.outcome is RunOutcome.FAILED
     assert "Timeout" in (result.error or "") or "timed out" in (result.error or "")
     assert scenario.export_errors() == []
+
+
+def test_sparse_rejections_in_skip_mode_never_stop_the_run(scenario: Scenario) -> None:
+    """1% of the rows miss a required field, spread evenly: the most common shape of real
+    data. The default max_identical_errors (50) counts records in a row, so the run ends."""
+    rows = [
+        {
+            "id": key,
+            "first_name": f"F{key}",
+            "email": f"c{key}@acme.test",
+            "title": None,
+            "last_name": None if key % 100 == 0 else f"Last{key}",
+            "at": f"2026-01-01 {key:08d}",
+        }
+        for key in range(1, 10_001)
+    ]
+    with sqlite3.connect(scenario.source) as db:
+        db.executemany(
+            "INSERT INTO contacts (id, first_name, last_name, email, title, updated_at) "
+            "VALUES (:id, :first_name, :last_name, :email, :title, :at)",
+            rows,
+        )
+    config = scenario.config(pause_on_error=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "crm_export", "job", "CRMExport", "--config", str(config.path)],
+        env={**os.environ, "SF_CLIENT_SECRET": scenario.sandbox.client_secret},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(scenario.contacts()) == 9_900
+    errors = scenario.open_errors()
+    assert len(errors) == 100
+    assert {code for code, _ in errors.values()} == {"REQUIRED_FIELD_MISSING"}

@@ -356,3 +356,23 @@ def test_backoff_between_record_retries_is_bounded(pause: bool) -> None:
     exporter.export_stream(plan(pause=pause))
     sleeps = exporter.clock.sleeps  # type: ignore[attr-defined]
     assert len(sleeps) == 2 and all(0 <= s <= 4.0 for s in sleeps)
+
+
+def test_a_success_between_two_failures_breaks_the_streak_inside_a_batch() -> None:
+    # Every other record is rejected with the same error: never two in a row.
+    rows = [row(i, "BAD" if i % 2 else "Smith") for i in range(1, 201)]
+    store, sink, exporter = make(rows, batch_size=50, max_identical_errors=3)
+    result = exporter.export_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.COMPLETED
+    assert len(store.open_error_rows()) == 100 and len(sink.records) == 100
+
+
+def test_a_streak_runs_on_across_batches() -> None:
+    # Two failures end one batch and one starts the next: three in a row.
+    keys = {4, 5, 6}
+    rows = [row(i, "BAD" if i in keys else "Smith") for i in range(1, 10)]
+    _, _, exporter = make(rows, batch_size=5, max_identical_errors=3)
+    result = exporter.export_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.FAILED
+    assert "3 records in a row" in (result.error or "")
+
