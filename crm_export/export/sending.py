@@ -53,8 +53,10 @@ class _RecordRetries:
         since = self._since.setdefault(key, self.clock.monotonic())
         if attempt >= self.backoff.max_attempts:
             return None
-        del since
-        return attempt, self.backoff.delay(attempt, self.rng)
+        wait = self.backoff.delay(attempt, self.rng)
+        if self.clock.monotonic() - since + wait > self.backoff.max_elapsed:
+            return None
+        return attempt, wait
 
 
 class BatchSender:

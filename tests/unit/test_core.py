@@ -376,3 +376,16 @@ def test_a_streak_runs_on_across_batches() -> None:
     assert result.outcome is RunOutcome.FAILED
     assert "3 records in a row" in (result.error or "")
 
+
+@pytest.mark.parametrize("pause", [True, False])
+def test_record_retries_stop_at_the_elapsed_time_budget(pause: bool) -> None:
+    # Attempts alone would allow 99 tries; the time budget of 5 s ends them first.
+    store, sink, exporter = make([row(1), row(2)], record_retry=Backoff(99, 5.0, 1.0, 4.0))
+    sink.locks["1"] = 10_000
+    result = exporter.export_stream(plan(pause=pause))
+    clock: FakeClock = exporter.clock  # type: ignore[assignment]
+    assert clock.now <= 5.0
+    assert len(sink.requests) < 99
+    [err] = store.open_error_rows()
+    assert (err.record_key, err.error_code) == ("1", "UNABLE_TO_LOCK_ROW")
+    assert result.outcome is (RunOutcome.PAUSED if pause else RunOutcome.COMPLETED)
