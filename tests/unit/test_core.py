@@ -11,24 +11,11 @@ import pytest
 from crm_export.errors import RequestLimitError, SalesforceConfigurationError
 from crm_export.export import Exporter, ExportPolicy, StreamPlan
 from crm_export.mapping import FieldMap
-from crm_export.memory import InMemorySink, InMemoryStore
 from crm_export.ports import RecordError, RunOutcome, SourceRow, StreamSource
 from crm_export.retry import Backoff
+from crm_export.testing import FakeClock, InMemorySink, InMemoryStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def row(key: int, last_name: str = "Smith", minutes: int | None = None) -> SourceRow:

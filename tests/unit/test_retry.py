@@ -14,19 +14,7 @@ from crm_export.errors import (
 )
 from crm_export.retry import Backoff, call_with_retries
 from crm_export.salesforce import network_error
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from crm_export.testing import FakeClock
 
 
 def failing(times: int, exc: Exception) -> object:

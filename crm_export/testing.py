@@ -1,8 +1,9 @@
-"""In-memory twins of the two ports, for unit tests of the export core.
+"""Test helpers for the export core, shipped with it (as structlog ships structlog.testing).
 
-They follow the same contracts as ``SqlStore`` and ``SalesforceSink``: per-batch atomic
-acknowledgement, one open ExportErrors row per record, allOrNone semantics. The real
-components are exercised by the integration tests against a database and the sandbox org.
+In-memory twins of the two ports and a clock that never sleeps. The twins follow the same
+contracts as ``SqlStore`` and ``SalesforceSink``: per-batch atomic acknowledgement, one open
+ExportErrors row per record, allOrNone semantics. The real components are exercised by the
+integration tests against a database and the sandbox org (``crm_export.sandbox.testing``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,21 @@ def _order(order_value: Any, key: Any) -> tuple[Any, ...]:
         key is not None,
         0 if key is None else key,
     )
+
+
+class FakeClock:
+    """``retry.Clock`` whose sleeps only move its own time forward, and are recorded."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
 
 
 class InMemoryStore:
