@@ -330,8 +330,25 @@ def _what_failed(cause: BaseException | None) -> str:
     )
 
 
+# Requests that could not even be built: trying again builds the same one, so they are never
+# transient (an InvalidURL retried for 300 s looked like an outage).
+_UNBUILDABLE: tuple[type[requests.RequestException], ...] = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidJSONError,
+)
+
+
 def network_error(exc: requests.RequestException, url: str) -> Exception:
     host = urlsplit(url).netloc
+    if isinstance(exc, _UNBUILDABLE):
+        return SalesforceConfigurationError(
+            f"cannot build a request to {host or url!r}: {type(exc).__name__}: {exc}. "
+            "Check salesforce.login_url and salesforce.instance_url."
+        )
     if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return SalesforceConfigurationError(
             f"TLS certificate of {host} is not trusted: {exc}. "

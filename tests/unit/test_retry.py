@@ -11,6 +11,7 @@ from crm_export.errors import (
     RetriesExhaustedError,
     SalesforceConfigurationError,
     ServerError,
+    TransientError,
 )
 from crm_export.retry import Backoff, call_with_retries
 from crm_export.salesforce import network_error
@@ -108,6 +109,22 @@ def test_a_connection_that_breaks_is_a_network_error_an_operator_can_read(
     # Transient, so it is retried and never becomes a record error.
     assert isinstance(error, NetworkError)
     assert words in str(error) and "acme.my.salesforce.com" in str(error)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        requests.exceptions.InvalidURL("Invalid URL 'https://acme.my.salesforce.com /x'"),
+        requests.exceptions.MissingSchema("No scheme supplied"),
+        requests.exceptions.InvalidHeader("Invalid leading whitespace in header value"),
+    ],
+)
+def test_a_request_that_cannot_be_built_is_never_retried(exc: requests.RequestException) -> None:
+    error = network_error(exc, "https://acme.my.salesforce.com ")
+    # Terminal: the run stops at once with a message, instead of 300 s of retries.
+    assert isinstance(error, SalesforceConfigurationError)
+    assert not isinstance(error, TransientError)
+    assert "salesforce.login_url" in str(error)
 
 
 # With full jitter, 8 attempts wait 61 s on average in all (half of 1+2+4+...+32+60), so a
