@@ -215,7 +215,10 @@ def cmd_errors(args: argparse.Namespace) -> int:
             stream=args.stream, code=args.code, include_resolved=args.all, limit=args.limit
         )
     if args.csv:
-        with open(args.csv, "w", newline="", encoding="utf-8") as out:
+        from crm_export.private_files import open_private
+
+        # Keys, messages and payloads are personal data: the file is the user's alone.
+        with open_private(args.csv, newline="") as out:
             report_mod.write_csv(rows, out, ERROR_COLUMNS)
         print(f"wrote {len(rows)} rows to {args.csv}")
     elif args.json:

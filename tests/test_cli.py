@@ -233,3 +233,37 @@ def test_job_and_run_exit_1_naming_the_lock_file_when_it_can_not_be_created(
         assert "not-a-dir/state.runner.lock" in done.stderr
         assert "Traceback" not in done.stderr
     assert sandbox.counters()["calls"].get("token", 0) == 0
+
+
+def test_files_holding_record_data_are_readable_by_their_owner_only(
+    tmp_path: Path, sandbox: SandboxHandle
+) -> None:
+    config = make_config(tmp_path, sandbox)
+    env = {"SF_CLIENT_SECRET": sandbox.client_secret}
+    previous = os.umask(0o022)
+    try:
+        assert crm_export("job", "CRMExport", "--config", str(config), env=env).returncode == 0
+        fresh = tmp_path / "fresh.csv"
+        existing = tmp_path / "existing.csv"
+        existing.write_text("old export\n")
+        existing.chmod(0o644)
+        for out in (fresh, existing):
+            done = crm_export("errors", "--csv", str(out), "--config", str(config), env=env)
+            assert done.returncode == 0, done.stderr
+            # Record keys, messages and payloads: personal data.
+            assert "not-an-email" in out.read_text()
+            assert out.stat().st_mode & 0o777 == 0o600, out
+    finally:
+        os.umask(previous)
+
+
+def test_the_sandbox_data_file_is_private(tmp_path: Path) -> None:
+    from crm_export.sandbox.storage import RecordStore
+
+    previous = os.umask(0o022)
+    try:
+        store = RecordStore(tmp_path / "records.db")
+    finally:
+        os.umask(previous)
+    store.close()
+    assert (tmp_path / "records.db").stat().st_mode & 0o777 == 0o600

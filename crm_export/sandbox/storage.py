@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from crm_export.private_files import create_private
 from crm_export.sandbox.ids import make_id
 
 Record = dict[str, Any]
@@ -50,6 +51,8 @@ class RecordStore:
         self._path = path
         self._db: sqlite3.Connection | None = None
         if path is not None:
+            # Rehearsal records are the user's real data: readable by its owner only.
+            create_private(path)
             self._db = sqlite3.connect(path, check_same_thread=False)
             with self._db:
                 self._db.executescript(_SCHEMA)
