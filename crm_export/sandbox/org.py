@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from crm_export.sandbox import DEFAULT_ORG_PATH
 from crm_export.sandbox.ids import make_id
@@ -45,7 +45,6 @@ STANDARD_PREFIXES = {
 }
 # Fields every object has; the integration user can read them but never write them.
 SYSTEM_FIELDS = ("Id", "CreatedDate", "LastModifiedDate", "SystemModstamp")
-TriggerEvent = Literal["insert", "update"]
 
 
 class OrgError(Exception):
@@ -90,10 +89,6 @@ class FieldDef:
     values: tuple[str, ...] = ()
     restricted: bool = False
     default: Any = None
-
-    @property
-    def indexed(self) -> bool:
-        return self.unique or self.external_id or self.type in {"id", "reference"}
 
 
 @dataclass(frozen=True)
