@@ -26,12 +26,63 @@ MIN_YEAR, MAX_YEAR = 1700, 4000
 MAX_TEXT_LENGTH = 131_072
 
 
+# Standard lookups that may point at more than one object. Salesforce needs to be told which
+# object a nested external ID belongs to for these; custom lookups always have one target.
+POLYMORPHIC_LOOKUPS = frozenset({"WhoId", "WhatId", "OwnerId"})
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A lookup field set through the parent's external ID, e.g. Contact.AccountId from
+    ``account_id``: Salesforce resolves the parent itself, so no record Id is needed."""
+
+    field: str  # AccountId
+    relationship: str  # Account: the name the nested object is sent under
+    sobject: str  # the parent's object
+    external_id_field: str  # the parent's external ID field
+    column: str  # the source column holding the parent's key
+    polymorphic: bool = False
+
+    @classmethod
+    def derive(
+        cls,
+        field: str,
+        sobject: str,
+        external_id_field: str,
+        column: str,
+        relationship: str | None = None,
+    ) -> Lookup:
+        return cls(
+            field=field,
+            relationship=relationship or relationship_name(field),
+            sobject=sobject,
+            external_id_field=external_id_field,
+            column=column,
+            polymorphic=field in POLYMORPHIC_LOOKUPS,
+        )
+
+
+def relationship_name(lookup_field: str) -> str:
+    """Salesforce's relationship name of a lookup field: AccountId -> Account,
+    Parent__c -> Parent__r."""
+    if lookup_field.endswith("__c"):
+        return lookup_field.removesuffix("__c") + "__r"
+    return lookup_field.removesuffix("Id") if lookup_field.endswith("Id") else lookup_field
+
+
 @dataclass(frozen=True)
 class FieldMap:
     sobject: str
     external_id_field: str
     key_column: str
     fields: tuple[tuple[str, str], ...]  # (Salesforce field, source column)
+    lookups: tuple[Lookup, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The source columns the payload reads (besides the key), each once."""
+        named = [c for _, c in self.fields] + [lookup.column for lookup in self.lookups]
+        return tuple(dict.fromkeys(named))
 
 
 class MappingError(Exception):
@@ -54,7 +105,7 @@ def build_payload(fmap: FieldMap, row: SourceRow) -> dict[str, Any]:
                 (fmap.key_column,),
             )
         )
-    external_id = str(_convert(fmap.key_column, fmap.external_id_field, row.key))
+    external_id = external_id_text(fmap.key_column, fmap.external_id_field, row.key)
     if not external_id.strip():
         # Salesforce reads a blank external ID as no value at all, and fails the upsert.
         raise MappingError(
@@ -68,7 +119,36 @@ def build_payload(fmap: FieldMap, row: SourceRow) -> dict[str, Any]:
     payload: dict[str, Any] = {fmap.external_id_field: external_id}
     for sf_field, column in fmap.fields:
         payload[sf_field] = _convert(column, sf_field, row.values.get(column))
+    for lookup in fmap.lookups:
+        payload.update(_lookup_value(lookup, row.values.get(lookup.column)))
     return payload
+
+
+def external_id_text(column: str, sf_field: str, key: SourceValue) -> str:
+    """A key as an external ID value. A parent's key is rendered the same way in its own
+    stream and in its children's lookups (an integer 42 is "42" on both sides), or the
+    children would point at a record that does not exist."""
+    return str(_convert(column, sf_field, key))
+
+
+def _lookup_value(lookup: Lookup, key: SourceValue) -> dict[str, Any]:
+    if key is None:
+        # Sending the lookup field itself as null clears it; a null relationship does not.
+        return {lookup.field: None}
+    parent: dict[str, Any] = {}
+    if lookup.polymorphic:
+        parent["attributes"] = {"type": lookup.sobject}
+    parent[lookup.external_id_field] = external_id_text(lookup.column, lookup.field, key)
+    if not parent[lookup.external_id_field].strip():
+        raise MappingError(
+            RecordError(
+                INVALID_VALUE,
+                f"column {lookup.column!r} (-> {lookup.field}) is blank, so it names no "
+                f"{lookup.sobject}; set it to the parent's key, or NULL to clear the lookup",
+                (lookup.field,),
+            )
+        )
+    return {lookup.relationship: parent}
 
 
 def _convert(column: str, sf_field: str, value: SourceValue) -> Any:

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from crm_export.mapping import FieldMap, MappingError, build_payload
+from crm_export.mapping import FieldMap, Lookup, MappingError, build_payload, relationship_name
 from crm_export.ports import SourceRow
 
 FMAP = FieldMap("Contact", "External_Id__c", "id", (("LastName", "last_name"), ("X__c", "x")))
@@ -97,3 +97,53 @@ def test_a_blank_key_is_refused_by_name(key: str) -> None:
         payload("v", key=key)
     assert info.value.error.code == "CRM_EXPORT_INVALID_VALUE"
     assert "key column 'id' is blank" in info.value.error.message
+
+
+ACCOUNT = Lookup.derive("AccountId", "Account", "External_Id__c", "account_id")
+CHILD = FieldMap("Contact", "External_Id__c", "id", (("LastName", "last_name"),), (ACCOUNT,))
+
+
+def child_payload(account: object) -> dict[str, object]:
+    return build_payload(CHILD, SourceRow(7, 1, {"last_name": "Smith", "account_id": account}))
+
+
+def test_a_lookup_names_the_parent_by_its_external_id_rendered_as_the_parent_renders_it() -> None:
+    assert child_payload("A-1")["Account"] == {"External_Id__c": "A-1"}
+    # The parent stream sends its integer key 42 as "42", and so does the child.
+    parent = build_payload(FieldMap("Account", "External_Id__c", "id", ()), SourceRow(42, 1, {}))
+    assert (
+        child_payload(42)["Account"]
+        == {"External_Id__c": parent["External_Id__c"]}
+        == {"External_Id__c": "42"}
+    )
+    assert child_payload(Decimal("42"))["Account"] == {"External_Id__c": "42"}
+    assert "AccountId" not in child_payload("A-1")
+
+
+def test_a_null_parent_column_clears_the_lookup_field() -> None:
+    sent = child_payload(None)
+    assert sent["AccountId"] is None and "Account" not in sent
+
+
+def test_a_polymorphic_lookup_says_which_object_the_parent_is() -> None:
+    who = Lookup.derive("WhoId", "Contact", "External_Id__c", "contact_id")
+    task = FieldMap("Task", "External_Id__c", "id", (), (who,))
+    sent = build_payload(task, SourceRow(1, 1, {"contact_id": "C-9"}))
+    assert sent["Who"] == {"attributes": {"type": "Contact"}, "External_Id__c": "C-9"}
+
+
+@pytest.mark.parametrize(
+    ("field", "relationship"),
+    [("AccountId", "Account"), ("Parent_Account__c", "Parent_Account__r"), ("WhoId", "Who")],
+)
+def test_relationship_names_are_derived_as_salesforce_names_them(
+    field: str, relationship: str
+) -> None:
+    assert relationship_name(field) == relationship
+
+
+def test_a_blank_parent_key_is_a_record_error_naming_the_column() -> None:
+    with pytest.raises(MappingError) as info:
+        child_payload("  ")
+    assert info.value.error.code == "CRM_EXPORT_INVALID_VALUE"
+    assert "'account_id'" in info.value.error.message
