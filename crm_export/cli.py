@@ -58,7 +58,7 @@ def cmd_job(args: argparse.Namespace) -> int:
     config = load(args)
     check_sources(config)
     if make_url(config.database.url).get_backend_name() != "sqlite":
-        from crm_export import migrate
+        from crm_export.store import migrations as migrate
 
         # An unreachable server also fails the lock attempt: say what is wrong with the
         # database instead of blaming a runner that may not exist.
@@ -111,8 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _open_store(config: Config) -> Any:
-    from crm_export import migrate
     from crm_export.store import SqlStore
+    from crm_export.store import migrations as migrate
 
     migrate.ensure_schema(config.database.url)
     return SqlStore(config.database.url)
@@ -229,7 +229,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from crm_export import migrate
+    from crm_export.store import migrations as migrate
 
     config = load(args)
     url = config.database.url

@@ -41,11 +41,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from crm_export import migrate
 from crm_export.config import Config, load_config
 from crm_export.errors import ConfigError, CrmExportError
 from crm_export.locks import RunnerLock, holder_id, runner_lock
 from crm_export.runtime import check_sources
+from crm_export.store import migrations as migrate
 
 EXIT_STOPPED, EXIT_START_FAILED, EXIT_CONFIG, EXIT_LOCK_LOST = 0, 1, 2, 3
 

@@ -12,7 +12,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from crm_export import migrate
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
 from crm_export.export import Exporter, ExportPolicy, StreamPlan
@@ -20,7 +19,7 @@ from crm_export.mapping import FieldMap
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
-from crm_export.store import SqlStore, preflight_source
+from crm_export.store import SqlStore, migrations, preflight_source
 
 
 def stream_plan(stream: StreamConfig) -> StreamPlan:
@@ -134,7 +133,7 @@ def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterato
     with ExitStack() as stack:
         if config.sandbox.enabled:
             config = stack.enter_context(embedded_sandbox(config))
-        migrate.ensure_schema(config.database.url)
+        migrations.ensure_schema(config.database.url)
         store = SqlStore(config.database.url)
         stack.callback(store.close)
         # Callers hold the runner lock, so a run still marked running was left by a dead

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from crm_export import migrate
 from crm_export.errors import SourceError, TerminalError, TransientError
 from crm_export.ports import (
     UNCHANGED,
@@ -28,7 +27,7 @@ from crm_export.ports import (
     SourceRow,
     StreamSource,
 )
-from crm_export.store import INTERRUPTED_MESSAGE, SqlStore, advisory_runner_lock
+from crm_export.store import INTERRUPTED_MESSAGE, SqlStore, advisory_runner_lock, migrations
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 CreateSourceTable = Callable[..., None]  # the create_source_table fixture (conftest.py)
@@ -406,7 +405,7 @@ def test_acknowledge_for_an_unknown_run_writes_nothing(store: SqlStore) -> None:
 
 def test_concurrent_writers_on_sqlite_neither_fail_nor_lose_updates(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    migrate.upgrade(url)
+    migrations.upgrade(url)
     stores = [SqlStore(url), SqlStore(url)]
     run = stores[0].begin_run("CRMExport", "contacts")
     errors: list[BaseException] = []
@@ -644,7 +643,7 @@ def test_read_by_keys_from_a_query_casts_an_integer_key(
 
 def test_undecodable_sqlite_text_comes_back_as_bytes(tmp_path: Path) -> None:
     state = f"sqlite:///{tmp_path / 'state.db'}"
-    migrate.upgrade(state)
+    migrations.upgrade(state)
     raw = sqlite3.connect(tmp_path / "source.db")
     raw.execute("CREATE TABLE contacts (id INTEGER PRIMARY KEY, updated INTEGER, name TEXT)")
     raw.execute("INSERT INTO contacts VALUES (1, 1, 'ok'), (2, 1, CAST(X'FF41' AS TEXT))")

@@ -52,7 +52,7 @@ from crm_export.ports import (
     StreamState,
     record_key_text,
 )
-from crm_export.schema import export_errors, export_runs, stream_state
+from crm_export.store.schema import export_errors, export_runs, stream_state
 
 __all__ = [
     "IN_CHUNK",
@@ -681,9 +681,9 @@ class SqlStore:
         self._engine = create_state_engine(state_url)
         if is_memory_sqlite(state_url):
             # Nobody else can reach this database to migrate it: it starts at head.
-            from crm_export import migrate
+            from crm_export.store import migrations
 
-            migrate.upgrade_engine(self._engine, state_url)
+            migrations.upgrade_engine(self._engine, state_url)
         self._writer = self._engine.execution_options(**{_WRITE_OPTION: True})
         self._sources: dict[str, Engine] = {state_url: self._engine}
         self._key_types: dict[tuple[str, str], Callable[[str], Any] | None] = {}

@@ -20,7 +20,6 @@ from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from crm_export.errors import SchemaOutdatedError
-from crm_export.schema import VERSION_TABLE
 from crm_export.store import (
     begin_write,
     create_state_engine,
@@ -29,6 +28,7 @@ from crm_export.store import (
     redact_url,
     state_database_errors,
 )
+from crm_export.store.schema import VERSION_TABLE
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -42,7 +42,7 @@ __all__ = [
     "upgrade_engine",
 ]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def _config(
