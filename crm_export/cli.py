@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from crm_export import __version__
 from crm_export import report as report_mod
 from crm_export.config import Config, Secret, load_config
 from crm_export.errors import ConfigError, CrmExportError
 from crm_export.logs import configure_logging
 from crm_export.ports import RunOutcome
+from crm_export.store.urls import is_sqlite
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -57,7 +56,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 
     config = load(args)
     check_sources(config)
-    if make_url(config.database.url).get_backend_name() != "sqlite":
+    if not is_sqlite(config.database.url):
         from crm_export.store import migrations as migrate
 
         # An unreachable server also fails the lock attempt: say what is wrong with the

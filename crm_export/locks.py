@@ -16,6 +16,7 @@ from filelock import FileLock, Timeout
 from sqlalchemy.engine import make_url
 
 from crm_export.errors import TerminalError
+from crm_export.store.urls import is_memory_sqlite, is_sqlite
 
 
 class RunnerLock(Protocol):
@@ -79,11 +80,11 @@ class NoLock:
 
 
 def runner_lock(state_url: str) -> RunnerLock:
-    url = make_url(state_url)
-    if url.get_backend_name() == "sqlite":
-        if not url.database or url.database == ":memory:":
-            return NoLock()
-        return FileRunnerLock(Path(url.database).resolve().with_suffix(".runner.lock"))
+    if is_memory_sqlite(state_url):
+        return NoLock()
+    if is_sqlite(state_url):
+        database = make_url(state_url).database or ""
+        return FileRunnerLock(Path(database).resolve().with_suffix(".runner.lock"))
     from crm_export.store import advisory_runner_lock
 
     return advisory_runner_lock(state_url)

@@ -53,6 +53,7 @@ from crm_export.ports import (
     record_key_text,
 )
 from crm_export.store.schema import export_errors, export_runs, stream_state
+from crm_export.store.urls import is_memory_sqlite, is_sqlite, redact_url
 
 __all__ = [
     "IN_CHUNK",
@@ -85,14 +86,6 @@ _MIGRATION_LOCK_ID = 0x63726D5F6578  # "crm_ex"
 
 # --------------------------------------------------------------------------------------------
 # Engines
-
-
-def redact_url(url: str) -> str:
-    """The URL as it may appear in messages and logs: the password is masked."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparseable database URL>"
 
 
 def _decode_sqlite_text(data: bytes) -> str | bytes:
@@ -155,19 +148,6 @@ def _configure_sqlite(engine: Engine, *, state: bool) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
-def _is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
-def is_memory_sqlite(url: str) -> bool:
-    """``sqlite://`` or ``sqlite:///:memory:``: a database that lives as long as its engine."""
-    sa_url = make_url(url)
-    database = sa_url.database or ""
-    return sa_url.get_backend_name() == "sqlite" and (
-        database in ("", ":memory:") or "mode=memory" in str(sa_url.query)
-    )
-
-
 def create_state_engine(url: str) -> Engine:
     """An engine for the state database, SQLite set up for concurrent use (WAL, busy timeout,
     foreign keys, BEGIN IMMEDIATE for writers). Use ``begin_write`` for write transactions."""
@@ -178,7 +158,7 @@ def create_state_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine, state=True)
         return engine
-    if _is_sqlite(url):
+    if is_sqlite(url):
         engine = sa.create_engine(url)
         _configure_sqlite(engine, state=True)
         return engine
@@ -189,7 +169,7 @@ def create_state_engine(url: str) -> Engine:
 
 def create_source_engine(url: str) -> Engine:
     """An engine for reading a source database (never written to)."""
-    if _is_sqlite(url):
+    if is_sqlite(url):
         engine = sa.create_engine(url)
         _configure_sqlite(engine, state=False)
         return engine
@@ -427,7 +407,7 @@ def preflight_source(source: StreamSource) -> None:
     """``check_source`` before any state database is opened, on a throwaway engine that
     changes nothing, and never creating a SQLite file that is not there."""
     url = make_url(source.source_url)
-    if _is_sqlite(source.source_url) and not is_memory_sqlite(source.source_url):
+    if is_sqlite(source.source_url) and not is_memory_sqlite(source.source_url):
         path = url.database or ""
         if not os.path.exists(path):
             raise SourceMissingError(

@@ -23,12 +23,11 @@ from crm_export.errors import SchemaOutdatedError
 from crm_export.store import (
     begin_write,
     create_state_engine,
-    is_memory_sqlite,
     lock_for_migration,
-    redact_url,
     state_database_errors,
 )
 from crm_export.store.schema import VERSION_TABLE
+from crm_export.store.urls import is_memory_sqlite, is_sqlite, redact_url
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -112,10 +111,9 @@ def offline_sql(url: str, revision: str = "head", *, downgrade: bool = False) ->
 
 
 def _sqlite_file_missing(url: str) -> bool:
-    sa_url = make_url(url)
-    if sa_url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
+    if not is_sqlite(url) or is_memory_sqlite(url):
         return False
-    database = sa_url.database or ""
+    database = make_url(url).database or ""
     if database.startswith("file:"):  # a URI filename (?uri=true): let SQLite resolve it
         return False
     return not Path(database).exists()
@@ -162,7 +160,7 @@ def check_schema(url: str) -> None:
 
 
 def _is_fresh_sqlite(url: str) -> bool:
-    if not _is_sqlite_url(url):
+    if not is_sqlite(url):
         return False
     if _sqlite_file_missing(url):
         return True
@@ -172,10 +170,6 @@ def _is_fresh_sqlite(url: str) -> bool:
             return not sa.inspect(conn).get_table_names()
     finally:
         engine.dispose()
-
-
-def _is_sqlite_url(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
 
 
 def ensure_schema(url: str) -> None:
