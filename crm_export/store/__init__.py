@@ -58,6 +58,12 @@ from crm_export.store.engines import (
     state_database_errors,
     write_engine,
 )
+from crm_export.store.positions import (
+    decode_value,
+    encode_value,
+    position_columns,
+    position_from_columns,
+)
 from crm_export.store.schema import export_errors, export_runs, stream_state
 from crm_export.store.urls import is_memory_sqlite, is_sqlite, redact_url
 
@@ -284,66 +290,6 @@ def preflight_source(source: StreamSource) -> None:
         _source_failure(source, exc)
     finally:
         engine.dispose()
-
-
-# --------------------------------------------------------------------------------------------
-# Positions: tagged JSON, so that every value type round-trips exactly.
-
-
-def encode_value(value: SourceValue) -> str:
-    """Encode a source value as tagged JSON text, e.g. ``{"type": "int", "value": 42}``.
-
-    Floats, Decimals, dates and times are kept as text so nothing is lost to JSON numbers.
-    """
-    tag: str
-    payload: Any
-    if value is None:
-        tag, payload = "null", None
-    elif isinstance(value, bool):  # before int: bool is an int
-        tag, payload = "bool", value
-    elif isinstance(value, int):
-        tag, payload = "int", value
-    elif isinstance(value, float):
-        tag, payload = "float", repr(value)
-    elif isinstance(value, Decimal):
-        tag, payload = "decimal", str(value)
-    elif isinstance(value, str):
-        tag, payload = "str", value
-    elif isinstance(value, datetime):  # before date: datetime is a date
-        tag, payload = "datetime", value.isoformat()
-    elif isinstance(value, date):
-        tag, payload = "date", value.isoformat()
-    elif isinstance(value, time):
-        tag, payload = "time", value.isoformat()
-    elif isinstance(value, bytes | bytearray | memoryview):
-        tag, payload = "bytes", bytes(value).hex()
-    elif isinstance(value, uuid.UUID):
-        tag, payload = "uuid", str(value)
-    else:
-        raise TypeError(f"cannot store a position value of type {type(value).__name__}")
-    return json.dumps({"type": tag, "value": payload}, ensure_ascii=False)
-
-
-def decode_value(text: str) -> SourceValue:
-    """Inverse of ``encode_value``."""
-    data = json.loads(text)
-    tag, payload = data["type"], data["value"]
-    decoders: dict[str, Callable[[Any], SourceValue]] = {
-        "null": lambda _: None,
-        "bool": bool,
-        "int": int,
-        "float": float,
-        "decimal": Decimal,
-        "str": str,
-        "datetime": datetime.fromisoformat,
-        "date": date.fromisoformat,
-        "time": time.fromisoformat,
-        "bytes": bytes.fromhex,
-        "uuid": uuid.UUID,
-    }
-    if tag not in decoders:
-        raise ValueError(f"unknown position value type {tag!r} in {text!r}")
-    return decoders[tag](payload)
 
 
 # --------------------------------------------------------------------------------------------
@@ -719,9 +665,7 @@ class SqlStore:
 
     @staticmethod
     def _state_from_row(m: Mapping[Any, Any]) -> StreamState:
-        position = None
-        if m["position_order"] is not None:
-            position = Position(decode_value(m["position_order"]), decode_value(m["position_key"]))
+        position = position_from_columns(m["position_order"], m["position_key"])
         paused = None
         if m["paused_record_key"] is not None:
             paused = PausedRecord(
@@ -1061,7 +1005,7 @@ class SqlStore:
     def _save_state(self, conn: Connection, ack: BatchAck, now: datetime) -> None:
         changes: dict[str, Any] = {}
         if ack.position is not UNCHANGED:
-            changes.update(_position_values(ack.position))
+            changes.update(position_columns(ack.position))
         if ack.pause is not UNCHANGED:
             changes.update(_pause_values(ack.pause))
         if ack.source_snapshot is not UNCHANGED:
@@ -1204,15 +1148,6 @@ def _is_view(insp: sa.Inspector, table: str, schema: str | None) -> bool:
         return table in insp.get_view_names(schema=schema)
     except NotImplementedError:  # pragma: no cover - every bundled dialect lists views
         return False
-
-
-def _position_values(position: Position | None) -> dict[str, Any]:
-    if position is None:
-        return {"position_order": None, "position_key": None}
-    return {
-        "position_order": encode_value(position.order_value),
-        "position_key": encode_value(position.key),
-    }
 
 
 def _pause_values(pause: PausedRecord | None) -> dict[str, Any]:
