@@ -50,8 +50,8 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from crm_export.locks import runner_lock
     from crm_export.runtime import check_sources
+    from crm_export.store import runner_lock
     from jobs import JOBS
 
     config = load(args)

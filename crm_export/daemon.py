@@ -42,8 +42,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from crm_export.config import Config, load_config
 from crm_export.errors import ConfigError, CrmExportError
-from crm_export.locks import RunnerLock, holder_id, runner_lock
 from crm_export.runtime import check_sources
+from crm_export.store import RunnerLock, holder_id, runner_lock
 from crm_export.store import migrations as migrate
 from crm_export.store.urls import is_sqlite
 

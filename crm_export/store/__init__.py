@@ -15,16 +15,14 @@ nor transaction age grows with the size of the source table.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, make_url
 
 from crm_export.errors import TerminalError
 from crm_export.ports import (
@@ -48,6 +46,17 @@ from crm_export.store.engines import (
     state_database_errors,
     write_engine,
 )
+from crm_export.store.locks import (
+    AdvisoryRunnerLock,
+    FileRunnerLock,
+    NoLock,
+    RunLocks,
+    RunnerLock,
+    advisory_runner_lock,
+    holder_id,
+    lock_for_migration,
+    runner_lock,
+)
 from crm_export.store.positions import (
     decode_value,
     encode_value,
@@ -60,8 +69,12 @@ from crm_export.store.statements import IN_CHUNK, chunks, upsert
 from crm_export.store.urls import is_memory_sqlite, redact_url
 
 __all__ = [
+    "INTERRUPTED_MESSAGE",
     "IN_CHUNK",
     "AdvisoryRunnerLock",
+    "FileRunnerLock",
+    "NoLock",
+    "RunnerLock",
     "SqlStore",
     "advisory_runner_lock",
     "begin_write",
@@ -69,143 +82,16 @@ __all__ = [
     "create_state_engine",
     "decode_value",
     "encode_value",
+    "holder_id",
     "is_memory_sqlite",
     "lock_for_migration",
     "preflight_source",
     "redact_url",
+    "runner_lock",
     "state_database_errors",
 ]
 
 INTERRUPTED_MESSAGE = "runner stopped before the run finished"
-
-# Arbitrary constant naming crm-export's PostgreSQL advisory lock for migrations.
-_MIGRATION_LOCK_ID = 0x63726D5F6578  # "crm_ex"
-
-
-# --------------------------------------------------------------------------------------------
-# Locks
-
-
-def lock_for_migration(conn: Connection) -> None:
-    """Serialize concurrent ``db upgrade`` runs (two daemons starting at once).
-
-    SQLite needs nothing: the migration transaction starts with BEGIN IMMEDIATE.
-    """
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
-
-
-# The runner lock's key: (class, object) in PostgreSQL's two-int4 advisory key space. Advisory
-# locks are scoped to one database, so this means "one runner per state database".
-_RUNNER_LOCK_KEY = (0x63726D, 1)  # "crm"
-# Each run in progress holds a session advisory lock (this class, the run id's low 31 bits) on
-# a connection of its own, so that a run left 'running' is provably abandoned exactly when
-# its lock is free: the server drops it with the connection of a runner that died.
-_RUN_LOCK_CLASS = 0x63726E  # "crn"
-# How long mark_interrupted_runs waits for the lock of a run whose runner may be dying (the
-# server ends a killed client's session within milliseconds) before taking it as alive.
-_RUN_LOCK_WAIT = "2s"
-
-
-def _run_lock_key(run_id: int) -> tuple[int, int]:
-    return (_RUN_LOCK_CLASS, run_id & 0x7FFFFFFF)
-
-
-# libpq settings for the lock's connection: a dead network must fail alive() within about a
-# minute (the daemon's heartbeat), not hang for the kernel's TCP timeout.
-_LIBPQ_LOCK_ARGS = {
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 60_000,
-}
-
-
-class AdvisoryRunnerLock:
-    """``locks.RunnerLock`` for PostgreSQL: a session advisory lock on a dedicated connection.
-
-    The server releases it when the connection dies, so a standby takes over from a runner
-    that crashed or lost its network; ``alive()`` tells the holder it lost the lock.
-    """
-
-    def __init__(self, state_url: str) -> None:
-        self.description = f"PostgreSQL advisory lock on {redact_url(state_url)}"
-        driver = make_url(state_url).get_driver_name()
-        connect_args = _LIBPQ_LOCK_ARGS if driver in ("psycopg", "psycopg2") else {}
-        # NullPool: the lock's lifetime is exactly its connection's, never a pooled one's.
-        self._engine = sa.create_engine(
-            state_url, poolclass=sa.pool.NullPool, connect_args=connect_args
-        )
-        self._conn: Connection | None = None
-
-    def acquire(self) -> bool:
-        """Try once, without waiting; True when this process now holds the lock."""
-        if self._conn is not None:
-            if self.alive():
-                return True
-            self._drop_connection()
-        try:
-            # AUTOCOMMIT: the lock is session-level; an open transaction held for days would
-            # pin old row versions and stop VACUUM.
-            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        except sa.exc.SQLAlchemyError:
-            return False
-        try:
-            got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(*_RUNNER_LOCK_KEY)))
-            if got.scalar_one():
-                self._conn = conn
-                return True
-        except sa.exc.SQLAlchemyError:
-            pass
-        conn.close()
-        return False
-
-    def alive(self) -> bool:
-        """Still held: the connection answers and the server lists our lock as granted."""
-        if self._conn is None:
-            return False
-        locks = sa.table(
-            "pg_locks",
-            sa.column("locktype"),
-            sa.column("pid"),
-            sa.column("classid"),
-            sa.column("objid"),
-            sa.column("objsubid"),
-            sa.column("granted"),
-        )
-        stmt = sa.select(sa.func.count()).where(
-            locks.c.locktype == "advisory",
-            locks.c.pid == sa.func.pg_backend_pid(),
-            locks.c.classid == _RUNNER_LOCK_KEY[0],
-            locks.c.objid == _RUNNER_LOCK_KEY[1],
-            locks.c.objsubid == 2,  # the two-int4 key form
-            locks.c.granted.is_(True),
-        )
-        try:
-            return bool(self._conn.execute(stmt).scalar_one())
-        except sa.exc.SQLAlchemyError:
-            return False
-
-    def release(self) -> None:
-        if self._conn is not None:
-            # If the connection is gone, the lock went with it.
-            with suppress(sa.exc.SQLAlchemyError):
-                self._conn.execute(sa.select(sa.func.pg_advisory_unlock(*_RUNNER_LOCK_KEY)))
-            self._drop_connection()
-        self._engine.dispose()
-
-    def _drop_connection(self) -> None:
-        assert self._conn is not None
-        with suppress(sa.exc.SQLAlchemyError):
-            self._conn.close()
-        self._conn = None
-
-
-def advisory_runner_lock(state_url: str) -> AdvisoryRunnerLock:
-    """The one-runner lock of a PostgreSQL state database (see ``crm_export.locks``)."""
-    return AdvisoryRunnerLock(state_url)
 
 
 def _json_default(value: Any) -> Any:
@@ -220,10 +106,6 @@ def _payload_text(payload: Mapping[str, Any] | None) -> str | None:
     if payload is None:
         return None
     return json.dumps(dict(payload), ensure_ascii=False, default=_json_default)
-
-
-def _runner_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,32 +145,17 @@ class SqlStore:
         self._source_reader = SourceReader(shared={state_url: self._engine})
         self._lock = threading.Lock()
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._runner = runner or _runner_name()
-        # PostgreSQL: the connections holding the locks of this store's runs in progress.
-        self._run_locks: dict[int, Connection] = {}
-        self._run_lock_engine: Engine | None = None
-        if make_url(state_url).get_backend_name() == "postgresql":
-            driver = make_url(state_url).get_driver_name()
-            # NullPool: a run's lock lives exactly as long as its own connection.
-            self._run_lock_engine = sa.create_engine(
-                state_url,
-                poolclass=sa.pool.NullPool,
-                connect_args=_LIBPQ_LOCK_ARGS if driver in ("psycopg", "psycopg2") else {},
-            )
+        self._runner = runner or holder_id()
+        # PostgreSQL: each run in progress holds a lock (see RunLocks).
+        self._run_locks = RunLocks(state_url) if backend == "postgresql" else None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
         """Dispose every engine (state and sources). The store can not be used afterwards."""
         self._source_reader.close()
-        with self._lock:
-            run_locks = list(self._run_locks.values())
-            self._run_locks.clear()
-        for conn in run_locks:
-            with suppress(sa.exc.SQLAlchemyError):
-                conn.close()
-        if self._run_lock_engine is not None:
-            self._run_lock_engine.dispose()
+        if self._run_locks is not None:
+            self._run_locks.close()
         self._engine.dispose()
 
     def __enter__(self) -> SqlStore:
@@ -328,24 +195,17 @@ class SqlStore:
             outcome=RunOutcome.RUNNING.value,
             runner=self._runner,
         )
-        if self._run_lock_engine is None:
+        if self._run_locks is None:
             with self._write() as conn:
                 pk = conn.execute(insert).inserted_primary_key
                 assert pk is not None
                 return int(pk[0])
+
+        def insert_run(conn: Connection) -> int:
+            return int(conn.execute(insert.returning(export_runs.c.id)).scalar_one())
+
         with state_database_errors(self.state_url):
-            lock_conn = self._run_lock_engine.connect()
-            try:
-                with lock_conn.begin():
-                    run_id = int(lock_conn.execute(insert.returning(export_runs.c.id)).scalar_one())
-                    # Session level: it outlives this transaction, until finish_run or death.
-                    lock_conn.execute(sa.select(sa.func.pg_advisory_lock(*_run_lock_key(run_id))))
-            except BaseException:
-                lock_conn.close()
-                raise
-        with self._lock:
-            self._run_locks[run_id] = lock_conn
-        return run_id
+            return self._run_locks.begin_locked(insert_run)
 
     def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
         """Close a run with its outcome (and the error text of a failed run)."""
@@ -360,18 +220,8 @@ class SqlStore:
             if result.rowcount != 1:
                 raise LookupError(f"no export run with id {run_id}")
         # Only after the outcome is committed: nobody may see the run running and unlocked.
-        self._release_run_lock(run_id)
-
-    def _release_run_lock(self, run_id: int) -> None:
-        with self._lock:
-            lock_conn = self._run_locks.pop(run_id, None)
-        if lock_conn is not None:
-            # Closing the session releases the lock, also when the unlock itself fails.
-            with suppress(sa.exc.SQLAlchemyError):
-                lock_conn.execute(sa.select(sa.func.pg_advisory_unlock(*_run_lock_key(run_id))))
-                lock_conn.commit()
-            with suppress(sa.exc.SQLAlchemyError):
-                lock_conn.close()
+        if self._run_locks is not None:
+            self._run_locks.release(run_id)
 
     def mark_interrupted_runs(self) -> int:
         """Mark runs left ``running`` by a runner that died as ``interrupted``.
@@ -382,8 +232,8 @@ class SqlStore:
         be lost to a broken connection while the process goes on, so a run is only marked
         when its own lock is free: its runner is gone. Returns how many runs were marked.
         """
-        for run_id in list(self._run_locks):
-            self._release_run_lock(run_id)
+        if self._run_locks is not None:
+            self._run_locks.release_all()
         runs = export_runs
         with self._write() as conn:
             running = [
@@ -393,7 +243,7 @@ class SqlStore:
                 )
             ]
             if conn.dialect.name == "postgresql":
-                running = self._abandoned(conn, running)
+                running = RunLocks.abandoned(conn, running)
             marked = 0
             for chunk in chunks(running):
                 result = conn.execute(
@@ -407,27 +257,6 @@ class SqlStore:
                 )
                 marked += int(result.rowcount)
             return marked
-
-    @staticmethod
-    def _abandoned(conn: Connection, run_ids: Sequence[int]) -> list[int]:
-        """The runs among ``run_ids`` whose lock this transaction could take: nobody holds it,
-        so their runner is dead (and, the lock now ours until commit, stays so)."""
-        if not run_ids:
-            return []
-        conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_RUN_LOCK_WAIT}'"))
-        dead = []
-        for run_id in run_ids:
-            try:
-                with conn.begin_nested():
-                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(*_run_lock_key(run_id))))
-            except sa.exc.OperationalError as exc:
-                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
-                    raise
-                continue  # its runner is alive: the run is still its own
-            dead.append(run_id)
-        # The wait was for run locks only; the update that follows waits as usual.
-        conn.execute(sa.text("SET LOCAL lock_timeout = DEFAULT"))
-        return dead
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         """One export_runs row as a dict, or None."""
