@@ -9,8 +9,9 @@ Errors from either are classified here too: the retry policy reads the exception
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
 from time import monotonic, sleep
 from typing import Any
 
@@ -23,6 +24,7 @@ from crm_export.store.urls import is_memory_sqlite, is_sqlite, redact_url
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
+    "StateDatabase",
     "begin_write",
     "create_source_engine",
     "create_state_engine",
@@ -190,3 +192,36 @@ def state_database_errors(url: str) -> Iterator[None]:
                 f"cannot open the state database at {redact_url(url)}: {error_reason(exc)}"
             ) from exc
         raise
+
+
+# --------------------------------------------------------------------------------------------
+# The state database as the store's parts use it
+
+
+class StateDatabase:
+    """The state engine with its URL and the store's clock: read and write transactions
+    that name the database (password masked) when it is unreachable or busy."""
+
+    def __init__(
+        self, url: str, engine: Engine, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.url = url
+        self.engine = engine
+        self._writer = write_engine(engine)
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the store's clock must return aware datetimes")
+        return now.astimezone(UTC)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with state_database_errors(self.url), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with state_database_errors(self.url), self._writer.begin() as conn:
+            yield conn
