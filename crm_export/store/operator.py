@@ -1,7 +1,8 @@
 """The operator's questions: the queries behind ``crm-export status``, ``errors`` and ``resume``.
 
 The export core never calls these. The same questions, as plain SQL to paste into sqlite3 or
-psql, are in ``crm_export/sql/operator_queries.<dialect>.sql`` (``errors --sql`` prints them).
+psql, are in ``sql/operator_queries.<dialect>.sql`` beside this module (``errors --sql``
+prints them).
 """
 
 from __future__ import annotations
