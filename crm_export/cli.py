@@ -110,11 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _open_store(config: Config) -> Any:
-    from crm_export.store import SqlStore
-    from crm_export.store import migrations as migrate
+    from crm_export.runtime import open_store
 
-    migrate.ensure_schema(config.database.url)
-    return SqlStore(config.database.url)
+    return open_store(config.database.url)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -127,15 +127,26 @@ def embedded_sandbox(config: Config) -> Iterator[Config]:
         server.stop()
 
 
+def open_store(url: str) -> SqlStore:
+    """A store on the state database at ``url``, once its schema is checked to be this
+    version's (``migrations.ensure_schema``: a fresh SQLite database, in a file or in
+    memory, is set up instead)."""
+    store = SqlStore(url)
+    try:
+        migrations.ensure_schema(url, store.engine)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 @contextmanager
 def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterator[Runtime]:
     stop = stop or threading.Event()
     with ExitStack() as stack:
         if config.sandbox.enabled:
             config = stack.enter_context(embedded_sandbox(config))
-        migrations.ensure_schema(config.database.url)
-        store = SqlStore(config.database.url)
-        stack.callback(store.close)
+        store = stack.enter_context(open_store(config.database.url))
         # Callers hold the runner lock, so a run still marked running was left by a dead
         # runner (on PostgreSQL the store also checks each run's own lock: see the method).
         store.mark_interrupted_runs()

@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from crm_export.errors import SchemaOutdatedError
 from crm_export.ports import BatchAck, RecordError, RecordFailure
+from crm_export.runtime import open_store
 from crm_export.store import SqlStore, migrations
 from crm_export.store.schema import VERSION_TABLE, metadata
 
@@ -71,6 +72,15 @@ def test_upgrading_twice_changes_nothing(empty_state_url: str) -> None:
     migrations.upgrade(empty_state_url)
     with SqlStore(empty_state_url) as store:
         assert len(store.list_runs()) == 1
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_open_store_sets_up_an_in_memory_state_database(url: str) -> None:
+    # Only the store's own engine can reach the database, so the caller migrates through it.
+    with open_store(url) as store:
+        assert store.stream_overview() == []
+        store.begin_run("CRMExport", "contacts")
+        assert [r["stream"] for r in store.list_runs()] == ["contacts"]
 
 
 def test_the_schema_matches_the_metadata_the_store_uses(state_url: str) -> None:

@@ -440,8 +440,9 @@ def test_concurrent_writers_on_sqlite_neither_fail_nor_lose_updates(tmp_path: Pa
             s.close()
 
 
-def test_in_memory_state_database_sets_itself_up() -> None:
+def test_an_in_memory_state_database_is_set_up_through_the_stores_engine() -> None:
     with SqlStore("sqlite://") as store:
+        migrations.ensure_schema("sqlite://", store.engine)
         run = store.begin_run("CRMExport", "contacts")
         store.acknowledge(BatchAck("contacts", run, position=Position(1, 1)))
         assert store.load_state("contacts").position == Position(1, 1)

@@ -20,12 +20,8 @@ from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from crm_export.errors import SchemaOutdatedError
-from crm_export.store import (
-    begin_write,
-    create_state_engine,
-    lock_for_migration,
-    state_database_errors,
-)
+from crm_export.store.engines import begin_write, create_state_engine, state_database_errors
+from crm_export.store.locks import lock_for_migration
 from crm_export.store.schema import VERSION_TABLE
 from crm_export.store.urls import is_memory_sqlite, is_sqlite, redact_url
 
@@ -172,14 +168,21 @@ def _is_fresh_sqlite(url: str) -> bool:
         engine.dispose()
 
 
-def ensure_schema(url: str) -> None:
+def ensure_schema(url: str, engine: Engine | None = None) -> None:
     """Make sure the state database is usable by this version.
 
     A fresh SQLite database (no file, or no tables at all) is upgraded: that is the embedded
     default setting itself up on first use. Anything else is only checked, because a SQLite
     file with tables may be someone's data, and PostgreSQL schema changes belong to a person
     (``crm-export db upgrade``, or ``--sql`` for their DBA).
+
+    An in-memory SQLite database lives and dies with one engine, so only that engine can set
+    it up: pass the store's (``SqlStore.engine``). Without it there is nothing to check.
     """
+    if is_memory_sqlite(url):
+        if engine is not None:
+            upgrade_engine(engine, url)
+        return
     if _is_fresh_sqlite(url):
         upgrade(url)
         return

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 
 from crm_export.errors import TerminalError
 from crm_export.ports import (
@@ -28,7 +28,7 @@ from crm_export.store.locks import RunLocks, holder_id
 from crm_export.store.operator import OperatorQueries
 from crm_export.store.sources import SourceReader
 from crm_export.store.state import StateStore
-from crm_export.store.urls import is_memory_sqlite, redact_url
+from crm_export.store.urls import redact_url
 
 __all__ = ["SqlStore"]
 
@@ -56,11 +56,6 @@ class SqlStore:
             )
         self.state_url = state_url
         self._engine = create_state_engine(state_url)
-        if is_memory_sqlite(state_url):
-            # Nobody else can reach this database to migrate it: it starts at head.
-            from crm_export.store import migrations
-
-            migrations.upgrade_engine(self._engine, state_url)
         db = StateDatabase(state_url, self._engine, clock)
         # PostgreSQL: each run in progress holds a lock of its own (see RunLocks).
         self._run_locks = RunLocks(state_url) if backend == "postgresql" else None
@@ -68,6 +63,13 @@ class SqlStore:
         self._operator = OperatorQueries(db)
         # A source URL equal to the state URL shares its engine.
         self._sources = SourceReader(shared={state_url: self._engine})
+
+    @property
+    def engine(self) -> Engine:
+        """The state database's engine. The store never migrates it: callers do, through
+        ``migrations.ensure_schema(url, store.engine)``, which an in-memory database needs
+        (no other engine can reach it)."""
+        return self._engine
 
     # -- lifecycle --------------------------------------------------------------------------
 
