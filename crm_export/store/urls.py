@@ -26,9 +26,10 @@ def is_sqlite(url: str) -> bool:
 
 
 def is_memory_sqlite(url: str) -> bool:
-    """``sqlite://`` or ``sqlite:///:memory:``: a database that lives as long as its engine."""
+    """``sqlite://``, ``sqlite:///:memory:`` or a URI filename with ``?mode=memory``: a
+    database that lives as long as its engine."""
     sa_url = make_url(url)
     database = sa_url.database or ""
     return sa_url.get_backend_name() == "sqlite" and (
-        database in ("", ":memory:") or "mode=memory" in str(sa_url.query)
+        database in ("", ":memory:") or sa_url.query.get("mode") == "memory"
     )
