@@ -20,6 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from crm_export.errors import TerminalError, TransientError
+from crm_export.store.files import keep_state_file_private
 from crm_export.store.urls import is_memory_sqlite, is_sqlite, redact_url
 
 __all__ = [
@@ -103,7 +104,8 @@ def _configure_sqlite(engine: Engine, *, state: bool) -> None:
 
 def create_state_engine(url: str) -> Engine:
     """An engine for the state database, SQLite set up for concurrent use (WAL, busy timeout,
-    foreign keys, BEGIN IMMEDIATE for writers). Use ``begin_write`` for write transactions."""
+    foreign keys, BEGIN IMMEDIATE for writers) and private files (see ``files``). Use
+    ``begin_write`` for write transactions."""
     if is_memory_sqlite(url):
         # One connection shared by every thread, or each would see its own empty database.
         engine = sa.create_engine(
@@ -114,6 +116,7 @@ def create_state_engine(url: str) -> Engine:
     if is_sqlite(url):
         engine = sa.create_engine(url)
         _configure_sqlite(engine, state=True)
+        keep_state_file_private(engine, url)
         return engine
     # pre_ping: a daemon outlives database restarts; a dead pooled connection is replaced
     # instead of failing the next batch.

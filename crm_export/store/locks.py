@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from crm_export.errors import TerminalError
+from crm_export.store.files import PRIVATE_FILE_MODE, make_private_dirs
 from crm_export.store.urls import is_memory_sqlite, is_sqlite, redact_url
 
 __all__ = [
@@ -98,10 +99,14 @@ class FileRunnerLock:
         self.description = f"file lock {path}"
         # Not thread-local (filelock's default): the heartbeat checks alive() from its own
         # thread, and a thread-local lock looks unheld there, which would stop the daemon.
-        self._lock = FileLock(str(path), timeout=0, thread_local=False)
+        # 0600 whatever the umask: it sits beside the state database, private like it.
+        self._lock = FileLock(str(path), timeout=0, thread_local=False, mode=PRIVATE_FILE_MODE)
 
     def acquire(self) -> bool:
         try:
+            # filelock would create a missing directory with the umask's mode; this one is
+            # for the state database too.
+            make_private_dirs(self.path.parent)
             self._lock.acquire(timeout=0)
         except Timeout:
             return False
