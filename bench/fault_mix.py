@@ -44,20 +44,20 @@ from test_faults import (  # noqa: E402
     run_fault_mix,
 )
 
-from crm_export import migrate  # noqa: E402
+from crm_export.store import migrations  # noqa: E402
 
 
 @contextmanager
 def state_database(kind: str, workdir: Path, name: str, server: str | None) -> Iterator[str]:
     if kind == "sqlite":
         url = sqlite_url(workdir / f"{name}-state.db")
-        migrate.upgrade(url)
+        migrations.upgrade(url)
         yield url
         return
     if not server:
         raise SystemExit(f"--state postgres needs --postgres-url or ${POSTGRES_ENV}")
     with postgres_database(server, f"crm_export_bench_faults_{os.getpid()}_{name}") as url:
-        migrate.upgrade(url)
+        migrations.upgrade(url)
         yield url
 
 

@@ -51,8 +51,8 @@ from harness import (  # noqa: E402
 )
 from simple_salesforce import Salesforce  # noqa: E402
 
-from crm_export import migrate  # noqa: E402
 from crm_export.sandbox.admin_client import verified_session  # noqa: E402
+from crm_export.store import migrations  # noqa: E402
 
 SECRET = "sandbox-secret"
 API = "64.0"
@@ -312,7 +312,7 @@ def _fresh_pg(pg_url: str | None) -> str:
         conn.exec_driver_sql("DROP SCHEMA public CASCADE")
         conn.exec_driver_sql("CREATE SCHEMA public")
     engine.dispose()
-    migrate.upgrade(pg_url)
+    migrations.upgrade(pg_url)
     return pg_url
 
 

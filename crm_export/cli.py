@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from crm_export import __version__
 from crm_export import report as report_mod
 from crm_export.config import Config, Secret, load_config
 from crm_export.errors import ConfigError, CrmExportError
 from crm_export.logs import configure_logging
 from crm_export.ports import JobId, RunOutcome
+from crm_export.store.urls import is_sqlite
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -52,13 +51,13 @@ def load(args: argparse.Namespace) -> Config:
 
 def cmd_job(args: argparse.Namespace) -> int:
     from crm_export.jobs import JOBS
-    from crm_export.locks import runner_lock
     from crm_export.runtime import check_sources
+    from crm_export.store import runner_lock
 
     config = load(args)
     check_sources(config)
-    if make_url(config.database.url).get_backend_name() != "sqlite":
-        from crm_export import migrate
+    if not is_sqlite(config.database.url):
+        from crm_export.store import migrations as migrate
 
         # An unreachable server also fails the lock attempt: say what is wrong with the
         # database instead of blaming a runner that may not exist.
@@ -111,11 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _open_store(config: Config) -> Any:
-    from crm_export import migrate
-    from crm_export.store import SqlStore
+    from crm_export.runtime import open_store
 
-    migrate.ensure_schema(config.database.url)
-    return SqlStore(config.database.url)
+    return open_store(config.database.url)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -232,7 +229,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from crm_export import migrate
+    from crm_export.store import migrations as migrate
 
     config = load(args)
     url = config.database.url

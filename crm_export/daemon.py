@@ -38,15 +38,15 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from crm_export import migrate
 from crm_export.config import Config, load_config
 from crm_export.errors import ConfigError, CrmExportError
-from crm_export.locks import RunnerLock, holder_id, runner_lock
 from crm_export.ports import JobId
 from crm_export.runtime import check_sources
+from crm_export.store import RunnerLock, holder_id, runner_lock
+from crm_export.store import migrations as migrate
+from crm_export.store.urls import is_sqlite
 
 EXIT_STOPPED, EXIT_START_FAILED, EXIT_CONFIG, EXIT_LOCK_LOST = 0, 1, 2, 3
 
@@ -316,7 +316,7 @@ class Daemon:
         try:
             if holding_lock:
                 migrate.ensure_schema(url)
-            elif make_url(url).get_backend_name() != "sqlite":
+            elif not is_sqlite(url):
                 migrate.check_schema(url)
         except (CrmExportError, SQLAlchemyError) as exc:
             log.error(

@@ -66,4 +66,5 @@ def render_table(
 
 def operator_queries(dialect: str) -> str:
     name = "postgresql" if dialect.startswith("postgresql") else "sqlite"
-    return (resources.files("crm_export") / "sql" / f"operator_queries.{name}.sql").read_text()
+    sql = resources.files("crm_export.store") / "sql"
+    return (sql / f"operator_queries.{name}.sql").read_text()

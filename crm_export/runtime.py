@@ -12,7 +12,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from crm_export import migrate
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
 from crm_export.export import Exporter, ExportPolicy, StreamPlan
@@ -20,7 +19,7 @@ from crm_export.mapping import FieldMap
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
-from crm_export.store import SqlStore, preflight_source
+from crm_export.store import SqlStore, migrations, preflight_source
 
 
 def stream_plan(stream: StreamConfig) -> StreamPlan:
@@ -128,15 +127,26 @@ def embedded_sandbox(config: Config) -> Iterator[Config]:
         server.stop()
 
 
+def open_store(url: str) -> SqlStore:
+    """A store on the state database at ``url``, once its schema is checked to be this
+    version's (``migrations.ensure_schema``: a fresh SQLite database, in a file or in
+    memory, is set up instead)."""
+    store = SqlStore(url)
+    try:
+        migrations.ensure_schema(url, store.engine)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 @contextmanager
 def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterator[Runtime]:
     stop = stop or threading.Event()
     with ExitStack() as stack:
         if config.sandbox.enabled:
             config = stack.enter_context(embedded_sandbox(config))
-        migrate.ensure_schema(config.database.url)
-        store = SqlStore(config.database.url)
-        stack.callback(store.close)
+        store = stack.enter_context(open_store(config.database.url))
         # Callers hold the runner lock, so a run still marked running was left by a dead
         # runner (on PostgreSQL the store also checks each run's own lock: see the method).
         store.mark_interrupted_runs()

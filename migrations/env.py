@@ -1,18 +1,18 @@
 """Alembic environment of crm-export's state database.
 
-Driven from ``crm_export.migrate`` (there is no alembic.ini): the URL, and for online runs an
-open connection inside crm-export's own transaction, arrive in ``config.attributes``.
+Driven from ``crm_export.store.migrations`` (there is no alembic.ini): the URL, and for online
+runs an open connection inside crm-export's own transaction, arrive in ``config.attributes``.
 
 To write a new migration, hand-write ``versions/NNNN_<what>.py`` from ``script.py.mako``
 (self-contained ``op`` calls, explicit constraint names via ``op.f``) and update
-``crm_export/schema.py`` to match; ``tests/test_migrations.py`` compares the two.
+``crm_export/store/schema.py`` to match; ``tests/test_migrations.py`` compares the two.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-from crm_export.schema import VERSION_TABLE, metadata
+from crm_export.store.schema import VERSION_TABLE, metadata
 
 config = context.config
 
@@ -36,8 +36,8 @@ def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
         raise RuntimeError(
-            "run migrations through crm_export.migrate (crm-export db upgrade), which opens"
-            " the connection with crm-export's SQLite settings and locking"
+            "run migrations through crm_export.store.migrations (crm-export db upgrade), which"
+            " opens the connection with crm-export's SQLite settings and locking"
         )
     context.configure(
         connection=connection,

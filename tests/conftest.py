@@ -20,8 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from crm_export import migrate
-from crm_export.store import SqlStore
+from crm_export.store import SqlStore, migrations
 
 POSTGRES_ENV = "CRM_EXPORT_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -82,7 +81,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_template(postgres_server: PostgresServer) -> Iterator[str]:
     """Name of a database migrated to head, the template of every migrated test database."""
     url = postgres_server.create(_TEMPLATE)
-    migrate.upgrade(url)  # disposes its engine: a template must have no open connections
+    migrations.upgrade(url)  # disposes its engine: a template must have no open connections
     yield _TEMPLATE
     postgres_server.drop(_TEMPLATE)
 
@@ -102,7 +101,7 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     tmp_path, or a PostgreSQL database copied from the session's template."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'state.db'}"
-        migrate.upgrade(url)
+        migrations.upgrade(url)
         return url
     template: str = request.getfixturevalue("postgres_template")
     server: PostgresServer = request.getfixturevalue("postgres_server")

@@ -180,7 +180,7 @@ def test_demo_runs_the_main_job_on_the_embedded_defaults(tmp_path: Path) -> None
 def test_job_does_not_run_beside_an_active_runner_and_can_wait_for_it(
     tmp_path: Path, sandbox: SandboxHandle
 ) -> None:
-    from crm_export.locks import runner_lock
+    from crm_export.store import runner_lock
 
     config = make_config(tmp_path, sandbox)
     env = {"SF_CLIENT_SECRET": sandbox.client_secret}

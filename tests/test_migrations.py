@@ -1,4 +1,5 @@
-"""The Alembic migrations, driven through crm_export.migrate, on SQLite and PostgreSQL."""
+"""The Alembic migrations, driven through crm_export.store.migrations, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 
-from crm_export import migrate
 from crm_export.errors import SchemaOutdatedError
 from crm_export.ports import BatchAck, RecordError, RecordFailure
-from crm_export.schema import VERSION_TABLE, metadata
-from crm_export.store import SqlStore
+from crm_export.runtime import open_store
+from crm_export.store import SqlStore, migrations
+from crm_export.store.schema import VERSION_TABLE, metadata
 
 CRM_EXPORT_TABLES = {"export_runs", "exporterrors", "stream_state"}
 EXPORT_ERRORS_COLUMNS = [
@@ -49,28 +50,37 @@ def tables(url: str) -> set[str]:
 
 
 def test_upgrade_downgrade_and_upgrade_again(empty_state_url: str) -> None:
-    assert migrate.current(empty_state_url) is None
+    assert migrations.current(empty_state_url) is None
 
-    migrate.upgrade(empty_state_url)
-    assert migrate.current(empty_state_url) == migrate.head()
+    migrations.upgrade(empty_state_url)
+    assert migrations.current(empty_state_url) == migrations.head()
     assert tables(empty_state_url) == CRM_EXPORT_TABLES | {VERSION_TABLE}
-    migrate.check_schema(empty_state_url)  # does not raise
+    migrations.check_schema(empty_state_url)  # does not raise
 
-    migrate.downgrade(empty_state_url, "base")
-    assert migrate.current(empty_state_url) is None
+    migrations.downgrade(empty_state_url, "base")
+    assert migrations.current(empty_state_url) is None
     assert tables(empty_state_url) & CRM_EXPORT_TABLES == set()
 
-    migrate.upgrade(empty_state_url)
-    assert migrate.current(empty_state_url) == migrate.head()
+    migrations.upgrade(empty_state_url)
+    assert migrations.current(empty_state_url) == migrations.head()
 
 
 def test_upgrading_twice_changes_nothing(empty_state_url: str) -> None:
-    migrate.upgrade(empty_state_url)
+    migrations.upgrade(empty_state_url)
     with SqlStore(empty_state_url) as store:
         store.begin_run("CRMExport", "contacts")
-    migrate.upgrade(empty_state_url)
+    migrations.upgrade(empty_state_url)
     with SqlStore(empty_state_url) as store:
         assert len(store.list_runs()) == 1
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_open_store_sets_up_an_in_memory_state_database(url: str) -> None:
+    # Only the store's own engine can reach the database, so the caller migrates through it.
+    with open_store(url) as store:
+        assert store.stream_overview() == []
+        store.begin_run("CRMExport", "contacts")
+        assert [r["stream"] for r in store.list_runs()] == ["contacts"]
 
 
 def test_the_schema_matches_the_metadata_the_store_uses(state_url: str) -> None:
@@ -125,21 +135,21 @@ def test_select_star_from_exporterrors_works_as_users_type_it(state_url: str) ->
 
 
 def test_offline_sql_for_a_dba(empty_state_url: str) -> None:
-    sql = migrate.offline_sql(empty_state_url)
+    sql = migrations.offline_sql(empty_state_url)
     assert "CREATE TABLE exporterrors" in sql
     assert "CREATE UNIQUE INDEX uq_exporterrors_open_record" in sql
     assert "WHERE resolved_at IS NULL" in sql
     assert sql.lstrip().startswith("BEGIN")  # all or nothing when the DBA runs it
     assert f"INSERT INTO {VERSION_TABLE}" in sql
 
-    down = migrate.offline_sql(empty_state_url, "base", downgrade=True)
+    down = migrations.offline_sql(empty_state_url, "base", downgrade=True)
     assert "DROP TABLE exporterrors" in down
     # Printing SQL touches nothing.
-    assert migrate.current(empty_state_url) is None
+    assert migrations.current(empty_state_url) is None
 
 
 def test_offline_sql_runs_as_printed(empty_state_url: str) -> None:
-    script = migrate.offline_sql(empty_state_url)
+    script = migrations.offline_sql(empty_state_url)
     if empty_state_url.startswith("sqlite"):
         path = make_url(empty_state_url).database
         assert path is not None
@@ -152,16 +162,16 @@ def test_offline_sql_runs_as_printed(empty_state_url: str) -> None:
         dsn = make_url(empty_state_url).set(drivername="postgresql")
         with psycopg.connect(dsn.render_as_string(hide_password=False), autocommit=True) as pg:
             pg.execute(script.encode())
-    assert migrate.current(empty_state_url) == migrate.head()
-    migrate.check_schema(empty_state_url)
+    assert migrations.current(empty_state_url) == migrations.head()
+    migrations.check_schema(empty_state_url)
 
 
 def test_check_schema_on_an_empty_database_says_what_to_run(empty_state_url: str) -> None:
     with pytest.raises(SchemaOutdatedError) as info:
-        migrate.check_schema(empty_state_url)
+        migrations.check_schema(empty_state_url)
     message = str(info.value)
     assert message.startswith("the state database at ")
-    assert f"this crm-export needs {migrate.head()}: run `crm-export db upgrade`" in message
+    assert f"this crm-export needs {migrations.head()}: run `crm-export db upgrade`" in message
 
 
 def test_check_schema_on_an_unknown_newer_revision(state_url: str) -> None:
@@ -172,7 +182,7 @@ def test_check_schema_on_an_unknown_newer_revision(state_url: str) -> None:
     finally:
         engine.dispose()
     with pytest.raises(SchemaOutdatedError, match="is at revision ffff9999, which this"):
-        migrate.check_schema(state_url)
+        migrations.check_schema(state_url)
 
 
 def test_check_schema_names_the_database_but_not_its_password(empty_state_url: str) -> None:
@@ -180,7 +190,7 @@ def test_check_schema_names_the_database_but_not_its_password(empty_state_url: s
     if url.get_backend_name() == "postgresql":
         url = url.set(password="hunter2")  # the test server trusts: any password connects
     with pytest.raises(SchemaOutdatedError) as info:
-        migrate.check_schema(url.render_as_string(hide_password=False))
+        migrations.check_schema(url.render_as_string(hide_password=False))
     message = str(info.value)
     assert "hunter2" not in message
     assert str(url.database) in message
@@ -188,9 +198,9 @@ def test_check_schema_names_the_database_but_not_its_password(empty_state_url: s
 
 def test_ensure_schema_sets_up_a_fresh_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'crm_export.db'}"
-    migrate.ensure_schema(url)
-    assert migrate.current(url) == migrate.head()
-    migrate.ensure_schema(url)  # at head: nothing to do, no error
+    migrations.ensure_schema(url)
+    assert migrations.current(url) == migrations.head()
+    migrations.ensure_schema(url)  # at head: nothing to do, no error
 
 
 def test_ensure_schema_leaves_a_sqlite_file_with_tables_alone(tmp_path: Path) -> None:
@@ -199,17 +209,17 @@ def test_ensure_schema_leaves_a_sqlite_file_with_tables_alone(tmp_path: Path) ->
     conn.execute("CREATE TABLE contacts (id INTEGER)")
     conn.close()
     with pytest.raises(SchemaOutdatedError, match="run `crm-export db upgrade`"):
-        migrate.ensure_schema(f"sqlite:///{path}")
+        migrations.ensure_schema(f"sqlite:///{path}")
     assert tables(f"sqlite:///{path}") == {"contacts"}
 
 
 def test_ensure_schema_does_not_upgrade_postgresql(empty_state_url: str) -> None:
     if empty_state_url.startswith("sqlite"):
-        migrate.ensure_schema(empty_state_url)
-        assert migrate.current(empty_state_url) == migrate.head()
+        migrations.ensure_schema(empty_state_url)
+        assert migrations.current(empty_state_url) == migrations.head()
         return
     with pytest.raises(SchemaOutdatedError, match="run `crm-export db upgrade`"):
-        migrate.ensure_schema(empty_state_url)
+        migrations.ensure_schema(empty_state_url)
     assert tables(empty_state_url) == set()
 
 
@@ -222,7 +232,7 @@ def test_concurrent_first_starts_on_sqlite_migrate_once(tmp_path: Path) -> None:
     def start() -> None:
         try:
             barrier.wait()
-            migrate.ensure_schema(url)
+            migrations.ensure_schema(url)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -232,12 +242,12 @@ def test_concurrent_first_starts_on_sqlite_migrate_once(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert migrate.current(url) == migrate.head()
+    assert migrations.current(url) == migrations.head()
 
 
 def test_asking_for_the_revision_does_not_create_a_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "typo.db"
-    assert migrate.current(f"sqlite:///{path}") is None
+    assert migrations.current(f"sqlite:///{path}") is None
     with pytest.raises(SchemaOutdatedError):
-        migrate.check_schema(f"sqlite:///{path}")
+        migrations.check_schema(f"sqlite:///{path}")
     assert not path.exists()

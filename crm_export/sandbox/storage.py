@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from crm_export.private_files import create_private
+from crm_export.private_files import create_private_file
 from crm_export.sandbox.ids import make_id
 
 Record = dict[str, Any]
@@ -52,7 +52,7 @@ class RecordStore:
         self._db: sqlite3.Connection | None = None
         if path is not None:
             # Rehearsal records are the user's real data: readable by its owner only.
-            create_private(path)
+            create_private_file(path)
             self._db = sqlite3.connect(path, check_same_thread=False)
             with self._db:
                 self._db.executescript(_SCHEMA)

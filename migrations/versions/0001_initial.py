@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-11-23
 
 Self-contained on purpose: a migration must create the schema as it was at this revision, so
-it imports nothing from crm_export (whose schema.py moves on with later revisions).
+it imports nothing from crm_export (whose store/schema.py moves on with later revisions).
 """
 
 from __future__ import annotations

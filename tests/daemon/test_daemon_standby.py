@@ -205,7 +205,7 @@ def start_after(active: DaemonProcess, config: Path, log: Path) -> DaemonProcess
     return DaemonProcess(config, log)
 
 
-# The runner lock's advisory key (crm_export.store._RUNNER_LOCK_KEY), as pg_locks shows it.
+# The runner lock's advisory key (store/locks.py: _RUNNER_LOCK_KEY), as pg_locks shows it.
 # pg_locks lists the whole server's locks: other tests' runners hold the same key elsewhere.
 RUNNER_LOCK_HOLDER = (
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 6517357 "

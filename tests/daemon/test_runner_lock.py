@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from crm_export.errors import TerminalError
-from crm_export.locks import FileRunnerLock, runner_lock
+from crm_export.store import FileRunnerLock, runner_lock
 
 
 def test_the_holder_sees_its_lock_held_from_any_thread(tmp_path: Path) -> None:

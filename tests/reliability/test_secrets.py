@@ -1,7 +1,8 @@
 """Secrets never leak (issue 5 §5): a planted secret is nowhere in what crm-export writes.
 
 Each scenario plants distinctive secrets (the client secret, through the environment or a
-file; a session id; a password in the PostgreSQL state URL), runs ``crm-export job`` as a
+file; a session id; a password in the PostgreSQL state URL, or in the query string of a
+state or source URL, issue 14 §3), runs ``crm-export job`` as a
 process at log level debug against the sandbox org over real HTTPS, makes it fail in one
 way or another, and then greps everything an operator or a log shipper can see: the
 process's stdout and stderr, every column of ExportErrors and export_runs, and the output of
@@ -11,13 +12,16 @@ sandbox issued are searched for too.
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from harness import (
+    CONTACTS_DDL,
     Org,
     Stream,
     contact_rows,
@@ -31,10 +35,12 @@ from harness import (
 from sqlalchemy.engine import make_url
 
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from crm_export.store import advisory_runner_lock
 
 CLIENT_SECRET = "Planted-Client-Secret-7f3a9c"
 WRONG_SECRET = "Planted-Wrong-Secret-51d0e2"
 DB_PASSWORD = "Planted-Db-Password-c81b"
+QUERY_PASSWORD = "Planted-Query-Password-4e9d"
 CLIENT_ID = "crm-export-sandbox"
 
 
@@ -58,6 +64,35 @@ def with_password(state_url: str) -> str:
     # Trust authentication ignores the password, so it can be planted and still connect.
     url = make_url(state_url).set(password=DB_PASSWORD)
     return url.render_as_string(hide_password=False)
+
+
+def with_query_password(url: str) -> str:
+    # libpq also reads ?password=; trust authentication ignores it, so the URL still connects.
+    planted = make_url(url).update_query_dict({"password": QUERY_PASSWORD})
+    return planted.render_as_string(hide_password=False)
+
+
+def unreachable_postgres(database: str) -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+    return with_query_password(f"postgresql+psycopg://crm@127.0.0.1:{port}/{database}")
+
+
+def write_postgres_contacts(url: str, rows: list[dict[str, object]]) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(CONTACTS_DDL.format(name="contacts"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO contacts (id, first_name, last_name, email, title, updated_at)"
+                    " VALUES (:id, :first_name, :last_name, :email, :title, :updated_at)"
+                ),
+                rows,
+            )
+    finally:
+        engine.dispose()
 
 
 def make_config(
@@ -203,3 +238,65 @@ def test_a_session_id_stays_hidden_in_session_mode(
     assert "CRMExport contacts: completed" in done.stdout
     text = everything_visible(tmp_path, config, state_url, [done.stdout, done.stderr], env)
     assert_nothing_leaked(text, sandbox, session_id, CLIENT_SECRET)
+
+
+@pytest.mark.postgres
+def test_a_password_in_a_database_urls_query_string_is_masked_everywhere(
+    tmp_path: Path, sandbox: SandboxHandle, postgres_state_url: str
+) -> None:
+    # The state database, and a source in it, each reached with ?password= in the URL; a
+    # second source and, later, the state database itself are unreachable.
+    write_postgres_contacts(postgres_state_url, contact_rows(range(1, 21), reject_every=7).rows)
+    state = with_query_password(postgres_state_url)
+    org = Org(sandbox.base_url, sandbox.ca_path, CLIENT_ID, CLIENT_SECRET)
+    config = write_config(
+        tmp_path / "crm-export.toml",
+        state_url=state,
+        org=org,
+        streams=[
+            Stream("contacts", with_query_password(postgres_state_url)),
+            Stream("offline", unreachable_postgres("crm")),
+        ],
+        pause_on_error=False,
+        batch_size=10,
+        log_level="debug",
+    )
+    env = job_env(CLIENT_SECRET)
+
+    done = run_cli("job", "CRMExport", "--config", str(config), env=env)
+
+    assert done.returncode == 1, done.stdout + done.stderr  # the offline stream failed
+    assert "CRMExport contacts: completed" in done.stdout, done.stdout + done.stderr
+    [offline] = sql(postgres_state_url, "SELECT error FROM export_runs WHERE stream = 'offline'")
+    assert "the source database at postgresql+psycopg://crm@127.0.0.1:" in offline["error"]
+    assert "password=***" in offline["error"] and "is unavailable" in offline["error"]
+    outputs = [done.stdout, done.stderr]
+
+    # Another runner holds the lock: the refusal describes the lock, URL and all.
+    holder = advisory_runner_lock(state)
+    assert holder.acquire()
+    try:
+        refused = run_cli("job", "CRMExport", "--config", str(config), env=env)
+    finally:
+        holder.release()
+    assert refused.returncode == 1 and "another runner is active" in refused.stderr
+    assert holder.description in refused.stderr
+    outputs += [refused.stdout, refused.stderr, holder.description]
+
+    # The state database is down: every command says which one, and only that.
+    down = write_config(
+        tmp_path / "down.toml",
+        state_url=unreachable_postgres("state"),
+        org=org,
+        streams=[Stream("contacts", with_query_password(postgres_state_url))],
+        log_level="debug",
+    )
+    for args in (["job", "CRMExport"], ["run"], ["status"], ["errors"], ["db", "current"]):
+        failed = run_cli(*args, "--config", str(down), env=env)
+        assert failed.returncode == 1, (args, failed.stdout + failed.stderr)
+        assert "is unavailable" in failed.stderr and "password=***" in failed.stderr, args
+        outputs += [failed.stdout, failed.stderr]
+
+    text = everything_visible(tmp_path, config, postgres_state_url, outputs, env)
+    assert "FIELD_CUSTOM_VALIDATION_EXCEPTION" in text  # the errors are there, not the secrets
+    assert_nothing_leaked(text, sandbox, QUERY_PASSWORD, CLIENT_SECRET)

@@ -21,15 +21,10 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 import crm_export.migrations as _migrations_package
 from crm_export.errors import SchemaOutdatedError
-from crm_export.schema import VERSION_TABLE
-from crm_export.store import (
-    begin_write,
-    create_state_engine,
-    is_memory_sqlite,
-    lock_for_migration,
-    redact_url,
-    state_database_errors,
-)
+from crm_export.store.engines import begin_write, create_state_engine, state_database_errors
+from crm_export.store.locks import lock_for_migration
+from crm_export.store.schema import VERSION_TABLE
+from crm_export.store.urls import is_memory_sqlite, is_sqlite, redact_url
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -43,8 +38,8 @@ __all__ = [
     "upgrade_engine",
 ]
 
-# The repository's top-level migrations/, which the wheel installs as crm_export.migrations
-# (pyproject's package-dir): found through the import system, so both layouts work.
+# The repository's top-level migrations/, which the wheel carries as crm_export.migrations
+# (a symlink in the checkout): found through the import system, so both layouts work.
 MIGRATIONS_DIR = Path(_migrations_package.__file__ or "").resolve().parent
 
 
@@ -115,10 +110,9 @@ def offline_sql(url: str, revision: str = "head", *, downgrade: bool = False) ->
 
 
 def _sqlite_file_missing(url: str) -> bool:
-    sa_url = make_url(url)
-    if sa_url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
+    if not is_sqlite(url) or is_memory_sqlite(url):
         return False
-    database = sa_url.database or ""
+    database = make_url(url).database or ""
     if database.startswith("file:"):  # a URI filename (?uri=true): let SQLite resolve it
         return False
     return not Path(database).exists()
@@ -165,7 +159,7 @@ def check_schema(url: str) -> None:
 
 
 def _is_fresh_sqlite(url: str) -> bool:
-    if not _is_sqlite_url(url):
+    if not is_sqlite(url):
         return False
     if _sqlite_file_missing(url):
         return True
@@ -177,18 +171,21 @@ def _is_fresh_sqlite(url: str) -> bool:
         engine.dispose()
 
 
-def _is_sqlite_url(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
-def ensure_schema(url: str) -> None:
+def ensure_schema(url: str, engine: Engine | None = None) -> None:
     """Make sure the state database is usable by this version.
 
     A fresh SQLite database (no file, or no tables at all) is upgraded: that is the embedded
     default setting itself up on first use. Anything else is only checked, because a SQLite
     file with tables may be someone's data, and PostgreSQL schema changes belong to a person
     (``crm-export db upgrade``, or ``--sql`` for their DBA).
+
+    An in-memory SQLite database lives and dies with one engine, so only that engine can set
+    it up: pass the store's (``SqlStore.engine``). Without it there is nothing to check.
     """
+    if is_memory_sqlite(url):
+        if engine is not None:
+            upgrade_engine(engine, url)
+        return
     if _is_fresh_sqlite(url):
         upgrade(url)
         return

@@ -1,4 +1,4 @@
-"""Table metadata of the state database (metadata only: the SQL lives in ``store.py``).
+"""Table metadata of the state database (metadata only: the statements live beside it).
 
 Users read these tables with plain SQL in ``sqlite3`` or ``psql``, so every name is
 lower_snake (PostgreSQL folds unquoted names to lower case: ``SELECT * FROM ExportErrors``

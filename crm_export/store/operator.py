@@ -1,0 +1,113 @@
+"""The operator's questions: the queries behind ``crm-export status``, ``errors`` and ``resume``.
+
+The export core never calls these. The same questions, as plain SQL to paste into sqlite3 or
+psql, are in ``sql/operator_queries.<dialect>.sql`` beside this module (``errors --sql``
+prints them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from crm_export.ports import StreamState
+from crm_export.store.engines import StateDatabase
+from crm_export.store.schema import export_errors, export_runs, stream_state
+from crm_export.store.state import pause_columns, state_from_row
+
+__all__ = ["OperatorQueries"]
+
+
+class OperatorQueries:
+    """Reads for the operator commands, and ``clear_pause`` behind ``resume``."""
+
+    def __init__(self, db: StateDatabase) -> None:
+        self._db = db
+
+    def list_errors(
+        self,
+        stream: str | None = None,
+        code: str | None = None,
+        include_resolved: bool = False,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """ExportErrors rows as dicts of every column, oldest first; open ones unless
+        ``include_resolved``."""
+        t = export_errors
+        stmt = t.select().order_by(t.c.id)
+        if stream is not None:
+            stmt = stmt.where(t.c.stream == stream)
+        if code is not None:
+            stmt = stmt.where(t.c.error_code == code)
+        if not include_resolved:
+            stmt = stmt.where(t.c.resolved_at.is_(None))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._db.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def stream_overview(self) -> list[dict[str, Any]]:
+        """One dict per stream known to the state database, sorted by name:
+
+        ``stream``, ``position`` (Position | None), ``paused`` (PausedRecord | None),
+        ``updated_at``, ``last_run`` (dict of the newest export_runs row, or None) and
+        ``open_errors`` (count).
+        """
+        r, e = export_runs, export_errors
+        last_ids = sa.select(sa.func.max(r.c.id)).group_by(r.c.stream).scalar_subquery()
+        with self._db.read() as conn:
+            state_rows = [row._mapping for row in conn.execute(stream_state.select())]
+            last_runs = {
+                row.stream: dict(row._mapping)
+                for row in conn.execute(r.select().where(r.c.id.in_(last_ids)))
+            }
+            open_counts = {
+                row[0]: int(row[1])
+                for row in conn.execute(
+                    sa.select(e.c.stream, sa.func.count())
+                    .where(e.c.resolved_at.is_(None))
+                    .group_by(e.c.stream)
+                )
+            }
+        states = {m["stream"]: state_from_row(m) for m in state_rows}
+        updated = {m["stream"]: m["updated_at"] for m in state_rows}
+        overview = []
+        for name in sorted(set(states) | set(last_runs) | set(open_counts)):
+            state = states.get(name, StreamState(stream=name))
+            overview.append(
+                {
+                    "stream": name,
+                    "position": state.position,
+                    "paused": state.paused,
+                    "updated_at": updated.get(name),
+                    "last_run": last_runs.get(name),
+                    "open_errors": open_counts.get(name, 0),
+                }
+            )
+        return overview
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        """One export_runs row as a dict, or None."""
+        with self._db.read() as conn:
+            row = conn.execute(export_runs.select().where(export_runs.c.id == run_id)).first()
+            return dict(row._mapping) if row is not None else None
+
+    def list_runs(self, stream: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest runs, newest first, as dicts of every export_runs column."""
+        stmt = export_runs.select().order_by(export_runs.c.id.desc()).limit(limit)
+        if stream is not None:
+            stmt = stmt.where(export_runs.c.stream == stream)
+        with self._db.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def clear_pause(self, stream: str) -> bool:
+        """Release a stream's pause (operator ``resume``). True if it was paused."""
+        with self._db.write() as conn:
+            result = conn.execute(
+                stream_state.update()
+                .where(stream_state.c.stream == stream)
+                .where(stream_state.c.paused_record_key.is_not(None))
+                .values({**pause_columns(None), "updated_at": self._db.now()})
+            )
+            return result.rowcount == 1

@@ -1,0 +1,166 @@
+"""``SqlStore``: the one ``ports.Store`` over SQL, composed from the store's parts.
+
+Each concern lives in its own module (``sources``, ``state``, ``operator``, ``locks``); this
+class only builds them on one state engine and hands each call to the part that owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Engine, make_url
+
+from crm_export.errors import TerminalError
+from crm_export.ports import (
+    BatchAck,
+    OpenError,
+    Position,
+    RunOutcome,
+    SourceRow,
+    Store,
+    StreamSource,
+    StreamState,
+)
+from crm_export.store.engines import StateDatabase, create_state_engine
+from crm_export.store.locks import RunLocks, holder_id
+from crm_export.store.operator import OperatorQueries
+from crm_export.store.sources import SourceReader
+from crm_export.store.state import StateStore
+from crm_export.store.urls import redact_url
+
+__all__ = ["SqlStore"]
+
+
+class SqlStore:
+    """``ports.Store`` over SQLAlchemy Core, plus what the daemon and the operator CLI need.
+
+    One engine for the state database; source engines are created on first use per
+    ``source_url`` and cached (a source URL equal to the state URL shares its engine).
+    Thread-safe: every method takes its own connection from the pool.
+    """
+
+    def __init__(
+        self,
+        state_url: str,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        runner: str | None = None,
+    ) -> None:
+        backend = make_url(state_url).get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise TerminalError(
+                f"the state database must be SQLite or PostgreSQL, not {backend}"
+                f" ({redact_url(state_url)})"
+            )
+        self.state_url = state_url
+        self._engine = create_state_engine(state_url)
+        db = StateDatabase(state_url, self._engine, clock)
+        # PostgreSQL: each run in progress holds a lock of its own (see RunLocks).
+        self._run_locks = RunLocks(state_url) if backend == "postgresql" else None
+        self._state = StateStore(db, runner or holder_id(), self._run_locks)
+        self._operator = OperatorQueries(db)
+        # A source URL equal to the state URL shares its engine.
+        self._sources = SourceReader(shared={state_url: self._engine})
+
+    @property
+    def engine(self) -> Engine:
+        """The state database's engine. The store never migrates it: callers do, through
+        ``migrations.ensure_schema(url, store.engine)``, which an in-memory database needs
+        (no other engine can reach it)."""
+        return self._engine
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Dispose every engine (state and sources). The store can not be used afterwards."""
+        self._sources.close()
+        if self._run_locks is not None:
+            self._run_locks.close()
+        self._engine.dispose()
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs, stream state, ExportErrors (StateStore) ---------------------------------------
+
+    def begin_run(self, job_id: str, stream: str) -> int:
+        return self._state.begin_run(job_id, stream)
+
+    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
+        self._state.finish_run(run_id, outcome, error)
+
+    def mark_interrupted_runs(self) -> int:
+        return self._state.mark_interrupted_runs()
+
+    def load_state(self, stream: str) -> StreamState:
+        return self._state.load_state(stream)
+
+    def open_errors(self, stream: str, after_id: int = 0, limit: int = 200) -> list[OpenError]:
+        return self._state.open_errors(stream, after_id, limit)
+
+    def acknowledge(self, ack: BatchAck) -> None:
+        self._state.acknowledge(ack)
+
+    # -- source reading (SourceReader) ------------------------------------------------------
+
+    def read_batch(
+        self, source: StreamSource, after: Position | None, limit: int
+    ) -> list[SourceRow]:
+        return self._sources.read_batch(source, after, limit)
+
+    def source_snapshot(self, source: StreamSource) -> str | None:
+        return self._sources.source_snapshot(source)
+
+    def read_late(
+        self,
+        source: StreamSource,
+        snapshot: str,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        return self._sources.read_late(source, snapshot, upto, after, limit)
+
+    def count_after(self, source: StreamSource, position: Position | None) -> int:
+        return self._sources.count_after(source, position)
+
+    def read_by_keys(self, source: StreamSource, keys: Sequence[str]) -> dict[str, SourceRow]:
+        return self._sources.read_by_keys(source, keys)
+
+    def check_source(self, source: StreamSource) -> None:
+        self._sources.check_source(source)
+
+    # -- the operator's commands (OperatorQueries) ------------------------------------------
+
+    def stream_overview(self) -> list[dict[str, Any]]:
+        return self._operator.stream_overview()
+
+    def list_errors(
+        self,
+        stream: str | None = None,
+        code: str | None = None,
+        include_resolved: bool = False,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        return self._operator.list_errors(stream, code, include_resolved, limit)
+
+    def list_runs(self, stream: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return self._operator.list_runs(stream, limit)
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        return self._operator.get_run(run_id)
+
+    def clear_pause(self, stream: str) -> bool:
+        return self._operator.clear_pause(stream)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: SqlStore) -> Store:
+        # mypy proves SqlStore implements the port.
+        return store
