@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from crm_export.jobs import JOBS
 
 from crm_export.config import Config, load_config
 from crm_export.export import StreamResult
+from crm_export.jobs import JOBS
 from crm_export.sandbox.testing import SandboxHandle
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from crm_export.jobs import JOBS
 from structlog.testing import capture_logs
 
 from crm_export.config import load_config
+from crm_export.jobs import JOBS
 from crm_export.ports import RunOutcome
 from crm_export.sandbox.testing import SandboxHandle
 
