@@ -4,14 +4,17 @@ Two questions get asked about every Salesforce error:
 
 * a record's ``statusCode`` in an upsert result: retry it soon, hand it to a person
   (ExportErrors, then pause or skip), or stop the run because every record would fail alike;
-* a failed request (HTTP status and ``errorCode``): which exception class it becomes, which in
-  turn decides retry (``TransientError``) or stop (``TerminalError``).
+* a failed request (HTTP status, ``errorCode``, and for a 400 whether its message names a
+  record's value): which exception class it becomes, which in turn decides retry
+  (``TransientError``), stop (``TerminalError``), or a split of the request to find the record
+  (``RequestPayloadError``).
 
 Both are answered by looking rows up in the tables below, never by a chain of ifs.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 
@@ -60,6 +63,8 @@ RECORD_CODES: Mapping[str, ErrorClass] = {
     "MALFORMED_ID": ErrorClass.RECORD,
     "NUMBER_OUTSIDE_VALID_RANGE": ErrorClass.RECORD,
     "INVALID_TYPE_ON_FIELD_IN_RECORD": ErrorClass.RECORD,
+    # A record the export core found standing alone behind a whole-request 400 (below).
+    "JSON_PARSER_ERROR": ErrorClass.RECORD,
     "FIELD_INTEGRITY_EXCEPTION": ErrorClass.RECORD,
     "FIELD_FILTER_VALIDATION_EXCEPTION": ErrorClass.RECORD,
     "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST": ErrorClass.RECORD,
@@ -68,8 +73,11 @@ RECORD_CODES: Mapping[str, ErrorClass] = {
 
 # (code, text in the message) -> class. A trigger that hit a lock surfaces as a trigger
 # failure whose message carries the lock code; it clears on retry like the lock itself.
+# INVALID_FIELD names a field of every record, except when it names a lookup's value: a parent
+# that does not exist is this record's problem (salesforce-api.md D).
 RECORD_MESSAGE_OVERRIDES: tuple[tuple[str, str, ErrorClass], ...] = (
     ("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", "UNABLE_TO_LOCK_ROW", ErrorClass.TRANSIENT),
+    ("INVALID_FIELD", "Foreign key external ID: ", ErrorClass.RECORD),
 )
 
 
@@ -80,9 +88,26 @@ def classify_record_error(error: RecordError) -> ErrorClass:
     return RECORD_CODES.get(error.code, ErrorClass.RECORD)
 
 
-# Request-level failures. Lookup order: (status, errorCode), then (status, None), then the
-# status family (e.g. 500 for any 5XX).
+# Request-level failures. Lookup order: a payload 400 (below), then (status, errorCode), then
+# (status, None), then the status family (e.g. 500 for any 5XX).
 RequestRule = type[errors.CrmExportError]
+
+# Whole-request 400s whose message names a value of some record, not a field of every record:
+# the same request fails again, the same records without that one go through, so the export
+# core splits the request to find it (RequestPayloadError). Any other 400 is configuration:
+# "No such column 'Foo__c' on sobject of type Contact" names a field, true of every record.
+#
+# | errorCode         | message names                                   | source                 |
+# | JSON_PARSER_ERROR | "Cannot deserialize instance of <type> from     | salesforce-api.md D;   |
+# |                   |  <TOKEN> value <v> ... at [line:L, column:C]"   | docs/sandbox.md        |
+# | MALFORMED_ID      | "<Object> ID: id value of incorrect type: <v>"  | salesforce-api.md B3   |
+# | INVALID_FIELD     | "Foreign key external ID: <v> not found for     | salesforce-api.md D    |
+# |                   |  field <F> in entity <Object>"                  |                        |
+PAYLOAD_400S: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("JSON_PARSER_ERROR", re.compile(r"^Cannot deserialize instance of \S+ from [A-Z_]+ value")),
+    ("MALFORMED_ID", re.compile(r"id value of incorrect type: ")),
+    ("INVALID_FIELD", re.compile(r"^Foreign key external ID: .* not found for field ")),
+)
 
 REQUEST_RULES: Mapping[tuple[int, str | None], RequestRule] = {
     (401, "INVALID_SESSION_ID"): errors.SessionExpiredError,
@@ -107,7 +132,11 @@ REQUEST_HINTS: Mapping[int, str] = {
 }
 
 
-def request_error_class(status: int, error_code: str | None) -> RequestRule:
+def request_error_class(status: int, error_code: str | None, message: str = "") -> RequestRule:
+    if status == 400 and any(
+        error_code == code and pattern.search(message) for code, pattern in PAYLOAD_400S
+    ):
+        return errors.RequestPayloadError
     for key in ((status, error_code), (status, None), (status // 100 * 100, None)):
         rule = REQUEST_RULES.get(key)
         if rule is not None:

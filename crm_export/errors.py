@@ -64,6 +64,24 @@ class SalesforceConfigurationError(TerminalError):
     """Affects every record alike: bad credentials, unknown object or field, no access."""
 
 
+class RequestPayloadError(TerminalError):
+    """A whole request refused for a value in one of its records (a 400 such as
+    JSON_PARSER_ERROR "Cannot deserialize instance of date from VALUE_STRING value x").
+
+    Sent again it fails again, so it is terminal for the request; without that record the
+    rest goes through, so the export core splits the request to find the record. ``code``
+    and ``detail`` are Salesforce's errorCode and message; ``culprit`` is the index of the
+    record in the request when Salesforce's answer pins it down (its location and value
+    both point there), else None.
+    """
+
+    def __init__(self, message: str, *, code: str, detail: str, culprit: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.detail = detail
+        self.culprit = culprit
+
+
 class SourceError(TerminalError):
     """The source table or query cannot be read as configured."""
 

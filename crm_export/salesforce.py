@@ -10,6 +10,7 @@ SFType path loops forever on a persistent 401, issue #804); we re-authenticate h
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import ssl
@@ -34,6 +35,7 @@ from crm_export.config import RetryConfig, SalesforceConfig
 from crm_export.errors import (
     NetworkError,
     RequestLimitError,
+    RequestPayloadError,
     RetriesExhaustedError,
     SalesforceConfigurationError,
     ServerError,
@@ -288,10 +290,16 @@ class SalesforceSink:
 
     def _translate(self, exc: SalesforceError) -> Exception:
         code, message = _first_error(exc.content)
-        cls = request_error_class(exc.status, code)
+        cls = request_error_class(exc.status, code, message)
         text = f"HTTP {exc.status} {code or ''} from {exc.resource_name}: {message}".replace(
             "  ", " "
         )
+        if cls is RequestPayloadError:
+            response = self.session.last_response
+            body = response.request.body if response is not None else None
+            return RequestPayloadError(
+                text, code=str(code), detail=message, culprit=culprit_index(body, message)
+            )
         if issubclass(cls, TransientError):
             return cls(text, retry_after=_retry_after(self.session.last_response))
         hint = REQUEST_HINTS.get(exc.status)
@@ -385,6 +393,98 @@ def _first_error(content: Any) -> tuple[str | None, str]:
     text = re.sub(r"(?is)<(head|script|style)\b.*?</\1>", " ", str(content))
     text = re.sub(r"<[^>]+>", " ", text)
     return None, " ".join(text.split())[:200]
+
+
+_LOCATION = re.compile(r"\[line:(\d+), column:(\d+)\]")
+_NAMED_VALUE = re.compile(r" value (.*) or request may be missing a required field")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def culprit_index(body: Any, message: str) -> int | None:
+    """The index of the record a payload 400 is about, or None when unsure.
+
+    Salesforce names the line and column of the value it could not read, in the body as
+    sent, and the value itself. The record is the one whose text holds that place, and only
+    if it also holds that value: a place read differently than we think must not blame a
+    record that is fine (the export core then splits the request instead).
+    """
+    where = _LOCATION.search(message)
+    if where is None or not isinstance(body, bytes | str):
+        return None
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    line, column = int(where[1]), int(where[2])
+    starts = [0] + [i + 1 for i, char in enumerate(text) if char == "\n"]
+    if not 1 <= line <= len(starts) or column < 1:
+        return None
+    offset = starts[line - 1] + column - 1
+    try:
+        spans = _record_spans(text)
+    except (ValueError, IndexError):
+        return None
+    for index, (start, end, record) in enumerate(spans):
+        if start <= offset < end:
+            return index if _holds(record, message) else None
+    return None
+
+
+def _record_spans(text: str) -> list[tuple[int, int, Any]]:
+    """Each record of a Collections body: where its text starts and ends, and the record."""
+    decoder = json.JSONDecoder()
+
+    def skip(at: int) -> int:
+        match = _WHITESPACE.match(text, at)
+        return match.end() if match else at
+
+    pos = skip(0)
+    if text[pos] != "{":
+        return []
+    pos += 1
+    while True:
+        pos = skip(pos)
+        if text[pos] == ",":
+            pos = skip(pos + 1)
+        if text[pos] == "}":
+            return []
+        key, pos = decoder.raw_decode(text, pos)
+        pos = skip(skip(pos) + 1)
+        if key != "records" or text[pos] != "[":
+            _, pos = decoder.raw_decode(text, pos)
+            continue
+        spans: list[tuple[int, int, Any]] = []
+        pos += 1
+        while True:
+            pos = skip(pos)
+            if text[pos] == ",":
+                pos = skip(pos + 1)
+            if text[pos] == "]":
+                return spans
+            start = pos
+            record, pos = decoder.raw_decode(text, pos)
+            spans.append((start, pos, record))
+
+
+def _holds(record: Any, message: str) -> bool:
+    if not isinstance(record, Mapping):
+        return False
+    values = [v for k, v in record.items() if k != "attributes"]
+    named = _NAMED_VALUE.search(message)
+    if named is None:
+        # "from START_ARRAY value [line:..]" names no value: an array is all there is to see.
+        return "START_ARRAY" in message and any(isinstance(v, list) for v in values)
+    return any(_json_text(v) == named[1] for v in values)
+
+
+def _json_text(value: Any) -> str | None:
+    """A value as Salesforce quotes it in a JSON_PARSER_ERROR."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    if isinstance(value, Mapping):
+        return "{"
+    return None
 
 
 def _retry_after(response: requests.Response | None) -> float | None:

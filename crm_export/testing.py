@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from crm_export.errors import CrmExportError, SourceError
+from crm_export.errors import CrmExportError, RequestPayloadError, SourceError
 from crm_export.ports import (
     UNCHANGED,
     BatchAck,
@@ -231,10 +231,19 @@ Rule = Callable[[Mapping[str, Any]], RecordError | None]
 
 
 class InMemorySink:
-    """Salesforce reduced to a dict keyed by external ID, with rules and scripted faults."""
+    """Salesforce reduced to a dict keyed by external ID, with rules and scripted faults.
 
-    def __init__(self, rules: Sequence[Rule] = ()) -> None:
+    ``rules`` judge each record (its per-record result); ``payload_rules`` are the values
+    Salesforce's JSON parser cannot read: a record one of them refuses fails the whole
+    request (``RequestPayloadError``), before any record is looked at, as in a real org.
+    """
+
+    def __init__(self, rules: Sequence[Rule] = (), payload_rules: Sequence[Rule] = ()) -> None:
         self.rules: list[Rule] = list(rules)
+        self.payload_rules: list[Rule] = list(payload_rules)
+        # Whether a refusal names the index of its record, as SalesforceSink does when
+        # Salesforce's answer pins it down; off, the core has only the refusal to go on.
+        self.pins_culprit = True
         self.records: dict[str, dict[str, Any]] = {}
         self.writes: list[str] = []  # external IDs, in the order they were written
         self.requests: list[tuple[bool, list[str]]] = []  # (allOrNone, external IDs)
@@ -261,6 +270,7 @@ class InMemorySink:
         self.requests.append((all_or_none, ids))
         if self.request_faults:
             raise self.request_faults.pop(0)
+        self._parse(records)
         verdicts = [self._verdict(ext, rec) for ext, rec in zip(ids, records, strict=True)]
         if all_or_none and any(v is not None for v in verdicts):
             return [
@@ -276,6 +286,18 @@ class InMemorySink:
             self.writes.append(ext)
             results.append(UpsertResult(True, created=created, id=f"003{len(self.records):015d}"))
         return results
+
+    def _parse(self, records: Sequence[Mapping[str, Any]]) -> None:
+        for index, record in enumerate(records):
+            for rule in self.payload_rules:
+                error = rule(record)
+                if error is not None:
+                    raise RequestPayloadError(
+                        f"HTTP 400 {error.code}: {error.message}",
+                        code=error.code,
+                        detail=error.message,
+                        culprit=index if self.pins_culprit else None,
+                    )
 
     def _verdict(self, ext: str, record: Mapping[str, Any]) -> RecordError | None:
         if self.locks.get(ext, 0) > 0:

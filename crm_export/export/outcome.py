@@ -118,20 +118,24 @@ class FloodGuard:
 
     def observe(self, outcome: BatchOutcome, rows: Sequence[SourceRow]) -> None:
         for error in outcome.errors_in_order(rows):
-            if error is None:
-                self.signature, self.count = None, 0
-                continue
-            signature = (error.code, error.fields)
-            self.count = self.count + 1 if signature == self.signature else 1
-            self.signature = signature
-            if self.count >= self.limit:
-                fields = ", ".join(error.fields) or "no field"
-                raise SalesforceConfigurationError(
-                    f"{self.count} records in a row failed with {error.code} on {fields}; "
-                    "this looks like a configuration problem (a mapping, a permission or a "
-                    "rule that rejects every record), so the run stops. Last error: "
-                    f"{error.message}"
-                )
+            self.note(error)
+
+    def note(self, error: RecordError | None) -> None:
+        """The next record in source order: its error, or None when it went through."""
+        if error is None:
+            self.signature, self.count = None, 0
+            return
+        signature = (error.code, error.fields)
+        self.count = self.count + 1 if signature == self.signature else 1
+        self.signature = signature
+        if self.count >= self.limit:
+            fields = ", ".join(error.fields) or "no field"
+            raise SalesforceConfigurationError(
+                f"{self.count} records in a row failed with {error.code} on {fields}; "
+                "this looks like a configuration problem (a mapping, a permission or a "
+                "rule that rejects every record), so the run stops. Last error: "
+                f"{error.message}"
+            )
 
 
 def null_order_error(plan: StreamPlan) -> RecordError:

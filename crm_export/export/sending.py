@@ -1,9 +1,14 @@
 """Sending one batch: building the payloads, and the two ways a batch goes to Salesforce.
 
 Pause mode sends with allOrNone and cuts the batch before the first record at fault, so that
-nothing ordered after it is written; skip mode sends each record on its own. Record-level
-transient errors (a row lock) are retried here, bounded in attempts and in elapsed time.
-Nothing is acknowledged here: the caller commits the ``BatchOutcome``.
+nothing ordered after it is written; skip mode sends the records with allOrNone=false, each
+succeeding or failing on its own. Record-level transient errors (a row lock) are retried
+here, bounded in attempts and in elapsed time.
+
+A request Salesforce refuses whole for a value in one record (``RequestPayloadError``: a
+date that is no date) is split until that record stands alone, and it becomes a record
+error like any other (``_Split`` holds the bounds). Nothing is acknowledged here: the caller
+commits the ``BatchOutcome``.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from typing import Any
 import structlog
 
 from crm_export.classify import ErrorClass, classify_record_error
-from crm_export.errors import SalesforceConfigurationError
+from crm_export.errors import RequestPayloadError, SalesforceConfigurationError
 from crm_export.mapping import MappingError, build_payload
 from crm_export.ports import RecordError, Sink, SourceRow, UpsertResult, record_key_text
 from crm_export.retry import Backoff, Clock
 
-from .outcome import BatchOutcome, Rejected, configuration_error, null_order_error
+from .outcome import BatchOutcome, FloodGuard, Rejected, configuration_error, null_order_error
 from .plan import ExportPolicy, StreamPlan
 
 log = structlog.get_logger("crm_export.export")
@@ -57,6 +62,62 @@ class _RecordRetries:
         if self.clock.monotonic() - since + wait > self.backoff.max_elapsed:
             return None
         return attempt, wait
+
+
+class _Split:
+    """The bounds on finding the records behind whole-request refusals, in one batch.
+
+    Each refusal costs calls to isolate its record: the calls after a batch's first refusal
+    may not outnumber the batch's records (sending each alone would have been cheaper, and
+    values that dense are the mapping's fault), and ``limit`` refused records in a row are a
+    flood (``FloodGuard``, as for record errors). Either stops the run as configuration.
+    """
+
+    def __init__(self, plan: StreamPlan, prepared: Sequence[_Prepared], limit: int) -> None:
+        self.plan = plan
+        self.size = len(prepared)
+        self.calls_left = len(prepared)
+        # The batch's latest refusal, once there was one.
+        self.refused: RecordError | None = None
+        self.flood = FloodGuard(limit)
+        self._positions = {id(p): i for i, p in enumerate(prepared)}
+        self._last: int | None = None
+
+    def call(self) -> None:
+        """Before each call: once the batch was refused, calls are counted against the bound."""
+        if self.refused is None:
+            return
+        if self.calls_left <= 0:
+            raise SalesforceConfigurationError(
+                f"stream {self.plan.name!r}: Salesforce refused whole {self.plan.fmap.sobject} "
+                f"requests for values in so many records of one batch that finding them "
+                f"took {self.size} calls, one per record. The mapping sends values a field "
+                "cannot hold (text for a date or a number, say); fix the mapping or the "
+                f"source, then run again. Last refusal: {self.refused.code}: "
+                f"{self.refused.message}"
+            )
+        self.calls_left -= 1
+
+    def found(self, item: _Prepared, error: RecordError) -> None:
+        """``item`` stands alone: it is the record refused with ``error``."""
+        position = self._positions[id(item)]
+        if self._last is not None and position != self._last + 1:
+            self.flood.note(None)  # the records between went through the parser
+        self._last = position
+        self.flood.note(error)
+
+
+def _refusal(exc: RequestPayloadError) -> RecordError:
+    return RecordError(exc.code, exc.detail)
+
+
+def _culprit(exc: RequestPayloadError, group: Sequence[_Prepared]) -> int | None:
+    return exc.culprit if exc.culprit is not None and 0 <= exc.culprit < len(group) else None
+
+
+def _unpinned(exc: RequestPayloadError) -> RequestPayloadError:
+    """The same refusal, for a part of the request its ``culprit`` index does not apply to."""
+    return RequestPayloadError(str(exc), code=exc.code, detail=exc.detail)
 
 
 class BatchSender:
@@ -136,25 +197,65 @@ class BatchSender:
         A record that is only locked (a transient fault) goes the same way: the records
         before it are sent first, then it and the rest. Resending the whole batch instead
         would meet a new lock somewhere in most calls once locks are frequent.
+
+        A request refused whole for one record's value writes nothing and gives no result.
+        When the refusal names the record, the records before it are sent and the stream
+        halts at it (2 calls); otherwise the first half is sent, and the search goes on in
+        whichever half holds it, in order (about log2(n) calls). Either way nothing after it
+        is written.
         """
         remaining = list(prepared)  # not yet written, in order
         send = len(remaining)  # how many of them the next call carries
         retries = _RecordRetries(self.policy.record_retry, self.clock, self.rng)
+        split = _Split(plan, prepared, self.policy.max_identical_errors)
+        # After a whole-request refusal: the record it names (``culprit``), or else the last
+        # record of the group refused (``refused_to``), which then holds the culprit.
+        culprit: _Prepared | None = None
+        refused_to: _Prepared | None = None
+        refusal = RecordError("", "")
         while send:
             pending = remaining[:send]
-            results = self._upsert(plan, pending, all_or_none=True)
+            split.call()
+            try:
+                results = self._upsert(plan, pending, all_or_none=True)
+            except RequestPayloadError as exc:
+                # Nothing was written. The records before the culprit go first, so that it is
+                # the first record of the request when it stands alone.
+                split.refused = refusal = _refusal(exc)
+                index = _culprit(exc, pending)
+                if index == 0 or send == 1:
+                    self._halt(outcome, pending[0], refusal)
+                    return
+                if index is not None:
+                    culprit, refused_to, send = pending[index], None, index
+                else:
+                    culprit, refused_to, send = None, pending[-1], send // 2
+                continue
             if all(r.success for r in results):
                 outcome.exported.extend(p.row for p in pending)
                 remaining = remaining[send:]
-                send = len(remaining)
+                if culprit is not None:
+                    send = remaining.index(culprit)
+                    if send == 0:
+                        self._halt(outcome, culprit, refusal)
+                        return
+                elif refused_to is not None:
+                    left = remaining.index(refused_to) + 1
+                    if left == 1:
+                        # The others of the group refused all went through: it was this one.
+                        self._halt(outcome, refused_to, refusal)
+                        return
+                    send = left // 2
+                else:
+                    send = len(remaining)
                 continue
-            culprit = _first_culprit(results)
-            if culprit is None:
+            culprit_at = _first_culprit(results)
+            if culprit_at is None:
                 # Everything was rolled back but nobody is to blame: retry the same request.
                 culprit_error = RecordError(ROLLED_BACK, "rolled back")
                 index = 0
             else:
-                index, culprit_error = culprit
+                index, culprit_error = culprit_at
             cls = classify_record_error(culprit_error)
             if cls is ErrorClass.CONFIGURATION:
                 raise configuration_error(plan, culprit_error)
@@ -167,23 +268,26 @@ class BatchSender:
                     # Otherwise the call for the records before it stands in for the wait.
                     send = index or send
                     continue
-            halted = pending[index]
-            outcome.halt = Rejected(halted.row, culprit_error, halted.payload)
+            # A record error before any refused record: the stream halts here instead.
+            self._halt(outcome, pending[index], culprit_error)
             remaining = remaining[:index]
             send = index
+            culprit = refused_to = None
 
     def _send_independently(
         self, plan: StreamPlan, prepared: list[_Prepared], outcome: BatchOutcome
     ) -> None:
-        """allOrNone=false: each record succeeds or fails alone; transient ones are resent."""
+        """allOrNone=false: each record succeeds or fails alone; transient ones are resent,
+        and records a request is refused for are split out of it (``_upsert_apart``)."""
         pending = prepared
         retries = _RecordRetries(self.policy.record_retry, self.clock, self.rng)
+        split = _Split(plan, prepared, self.policy.max_identical_errors)
         # One budget for the batch's round of retries: they wait and go together.
         round_key = 0
         while pending:
-            results = self._upsert(plan, pending, all_or_none=False)
+            answered = self._upsert_apart(plan, pending, split, outcome)
             transient: list[tuple[_Prepared, RecordError]] = []
-            for item, res in zip(pending, results, strict=True):
+            for item, res in answered:
                 if res.success:
                     outcome.exported.append(item.row)
                     continue
@@ -201,6 +305,54 @@ class BatchSender:
                 return
             self._wait(plan, *retry, transient[0][0].row, transient[0][1])
             pending = [item for item, _ in transient]
+
+    def _upsert_apart(
+        self, plan: StreamPlan, items: list[_Prepared], split: _Split, outcome: BatchOutcome
+    ) -> list[tuple[_Prepared, UpsertResult]]:
+        """allOrNone=false, splitting every request Salesforce refuses whole until each
+        record it refused stands alone; those become failures, the rest get their results.
+
+        The record a refusal names is taken out and the rest sent again; a refusal that
+        names none is halved, the left half first (so records are found in source order),
+        and when that half goes through, the right half is known to hold the record.
+        """
+        answered: list[tuple[_Prepared, UpsertResult]] = []
+        # Groups to send (no refusal yet), or known to be refused (with Salesforce's answer).
+        todo: list[tuple[list[_Prepared], RequestPayloadError | None]] = [(items, None)]
+        while todo:
+            group, refused = todo.pop()
+            if refused is None:
+                split.call()
+                try:
+                    answered += zip(
+                        group, self._upsert(plan, group, all_or_none=False), strict=True
+                    )
+                    continue
+                except RequestPayloadError as exc:
+                    split.refused, refused = _refusal(exc), exc
+            index = _culprit(refused, group)
+            if index is not None or len(group) == 1:
+                item = group[index or 0]
+                split.found(item, _refusal(refused))
+                outcome.failures.append(Rejected(item.row, _refusal(refused), item.payload))
+                rest = [i for i in group if i is not item]
+                if rest:
+                    todo.append((rest, None))
+                continue
+            left, right = group[: len(group) // 2], group[len(group) // 2 :]
+            split.call()
+            try:
+                answered += zip(left, self._upsert(plan, left, all_or_none=False), strict=True)
+            except RequestPayloadError as exc:
+                split.refused = _refusal(exc)
+                todo += [(right, None), (left, exc)]
+            else:
+                # The left half went through, so the record refused is in the right one.
+                todo.append((right, _unpinned(refused)))
+        return answered
+
+    def _halt(self, outcome: BatchOutcome, item: _Prepared, error: RecordError) -> None:
+        outcome.halt = Rejected(item.row, error, item.payload)
 
     def _upsert(
         self, plan: StreamPlan, items: Sequence[_Prepared], *, all_or_none: bool

@@ -165,6 +165,69 @@ def parse_payload(org: OrgModel, sobj: SObjectDef, payload: Mapping[str, Any]) -
     return values
 
 
+# The per-record type error: Bulk 2.0 CSV cells (text) and data imports only. A JSON value of
+# the wrong type never gets this far in REST: the parser refuses the request (``unreadable``).
+WRONG_TYPE = "INVALID_TYPE_ON_FIELD_IN_RECORD"
+_NUMBER_TYPES = frozenset({"int", "double", "currency", "percent"})
+_NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A JSON value Salesforce's parser cannot read as its field's type."""
+
+    type_name: str  # the field's type, as describe names it
+    token: str  # the JSON token, as Jackson names it: VALUE_STRING, START_ARRAY...
+    text: str
+
+    def message(self, line: int, column: int) -> str:
+        where = f"[line:{line}, column:{column}]"
+        if self.token == "START_ARRAY":
+            return f"Cannot deserialize instance of {self.type_name} from START_ARRAY value {where}"
+        return (
+            f"Cannot deserialize instance of {self.type_name} from {self.token} value "
+            f"{self.text} or request may be missing a required field at {where}"
+        )
+
+
+def unreadable(fdef: FieldDef, value: Any) -> Unreadable | None:
+    """Why Salesforce's JSON parser cannot read ``value`` as a ``fdef``, or None if it can.
+
+    The parser reads every value by its field's type before any record is processed, so one
+    it cannot read fails the whole request (docs/sandbox.md says what is read as what).
+    """
+    if value is None or isinstance(value, ByExternalId):
+        return None
+    token, text = _json_token(value)
+    problem = Unreadable(fdef.type, token, text)
+    if token.startswith("START_"):
+        return problem
+    if fdef.type in TEXT_TYPES or fdef.type in {"reference", "id"} or value == "":
+        return None
+    if isinstance(value, str):
+        # Stricter than CSV: a checkbox reads only true and false, a number only digits.
+        if fdef.type == "boolean" and value not in {"true", "false"}:
+            return problem
+        if fdef.type in _NUMBER_TYPES and not _NUMBER_TEXT.fullmatch(value.strip()):
+            return problem
+    _, error = coerce(fdef, value)
+    return problem if error is not None and error.status_code == WRONG_TYPE else None
+
+
+def _json_token(value: Any) -> tuple[str, str]:
+    if isinstance(value, bool):
+        return ("VALUE_TRUE", "true") if value else ("VALUE_FALSE", "false")
+    if isinstance(value, int):
+        return "VALUE_NUMBER_INT", str(value)
+    if isinstance(value, float):
+        return "VALUE_NUMBER_FLOAT", repr(value)
+    if isinstance(value, Mapping):
+        return "START_OBJECT", "{"
+    if isinstance(value, list):
+        return "START_ARRAY", "["
+    return "VALUE_STRING", str(value)
+
+
 def coerce(fdef: FieldDef, value: Any) -> tuple[Any, RecordError | None]:
     """The stored form of ``value`` for ``fdef``, or the error Salesforce would give."""
     if value is None or (isinstance(value, str) and value == ""):
@@ -173,7 +236,7 @@ def coerce(fdef: FieldDef, value: Any) -> tuple[Any, RecordError | None]:
     if isinstance(value, ByExternalId):
         return value, None
     wrong_type = RecordError(
-        "INVALID_TYPE_ON_FIELD_IN_RECORD",
+        WRONG_TYPE,
         f"{fdef.label}: value not of required type: {value}",
         (fdef.name,),
     )

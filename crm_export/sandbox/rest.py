@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from crm_export.sandbox.dml import (
     failure,
     not_found,
     parse_payload,
+    unreadable,
 )
 from crm_export.sandbox.org import FieldDef, SObjectDef
 from crm_export.sandbox.soql import run_query
@@ -53,6 +56,67 @@ class Call:
             return json.loads(self.request.get_data() or b"null")
         except ValueError as exc:
             raise RequestError(400, "JSON_PARSER_ERROR", str(exc)) from exc
+
+
+def refuse_unreadable(
+    call: Call, sobj: SObjectDef, record: Mapping[str, Any], path: Sequence[str | int]
+) -> None:
+    """Fail the request, as Salesforce's JSON parser does, at the first value of ``record``
+    (found at ``path`` in the body) that it cannot read as its field's type.
+
+    Keys are read in the order sent; at the first that names no field, ``parse_payload``
+    gives the request's error instead.
+    """
+    for key, value in record.items():
+        if key == "attributes":
+            continue
+        fdef = sobj.field(key)
+        if fdef is None:
+            if sobj.relationship(key) is None:
+                return
+            continue
+        problem = unreadable(fdef, value)
+        if problem is not None:
+            text = call.request.get_data(as_text=True)
+            line, column = entry_location(text, [*path, key])
+            raise RequestError(400, "JSON_PARSER_ERROR", problem.message(line, column))
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def entry_location(text: str, path: Sequence[str | int]) -> tuple[int, int]:
+    """[line, column] (from 1) that Salesforce reports for the value at ``path`` in ``text``.
+
+    Its parser (Jackson 1.x) marks where the value's entry begins: the comma before its key,
+    or the key itself when it comes first in its object (docs/sandbox.md).
+    """
+    decoder = json.JSONDecoder()
+
+    def skip(at: int) -> int:
+        match = _WHITESPACE.match(text, at)
+        assert match is not None
+        return match.end()
+
+    pos = entry = skip(0)
+    for step in path:
+        pos += 1  # past the "{" or "["
+        index = 0
+        while True:
+            pos = entry = skip(pos)
+            if index:
+                pos = skip(pos + 1)  # past the comma
+            if isinstance(step, str):
+                key, pos = decoder.raw_decode(text, pos)
+                pos = skip(skip(pos) + 1)  # past the colon
+                if key == step:
+                    break
+            elif index == step:
+                break
+            _, pos = decoder.raw_decode(text, pos)
+            index += 1
+    line = text.count("\n", 0, entry) + 1
+    return line, entry - (text.rfind("\n", 0, entry) + 1) + 1
 
 
 def _sobject(call: Call, name: str) -> SObjectDef:
@@ -244,6 +308,7 @@ def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
     body = call.json_body()
     if not isinstance(body, dict):
         raise RequestError(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+    refuse_unreadable(call, sobj, body, [])
     values = parse_payload(org, sobj, body)
     if fdef.name in values and str(values.pop(fdef.name)) != value:
         raise RequestError(
@@ -293,7 +358,7 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
             "record limit reached. cannot submit more than 200 records into this call",
         )
     parsed: list[dict[str, Any]] = []
-    for record in records:
+    for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise RequestError(400, "JSON_PARSER_ERROR", "Each record must be a JSON object")
         attributes = record.get("attributes")
@@ -306,6 +371,7 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
                 "INVALID_TYPE",
                 f"Record type {record_type} does not match the type {sobj.name} of the request",
             )
+        refuse_unreadable(call, sobj, record, ["records", index])
         parsed.append(parse_payload(org, sobj, record))
 
     keys = [_fold(values.get(fdef.name), fdef.case_sensitive) for values in parsed]

@@ -30,7 +30,8 @@ class Scenario:
         with sqlite3.connect(self.source) as db:
             db.execute(
                 "CREATE TABLE contacts (id INTEGER PRIMARY KEY, first_name TEXT, "
-                "last_name TEXT, email TEXT, title TEXT, updated_at TEXT NOT NULL)"
+                "last_name TEXT, email TEXT, title TEXT, birthdate TEXT, "
+                "updated_at TEXT NOT NULL)"
             )
         self.settings: dict[str, Any] = {
             "pause_on_error": True,
@@ -65,12 +66,14 @@ class Scenario:
             "first_name": f"F{key}",
             "email": f"c{key}@acme.test",
             "title": None,
+            "birthdate": None,
             **values,
         }
         with sqlite3.connect(self.source) as db:
             db.execute(
-                "INSERT INTO contacts (id, first_name, last_name, email, title, updated_at) "
-                "VALUES (:id, :first_name, :last_name, :email, :title, :at)",
+                "INSERT INTO contacts (id, first_name, last_name, email, title, birthdate, "
+                "updated_at) VALUES (:id, :first_name, :last_name, :email, :title, :birthdate, "
+                ":at)",
                 {**row, "at": self._now()},
             )
 

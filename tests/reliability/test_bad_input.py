@@ -113,17 +113,31 @@ BAD_ROWS: list[tuple[dict[str, Any], dict[str, Any]]] = [
         person(9, 9, phone=float("-inf")),
         {"code": "CRM_EXPORT_INVALID_VALUE", "fields": "Phone", "words": "-inf is not a number"},
     ),
+    # Values the org's JSON parser cannot read: it refuses the whole request, and crm-export
+    # finds the record (Salesforce names no field, only the type and the value).
     (
         person(10, 10, birthdate="next tuesday"),
-        {"code": "INVALID_TYPE_ON_FIELD_IN_RECORD", "fields": "Birthdate", "words": "next tuesday"},
+        {
+            "code": "JSON_PARSER_ERROR",
+            "fields": None,
+            "words": "Cannot deserialize instance of date from VALUE_STRING value next tuesday",
+        },
     ),
     (
         person(11, 11, birthdate=20260101),
-        {"code": "INVALID_TYPE_ON_FIELD_IN_RECORD", "fields": "Birthdate", "words": "20260101"},
+        {
+            "code": "JSON_PARSER_ERROR",
+            "fields": None,
+            "words": "date from VALUE_NUMBER_INT value 20260101",
+        },
     ),
     (
         person(12, 12, opted_out="maybe"),
-        {"code": "INVALID_TYPE_ON_FIELD_IN_RECORD", "fields": "HasOptedOutOfEmail"},
+        {
+            "code": "JSON_PARSER_ERROR",
+            "fields": None,
+            "words": "boolean from VALUE_STRING value maybe",
+        },
     ),
     # A number where the org wants text is its text.
     (person(13, 13, last_name=12345), {"exported": {"LastName": "12345"}}),
@@ -328,7 +342,7 @@ def test_the_re_export_retries_bad_rows_and_resolves_the_fixed_ones(
         (
             person(3, 3, birthdate="31/12/1999"),
             "UPDATE people SET birthdate = '1999-12-31' WHERE id = 3",
-            "INVALID_TYPE_ON_FIELD_IN_RECORD",
+            "JSON_PARSER_ERROR",
         ),
     ],
     ids=["null_key", "not_utf8", "not_a_date"],

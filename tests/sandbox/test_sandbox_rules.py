@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from sandbox_helpers import VERSION, contact, upsert_contacts
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
@@ -45,15 +47,150 @@ def test_restricted_picklist(sf: Salesforce) -> None:
     assert error["fields"] == ["LeadSource"]
 
 
-def test_wrong_type(sf: Salesforce) -> None:
-    assert only_error(sf, LastName="A", Birthdate="yesterday") == {
-        "statusCode": "INVALID_TYPE_ON_FIELD_IN_RECORD",
-        "message": "Birthdate: value not of required type: yesterday",
-        "fields": ["Birthdate"],
+def request_error(sf: Salesforce, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request-level error the default org gives a Collections upsert of ``records``."""
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        upsert_contacts(sf, records)
+    [error] = refused.value.content
+    return dict(error)
+
+
+def where(records: list[dict[str, Any]], key: str) -> str:
+    """Where the entry of ``key`` begins in the body requests sends for ``records`` (one line):
+    at the comma before it."""
+    text = json.dumps({"allOrNone": False, "records": records})
+    comma = text.rindex(",", 0, text.index(f'"{key}":'))
+    return f"[line:1, column:{comma + 1}]"
+
+
+@pytest.mark.parametrize(
+    ("fields", "wanted"),
+    [
+        ({"Birthdate": "not-a-date"}, "date from VALUE_STRING value not-a-date"),
+        ({"Birthdate": "2026-02-30"}, "date from VALUE_STRING value 2026-02-30"),
+        ({"Birthdate": 20260101}, "date from VALUE_NUMBER_INT value 20260101"),
+        ({"HasOptedOutOfEmail": "maybe"}, "boolean from VALUE_STRING value maybe"),
+        ({"HasOptedOutOfEmail": "TRUE"}, "boolean from VALUE_STRING value TRUE"),
+        ({"HasOptedOutOfEmail": 1}, "boolean from VALUE_NUMBER_INT value 1"),
+        ({"Description": {"a": 1}}, "textarea from START_OBJECT value {"),
+    ],
+)
+def test_a_value_the_parser_cannot_read_fails_the_whole_request(
+    sandbox: SandboxHandle, sf: Salesforce, fields: dict[str, Any], wanted: str
+) -> None:
+    # Two good records around the bad one: none is processed, none is written.
+    records = [contact("R-1", LastName="A"), contact("R-2", LastName="B", **fields)]
+    records.append(contact("R-3", LastName="C"))
+    error = request_error(sf, records)
+    assert error["errorCode"] == "JSON_PARSER_ERROR"
+    assert error["message"].startswith(f"Cannot deserialize instance of {wanted} ")
+    [key] = fields
+    assert error["message"].endswith(
+        f" or request may be missing a required field at {where(records, key)}"
+    )
+    assert sandbox.records("Contact") == [] and sandbox.rejections() == []
+
+
+def test_an_array_for_a_text_field_has_its_own_wording(sf: Salesforce) -> None:
+    records = [contact("R-1", LastName="A", LeadSource=["Web", "Other"])]
+    assert request_error(sf, records) == {
+        "errorCode": "JSON_PARSER_ERROR",
+        "message": "Cannot deserialize instance of picklist from START_ARRAY value "
+        + where(records, "LeadSource"),
     }
-    assert only_error(sf, LastName="A", HasOptedOutOfEmail="maybe")["fields"] == [
-        "HasOptedOutOfEmail"
+
+
+def test_the_first_unreadable_value_in_the_body_is_the_one_reported(sf: Salesforce) -> None:
+    records = [
+        contact("R-1", LastName="A", HasOptedOutOfEmail="yes"),
+        contact("R-2", LastName="B", Birthdate="tomorrow"),
     ]
+    assert "boolean from VALUE_STRING value yes" in request_error(sf, records)["message"]
+
+
+def test_the_location_counts_lines_of_a_pretty_printed_body(
+    sandbox: SandboxHandle, session: requests.Session
+) -> None:
+    body = "\n".join(
+        [
+            "{",
+            '  "allOrNone": false,',
+            '  "records": [',
+            "    {",
+            '      "attributes": {"type": "Contact"},',
+            '      "External_Id__c": "R-1",',
+            '      "Birthdate": "soon"',
+            "    }",
+            "  ]",
+            "}",
+        ]
+    )
+    answer = session.patch(
+        f"{sandbox.base_url}/services/data/v{VERSION}/composite/sobjects/Contact/External_Id__c",
+        data=body,
+        headers={
+            "Authorization": f"Bearer {sandbox.access_token()}",
+            "Content-Type": "application/json",
+        },
+    )
+    assert answer.status_code == 400
+    # The entry begins at the comma that ends the line before it.
+    assert answer.json()[0]["message"].endswith(" at [line:6, column:30]")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"Birthdate": "1990-05-17", "HasOptedOutOfEmail": "true"},
+        {"HasOptedOutOfEmail": False, "Birthdate": ""},
+    ],
+)
+def test_values_the_parser_reads_go_through(sf: Salesforce, fields: dict[str, Any]) -> None:
+    [result] = upsert_contacts(sf, [contact("R-1", LastName="A", **fields)])
+    assert result["success"] is True, result
+
+
+def test_numbers_read_from_numeric_text_but_not_from_words(
+    sandbox: SandboxHandle, sf: Salesforce
+) -> None:
+    def account(ext_id: str, revenue: Any) -> dict[str, Any]:
+        return {
+            "attributes": {"type": "Account"},
+            "External_Id__c": ext_id,
+            "Name": ext_id,
+            "AnnualRevenue": revenue,
+        }
+
+    def upsert(record: dict[str, Any]) -> Any:
+        return sf.restful(
+            "composite/sobjects/Account/External_Id__c",
+            method="PATCH",
+            json={"allOrNone": False, "records": [record]},
+        )
+
+    assert upsert(account("A-1", "12.5"))[0]["success"] is True
+    assert upsert(account("A-2", 7))[0]["success"] is True
+    assert {a["External_Id__c"]: a["AnnualRevenue"] for a in sandbox.records("Account")} == {
+        "A-1": 12.5,
+        "A-2": 7.0,
+    }
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        upsert(account("A-3", "abc"))
+    assert refused.value.content[0]["message"].startswith(
+        "Cannot deserialize instance of currency from VALUE_STRING value abc "
+    )
+
+
+def test_single_upsert_refuses_an_unreadable_value_the_same_way(sf: Salesforce) -> None:
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.Contact.upsert("External_Id__c/R-1", {"LastName": "A", "Birthdate": "not-a-date"})
+    [error] = refused.value.content
+    assert error["errorCode"] == "JSON_PARSER_ERROR"
+    # The body is {"LastName": "A", "Birthdate": ...}: the entry starts at the comma.
+    assert error["message"] == (
+        "Cannot deserialize instance of date from VALUE_STRING value not-a-date or request "
+        "may be missing a required field at [line:1, column:17]"
+    )
 
 
 def test_field_the_integration_user_cannot_write(sf: Salesforce) -> None:

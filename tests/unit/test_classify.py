@@ -50,3 +50,64 @@ def test_request_error_classes(status: int, code: str | None, expected: type) ->
     # Retry policy reads only the marker class.
     transient = issubclass(cls, errors.TransientError)
     assert transient != issubclass(cls, errors.TerminalError)
+
+
+NOT_A_DATE = (
+    "Cannot deserialize instance of date from VALUE_STRING value not-a-date or request may be "
+    "missing a required field at [line:1, column:129]"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected"),
+    [
+        # A value of some record: split the request to find it.
+        ("JSON_PARSER_ERROR", NOT_A_DATE, errors.RequestPayloadError),
+        (
+            "JSON_PARSER_ERROR",
+            "Cannot deserialize instance of multipicklist from START_ARRAY value [line:1, "
+            "column:51]",
+            errors.RequestPayloadError,
+        ),
+        ("MALFORMED_ID", "Contact ID: id value of incorrect type: xyz", errors.RequestPayloadError),
+        (
+            "INVALID_FIELD",
+            "Foreign key external ID: A-1 not found for field External_Id__c in entity Account",
+            errors.RequestPayloadError,
+        ),
+        # A field of every record, or a body we built wrong: configuration, no split.
+        (
+            "INVALID_FIELD",
+            "No such column 'Foo__c' on sobject of type Contact",
+            errors.SalesforceConfigurationError,
+        ),
+        (
+            "JSON_PARSER_ERROR",
+            "No such column 'Quantitay__c' on sobject of type OBO_Line_Item__c at [line:53, "
+            "column:23]",
+            errors.SalesforceConfigurationError,
+        ),
+        (
+            "JSON_PARSER_ERROR",
+            "Unexpected character ('}' (code 125)): was expecting double-quote to start field "
+            "name at [line:1, column:2]",
+            errors.SalesforceConfigurationError,
+        ),
+        ("EXCEEDED_ID_LIMIT", "record limit reached", errors.SalesforceConfigurationError),
+    ],
+)
+def test_a_400_that_names_a_value_is_a_payload_error(
+    code: str, message: str, expected: type
+) -> None:
+    assert request_error_class(400, code, message) is expected
+    # Only a 400 is refused for its payload.
+    assert request_error_class(403, code, message) is not errors.RequestPayloadError
+
+
+def test_a_lookup_whose_parent_is_missing_is_a_record_error_not_configuration() -> None:
+    missing = RecordError(
+        "INVALID_FIELD",
+        "Foreign key external ID: A-1 not found for field External_Id__c in entity Account",
+    )
+    assert classify_record_error(missing) is ErrorClass.RECORD
+    assert classify_record_error(RecordError("JSON_PARSER_ERROR", NOT_A_DATE)) is ErrorClass.RECORD

@@ -376,3 +376,148 @@ def test_record_retries_stop_at_the_elapsed_time_budget(pause: bool) -> None:
     [err] = store.open_error_rows()
     assert (err.record_key, err.error_code) == ("1", "UNABLE_TO_LOCK_ROW")
     assert result.outcome is (RunOutcome.PAUSED if pause else RunOutcome.COMPLETED)
+
+
+# -- a value Salesforce's JSON parser cannot read: the whole request is refused ---------------
+
+
+def unreadable_date(record: Any) -> RecordError | None:
+    """As a real org answers a date field given words: a 400 for the whole request."""
+    if record["LastName"].startswith("DATE:"):
+        value = record["LastName"][5:]
+        return RecordError(
+            "JSON_PARSER_ERROR",
+            f"Cannot deserialize instance of date from VALUE_STRING value {value} or request "
+            "may be missing a required field at [line:1, column:99]",
+        )
+    return None
+
+
+def refusing(
+    rows: list[SourceRow], *, pins: bool = True, batch_size: int = 200, **policy: Any
+) -> tuple[InMemoryStore, InMemorySink, Exporter]:
+    store, sink, exporter = make(rows, batch_size=batch_size, **policy)
+    sink.payload_rules.append(unreadable_date)
+    sink.pins_culprit = pins
+    return store, sink, exporter
+
+
+@pytest.mark.parametrize("pins", [True, False], ids=["pinned", "bisected"])
+def test_pause_mode_writes_the_records_before_a_refused_one_and_halts_at_it(pins: bool) -> None:
+    rows = [row(i, "DATE:soon" if i == 137 else "Smith") for i in range(1, 201)]
+    store, sink, exporter = refusing(rows, pins=pins)
+    result = exporter.export_stream(plan(pause=True))
+
+    assert result.outcome is RunOutcome.PAUSED
+    assert sink.writes == [str(i) for i in range(1, 137)]  # in order, nothing after 137
+    assert all(aon for aon, _ in sink.requests)
+    [err] = store.open_error_rows()
+    assert (err.record_key, err.error_code) == ("137", "JSON_PARSER_ERROR")
+    assert "value soon or request may be missing" in err.error_message
+    assert err.payload is not None and err.payload["LastName"] == "DATE:soon"
+    state = store.load_state("contacts")
+    assert state.position == row(136).position
+    assert state.paused is not None and state.paused.error_code == "JSON_PARSER_ERROR"
+    # Pinned: the refused call, then the 136 before it. Bisected: one call per halving.
+    assert len(sink.requests) == (2 if pins else 1 + 8)
+    assert result.api_calls == len(sink.requests) == store.runs[0].counts["api_calls"]
+
+    # The paused record alone, every run, until its source row is fixed.
+    again = exporter.export_stream(plan(pause=True))
+    assert again.outcome is RunOutcome.PAUSED and sink.requests[-1] == (True, ["137"])
+    assert store.open_error_rows()[0].attempts == 2
+    store.put_row("contacts", row(137, "Fixed"))
+    assert exporter.export_stream(plan(pause=True)).outcome is RunOutcome.COMPLETED
+    assert sink.writes == [str(i) for i in range(1, 201)]
+    assert [e.status for e in store.errors] == ["resolved"]
+
+
+@pytest.mark.parametrize("pins", [True, False], ids=["pinned", "bisected"])
+def test_skip_mode_exports_the_rest_of_the_batch_around_refused_records(pins: bool) -> None:
+    bad = {3, 77, 78, 190}
+    rows = [row(i, "DATE:x" if i in bad else "Smith") for i in range(1, 201)]
+    store, sink, exporter = refusing(rows, pins=pins)
+    result = exporter.export_stream(plan(pause=False))
+
+    assert result.outcome is RunOutcome.COMPLETED
+    assert sorted(sink.records, key=int) == [str(i) for i in range(1, 201) if i not in bad]
+    assert {e.record_key: e.error_code for e in store.open_error_rows()} == dict.fromkeys(
+        map(str, sorted(bad)), "JSON_PARSER_ERROR"
+    )
+    assert (result.read, result.exported, result.failed, result.skipped) == (200, 196, 4, 4)
+    assert store.load_state("contacts").position == row(200).position
+    # Pinned: each refused record costs the one call that resends the others. Bisected: at
+    # most two calls per halving for each.
+    if pins:
+        assert len(sink.requests) == 1 + len(bad)
+    else:
+        assert len(sink.requests) <= 1 + len(bad) * 2 * 8
+    assert result.api_calls == len(sink.requests)
+
+
+def test_a_record_error_before_a_refused_record_is_where_pause_mode_halts() -> None:
+    rows = [row(1), row(2, "BAD"), row(3), row(4, "DATE:x"), row(5)]
+    store, sink, _ = refusing(rows)
+    exporter = Exporter(store, sink, ExportPolicy(), FakeClock(), rng=random.Random(1))
+    result = exporter.export_stream(plan(pause=True))
+    assert result.outcome is RunOutcome.PAUSED
+    assert result.paused is not None and result.paused.record_key == "2"
+    assert sink.writes == ["1"]
+
+
+def test_a_lock_before_a_refused_record_is_retried_and_order_holds() -> None:
+    rows = [row(i, "DATE:x" if i == 5 else "Smith") for i in range(1, 8)]
+    store, sink, exporter = refusing(rows)
+    sink.locks["2"] = 1
+    result = exporter.export_stream(plan(pause=True))
+    assert result.outcome is RunOutcome.PAUSED
+    assert sink.writes == ["1", "2", "3", "4"]
+    assert [e.error_code for e in store.open_error_rows()] == ["JSON_PARSER_ERROR"]
+
+
+@pytest.mark.parametrize("pins", [True, False], ids=["pinned", "bisected"])
+def test_refused_records_in_a_row_are_a_flood_that_stops_within_bounded_calls(
+    pins: bool,
+) -> None:
+    # Every record holds a value the field cannot take: the mapping is wrong, not the rows.
+    rows = [row(i, f"DATE:{i}/01/2026") for i in range(1, 201)]
+    store, sink, exporter = refusing(rows, pins=pins, max_identical_errors=10)
+    result = exporter.export_stream(plan(pause=False))
+
+    assert result.outcome is RunOutcome.FAILED
+    assert "10 records in a row failed with JSON_PARSER_ERROR" in (result.error or "")
+    assert sink.records == {} and store.errors == []
+    assert store.load_state("contacts").position is None
+    # Pinned: the batch, then one call per record found. Bisected: the batch, halvings down
+    # to the first record (8), then at most two per record; far from one per record (200).
+    if pins:
+        assert len(sink.requests) == 1 + 9
+    else:
+        assert len(sink.requests) <= 1 + 8 + 2 * 9
+    assert result.api_calls == len(sink.requests)
+
+
+def test_refusals_too_dense_to_isolate_stop_after_one_call_per_record() -> None:
+    # One record in two refused: never two in a row, but isolating them all, unpinned, would
+    # cost more than sending every record alone.
+    rows = [row(i, "DATE:x" if i % 2 else "Smith") for i in range(1, 201)]
+    store, sink, exporter = refusing(rows, pins=False)
+    result = exporter.export_stream(plan(pause=False))
+    assert result.outcome is RunOutcome.FAILED
+    assert "took 200 calls, one per record" in (result.error or "")
+    assert len(sink.requests) == 1 + 200
+    assert store.errors == [] and store.load_state("contacts").position is None
+
+
+def test_a_refused_record_stays_in_export_errors_until_the_re_export_finds_it_fixed() -> None:
+    rows = [row(1), row(2, "DATE:x"), row(3)]
+    store, sink, exporter = refusing(rows)
+    exporter.export_stream(plan(pause=False))
+    exporter.reexport_stream(plan(pause=False))
+    assert [(e.error_code, e.attempts) for e in store.open_error_rows()] == [
+        ("JSON_PARSER_ERROR", 2)
+    ]
+    assert sink.requests[-1] == (False, ["2"])
+    store.put_row("contacts", row(2, "Fixed"))
+    exporter.reexport_stream(plan(pause=False))
+    assert store.open_error_rows() == [] and sink.records["2"]["LastName"] == "Fixed"
