@@ -38,9 +38,7 @@ def _config_option(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def secrets_of(config: Config) -> list[str]:
-    values = [
-        getattr(config.salesforce, f.name) for f in config.salesforce.__dataclass_fields__.values()
-    ]
+    values = [getattr(config.salesforce, name) for name in type(config.salesforce).model_fields]
     return [v.reveal() for v in values if isinstance(v, Secret)]
 
 
