@@ -42,8 +42,10 @@ def secrets_of(config: Config) -> list[str]:
     return [v.reveal() for v in values if isinstance(v, Secret)]
 
 
-def load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
+def load(args: argparse.Namespace, *, secrets: bool = True) -> Config:
+    """The config; ``secrets=False`` for commands that never talk to Salesforce, so that
+    they work where the Salesforce secret is not available (see ``load_config``)."""
+    config = load_config(args.config, secrets=secrets)
     configure_logging(config.logging.format, config.logging.level, secrets=secrets_of(config))
     return config
 
@@ -119,7 +121,7 @@ def _open_store(config: Config) -> Any:
 def cmd_status(args: argparse.Namespace) -> int:
     from crm_export.runtime import stream_plan
 
-    config = load(args)
+    config = load(args, secrets=False)
     with _open_store(config) as store:
         overview = {o["stream"]: o for o in store.stream_overview()}
         report = []
@@ -204,7 +206,7 @@ ERROR_COLUMNS = [
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
-    config = load(args)
+    config = load(args, secrets=False)
     if args.sql:
         print(report_mod.operator_queries(config.database.url), end="")
         return EXIT_OK
@@ -229,7 +231,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     from crm_export import migrate
 
-    config = load(args)
+    config = load(args, secrets=False)
     url = config.database.url
     if args.db_command == "upgrade":
         if args.sql:

@@ -37,6 +37,7 @@ class LoadContext:
 
     path: Path  # the config file: relative paths in it resolve next to it
     environ: Mapping[str, str]  # where *_env secrets are looked up
+    secrets: bool  # False: check the secret keys, but neither require nor read the values
     sandbox: bool  # [sandbox] enabled: it brings its own Salesforce credentials
 
     @property

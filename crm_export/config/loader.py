@@ -41,17 +41,27 @@ def resolve_config_path(
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: bool = True,
 ) -> Config:
     """Read and validate the config file; raise ``ConfigError`` listing every problem found.
 
     ``environ`` (default ``os.environ``) is where ``*_env`` secrets and ``CRM_EXPORT_CONFIG``
     are looked up. Loading reads files and never writes anything.
+
+    ``secrets=False`` is for commands that never talk to Salesforce (status, errors, db):
+    the secret keys are still checked (a valid variable name, one of ``*_env`` and
+    ``*_file``, used by the auth mode), but the variable or file need not exist and is not
+    read, so the secret fields are None. An operator without the secret can run them.
     """
     env = os.environ if environ is None else environ
     config_path = resolve_config_path(path, env)
     document = _read_toml(config_path, from_env=path is None)
-    context = LoadContext(path=config_path, environ=env, sandbox=_sandbox_enabled(document))
+    context = LoadContext(
+        path=config_path, environ=env, secrets=secrets, sandbox=_sandbox_enabled(document)
+    )
     try:
         return Config.model_validate(document, context=context)
     except ValidationError as exc:

@@ -196,7 +196,7 @@ def _secret_from_env_or_file(value: object, info: ValidationInfo) -> Secret | No
     where = keys.where(problems, None if context is None else context.base)
     problems.raise_if_any()
     # Read only what the auth mode uses: any other secret key was reported just above.
-    if where is None or context is None or _checked_auth(info) is None:
+    if where is None or context is None or not context.secrets or _checked_auth(info) is None:
         return None
     return keys.read(where, context.environ)
 
