@@ -246,6 +246,17 @@ def test_postgresql_with_psycopg_is_accepted_and_other_drivers_are_not(tmp_path:
     ]
 
 
+def test_a_sqlite_file_path_may_hold_a_space_but_a_url_may_not_end_with_one(
+    tmp_path: Path,
+) -> None:
+    url = "sqlite:////var/lib/crm export/state.db"
+    good = f'[database]\nurl = "{url}"\n' + MINIMAL
+    assert load_config(write(tmp_path, good), ENV).database.url == url
+    assert problems_of(write(tmp_path, good.replace('state.db"', 'state.db "'))) == [
+        "database.url: must not contain whitespace or control characters: a space at the end"
+    ]
+
+
 # Several problems at once --------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import unicodedata
 import zoneinfo
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -86,6 +87,27 @@ def _not_blank(value: str) -> str:
 
 
 NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+_CHARACTER_NAMES: Final = {" ": "a space", "\t": "a tab", "\n": "a newline", "\r": "a return"}
+
+
+def _no_invisible_characters(url: str, *, inner_spaces: bool = False) -> None:
+    """Refuse whitespace and control characters, naming the first without quoting the URL.
+
+    A trailing space or newline passes for a URL everywhere but fails at the first request
+    (requests raises InvalidURL), long after the config was read.
+    """
+    for i, c in enumerate(url):
+        if c == " " and inner_spaces and 0 < i < len(url) - 1:
+            continue
+        if c.isspace() or unicodedata.category(c).startswith("C"):
+            what = _CHARACTER_NAMES.get(c, f"character U+{ord(c):04X}")
+            at = "the end" if i == len(url) - 1 else "the start" if i == 0 else f"position {i + 1}"
+            raise problem(
+                "url_whitespace",
+                f"must not contain whitespace or control characters: {what} at {at}",
+            )
+
 
 # Names --------------------------------------------------------------------------------------
 
@@ -329,6 +351,7 @@ ReadOnlyQuery = Annotated[NonBlank, AfterValidator(_read_only_query)]
 def _https_url(raw: str) -> str:
     from urllib.parse import urlsplit
 
+    _no_invisible_characters(raw)
     try:
         parts = urlsplit(raw)
         _ = parts.port  # raises ValueError on a bad port
@@ -369,6 +392,9 @@ def _database_url(raw: str, info: ValidationInfo) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    # A space inside a SQLite path is part of a file name (SQLAlchemy 2.0 does not decode %20
+    # there, so it cannot be written otherwise); anywhere else it is a mistake.
+    _no_invisible_characters(raw, inner_spaces=raw.startswith("sqlite"))
     example = "e.g. sqlite:///crm_export.db or postgresql+psycopg://user@host/dbname"
     try:
         url = make_url(raw)
