@@ -8,6 +8,7 @@ path in front. Checks never quote a value that may hold a password (database URL
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import os
 import re
 import unicodedata
@@ -418,9 +419,23 @@ def _database_url(raw: str, info: ValidationInfo) -> str:
         context = context_of(info)
         return raw if context is None else _absolute_sqlite_url(url, raw, context.base)
     if backend == "postgresql" and driver == "psycopg":
+        if not _psycopg_installed():
+            # Else the first connection raises ModuleNotFoundError, as a traceback.
+            raise problem(
+                "postgres_driver_missing",
+                "PostgreSQL needs the psycopg driver, which is not installed: "
+                "pip install 'crm-export[postgres]'",
+            )
         return raw
     scheme = "sqlite:///" if backend == "sqlite" else "postgresql+psycopg://"
     raise problem("database_driver", f"unsupported driver {driver!r}: write {scheme}...")
+
+
+def _psycopg_installed() -> bool:
+    try:
+        return importlib.util.find_spec("psycopg") is not None
+    except (ImportError, ValueError):  # an import hook refused it, or a broken install
+        return False
 
 
 def _absolute_sqlite_url(url: URL, raw: str, base: Path) -> str:
