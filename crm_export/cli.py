@@ -37,14 +37,14 @@ def _config_option(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def secrets_of(config: Config) -> list[str]:
-    values = [
-        getattr(config.salesforce, f.name) for f in config.salesforce.__dataclass_fields__.values()
-    ]
+    values = [getattr(config.salesforce, name) for name in type(config.salesforce).model_fields]
     return [v.reveal() for v in values if isinstance(v, Secret)]
 
 
-def load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
+def load(args: argparse.Namespace, *, secrets: bool = True) -> Config:
+    """The config; ``secrets=False`` for commands that never talk to Salesforce, so that
+    they work where the Salesforce secret is not available (see ``load_config``)."""
+    config = load_config(args.config, secrets=secrets)
     configure_logging(config.logging.format, config.logging.level, secrets=secrets_of(config))
     return config
 
@@ -118,7 +118,7 @@ def _open_store(config: Config) -> Any:
 def cmd_status(args: argparse.Namespace) -> int:
     from crm_export.runtime import stream_plan
 
-    config = load(args)
+    config = load(args, secrets=False)
     with _open_store(config) as store:
         overview = {o["stream"]: o for o in store.stream_overview()}
         report = []
@@ -203,7 +203,7 @@ ERROR_COLUMNS = [
 
 
 def cmd_errors(args: argparse.Namespace) -> int:
-    config = load(args)
+    config = load(args, secrets=False)
     if args.sql:
         print(report_mod.operator_queries(config.database.url), end="")
         return EXIT_OK
@@ -231,7 +231,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     from crm_export.store import migrations as migrate
 
-    config = load(args)
+    config = load(args, secrets=False)
     url = config.database.url
     if args.db_command == "upgrade":
         if args.sql:

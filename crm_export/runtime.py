@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
@@ -114,15 +114,16 @@ def embedded_sandbox(config: Config) -> Iterator[Config]:
     server.start()
     try:
         handle = SandboxHandle(server)
-        salesforce = replace(
-            config.salesforce,
-            login_url=handle.base_url,
-            auth="client_credentials",
-            client_id=handle.client_id,
-            client_secret=Secret(handle.client_secret, "the embedded sandbox org"),
-            ca_bundle=Path(handle.ca_path),
+        salesforce = config.salesforce.model_copy(
+            update={
+                "login_url": handle.base_url,
+                "auth": "client_credentials",
+                "client_id": handle.client_id,
+                "client_secret": Secret(handle.client_secret, "the embedded sandbox org"),
+                "ca_bundle": Path(handle.ca_path),
+            }
         )
-        yield replace(config, salesforce=salesforce)
+        yield config.model_copy(update={"salesforce": salesforce})
     finally:
         server.stop()
 

@@ -246,6 +246,17 @@ def test_postgresql_with_psycopg_is_accepted_and_other_drivers_are_not(tmp_path:
     ]
 
 
+def test_a_sqlite_file_path_may_hold_a_space_but_a_url_may_not_end_with_one(
+    tmp_path: Path,
+) -> None:
+    url = "sqlite:////var/lib/crm export/state.db"
+    good = f'[database]\nurl = "{url}"\n' + MINIMAL
+    assert load_config(write(tmp_path, good), ENV).database.url == url
+    assert problems_of(write(tmp_path, good.replace('state.db"', 'state.db "'))) == [
+        "database.url: must not contain whitespace or control characters: a space at the end"
+    ]
+
+
 # Several problems at once --------------------------------------------------------------------
 
 
@@ -320,6 +331,56 @@ def test_a_database_password_is_masked_in_the_config_repr(tmp_path: Path) -> Non
     assert config.database.url == url  # still there to connect with
     assert PLANTED not in repr(config)
     assert "postgresql+psycopg://crm:***@db.internal/crm" in repr(config)
+
+
+# Loading without the secrets (status, errors, db) --------------------------------------------
+
+# The mistakes that lie in the secret's value, not in the file: without secrets they are not
+# looked at, because the variable or file is not read at all.
+SECRET_VALUE_MISTAKES = ("secret_env_not_set", "secret_file_missing", "jwt_certificate_not_key")
+# The mistakes in the secret keys themselves: reported with or without secrets.
+SECRET_KEY_MISTAKES = (
+    "secret_value_in_env_key",
+    "secret_env_and_file",
+    "inline_secret",
+    "missing_credential_for_mode",
+    "credential_unused_by_mode",
+)
+
+
+@pytest.mark.parametrize("mistake", SECRET_VALUE_MISTAKES)
+def test_without_secrets_the_secret_is_neither_required_nor_read(mistake: str) -> None:
+    path = BAD_DIR / f"{mistake}.toml"
+
+    config = load_config(path, {}, secrets=False)
+
+    sf = config.salesforce
+    assert (sf.client_secret, sf.password, sf.private_key, sf.session_id) == (None,) * 4
+    with pytest.raises(ConfigError):  # the same file, when the command needs the secret
+        load_config(path, {})
+
+
+@pytest.mark.parametrize("mistake", SECRET_KEY_MISTAKES)
+def test_without_secrets_the_secret_keys_are_still_checked(mistake: str) -> None:
+    path = BAD_DIR / f"{mistake}.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ENV, secrets=False)
+    for text in _expected_lines(path):
+        assert any(text in problem for problem in caught.value.problems), text
+    assert PLANTED not in str(caught.value)
+
+
+def test_without_secrets_a_secret_of_another_auth_mode_is_still_an_error(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        'client_secret_env = "SF_CLIENT_SECRET"',
+        'client_secret_env = "SF_CLIENT_SECRET"\nsession_id_file = "/run/secrets/sf_session"',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), {}, secrets=False)
+    assert caught.value.problems == [
+        'salesforce.session_id_file: not used with auth = "client_credentials"; remove it, '
+        'or set auth = "session" if that is the flow you meant'
+    ]
 
 
 # Where the file is, and what paths in it mean ------------------------------------------------
