@@ -54,6 +54,7 @@ from crm_export.config.checks import (
     zone_of,
 )
 from crm_export.config.secret import EnvOrFile, Secret, SecretKeys, usable_private_key
+from crm_export.store.urls import redact_url
 
 AuthMode = Literal["client_credentials", "password", "jwt", "session"]
 LogFormat = Literal["auto", "json", "console"]
@@ -69,24 +70,6 @@ MAX_BATCH_SIZE: Final = 200
 MAX_TIMEOUT_SECONDS: Final = 600
 
 Seconds = Annotated[float, Field(gt=0)]
-
-
-def _redact_database_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for reprs.
-
-    crm_export.store owns database URLs and their one redaction function; this private
-    copy serves the config's reprs only, and goes when the config imports the store's.
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return "<unparsable URL>"
-    if "password" in parsed.query:  # libpq also takes ?password=
-        parsed = parsed.update_query_dict({"password": "***"})
-    return parsed.render_as_string(hide_password=True)
 
 
 class _Section(BaseModel):
@@ -110,7 +93,7 @@ class _Section(BaseModel):
         }
         for name, value in super().__repr_args__():
             if name in redacted and isinstance(value, str):
-                value = _redact_database_url(value)
+                value = redact_url(value)
             yield name, value
 
 
