@@ -8,6 +8,7 @@ decides the record's errors (validation rules report every rule that fired).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -107,6 +108,13 @@ class ByExternalId:
     value: Any
 
 
+def json_text(value: Any) -> str:
+    """A JSON value as Salesforce prints it in a message: ``true``, ``null``, never a repr."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def sf_datetime(moment: datetime | None = None) -> str:
     moment = moment or datetime.now(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
@@ -174,7 +182,7 @@ def coerce(fdef: FieldDef, value: Any) -> tuple[Any, RecordError | None]:
         return value, None
     wrong_type = RecordError(
         "INVALID_TYPE_ON_FIELD_IN_RECORD",
-        f"{fdef.label}: value not of required type: {value}",
+        f"{fdef.label}: value not of required type: {json_text(value)}",
         (fdef.name,),
     )
     ftype = fdef.type
@@ -309,13 +317,14 @@ class Saver:
                 matches = self.find_matches(match_field, match_value)
                 if len(matches) > 1:
                     ids = tuple(str(m["Id"]) for m in matches)
+                    # Salesforce names the field by its label and lists the ids as Java does.
                     return SaveResult(
                         False,
                         errors=(
                             RecordError(
                                 "DUPLICATE_EXTERNAL_ID",
-                                f"{match_field.name}: more than one record found for external "
-                                f"id field: {list(ids)}",
+                                f"{match_field.label}: more than one record found for external "
+                                f"id field: [{', '.join(ids)}]",
                                 (match_field.name,),
                             ),
                         ),

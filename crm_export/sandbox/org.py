@@ -17,7 +17,7 @@ from typing import Any
 
 from crm_export.sandbox import DEFAULT_ORG_PATH
 from crm_export.sandbox.ids import make_id
-from crm_export.sandbox.predicates import Predicate, PredicateError, compile_predicate
+from crm_export.sandbox.predicates import Predicate, PredicateError, compile_predicate, shown
 
 TEXT_TYPES = frozenset(
     {"string", "textarea", "email", "phone", "url", "picklist", "multipicklist", "combobox"}
@@ -282,9 +282,9 @@ def parse_org(data: Mapping[str, Any]) -> OrgModel:
             problems.append(f"{where}.client_secret: required (a string)")
         run_as = spec.get("run_as")
         if run_as is not None and not any(u.lower() == str(run_as).lower() for u in users):
-            problems.append(f"{where}.run_as: no user {run_as!r} in [users]")
+            problems.append(f"{where}.run_as: no user {shown(run_as)} in [users]")
         if "jwt_key_file" in spec:
-            problems.append(f"{where}.jwt_key_file: cannot read {spec['jwt_key_file']!r}")
+            problems.append(f"{where}.jwt_key_file: cannot read {shown(spec['jwt_key_file'])}")
         key_pem = spec.get("jwt_public_key") or spec.get("jwt_certificate")
         clients[client_id] = ClientApp(
             client_id=client_id,
@@ -303,11 +303,11 @@ def parse_org(data: Mapping[str, Any]) -> OrgModel:
             if fdef.type == "reference" and fdef.reference_to not in objects:
                 problems.append(
                     f"objects.{obj.name}.fields.{fdef.name}.reference_to: "
-                    f"no object {fdef.reference_to!r}"
+                    f"no object {shown(fdef.reference_to)}"
                 )
     prefixes = [o.key_prefix for o in objects.values()]
     for prefix in {p for p in prefixes if prefixes.count(p) > 1}:
-        problems.append(f"objects: key_prefix {prefix!r} is used by more than one object")
+        problems.append(f"objects: key_prefix {shown(prefix)} is used by more than one object")
 
     if problems:
         raise OrgError(problems)
@@ -327,7 +327,7 @@ def _parse_object(
     )
     key_prefix = spec.get("key_prefix") or STANDARD_PREFIXES.get(obj_name) or next(custom_prefixes)
     if not (isinstance(key_prefix, str) and re.fullmatch(r"[0-9A-Za-z]{3}", key_prefix)):
-        problems.append(f"{where}.key_prefix: must be 3 letters or digits, got {key_prefix!r}")
+        problems.append(f"{where}.key_prefix: must be 3 letters or digits, got {shown(key_prefix)}")
         key_prefix = "a99"
     label = str(spec.get("label", default_label(obj_name)))
 
@@ -364,7 +364,7 @@ def _parse_object(
         predicate = _predicate(rule_spec.get("when"), resolve, f"{rwhere}.when", problems)
         error_field = rule_spec.get("error_field")
         if error_field is not None and resolve(str(error_field)) is None:
-            problems.append(f"{rwhere}.error_field: no field {error_field!r}")
+            problems.append(f"{rwhere}.error_field: no field {shown(error_field)}")
         if not isinstance(rule_spec.get("error_message"), str):
             problems.append(f"{rwhere}.error_message: required (a string)")
         rules.append(
@@ -392,7 +392,7 @@ def _parse_object(
             events = ["insert", "update"]
         timing = trigger_spec.get("timing", "before")
         if timing not in {"before", "after"}:
-            problems.append(f"{twhere}.timing: 'before' or 'after', got {timing!r}")
+            problems.append(f"{twhere}.timing: 'before' or 'after', got {shown(timing)}")
         triggers.append(
             Trigger(
                 name=trigger_name,

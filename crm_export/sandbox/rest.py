@@ -25,6 +25,7 @@ from crm_export.sandbox.dml import (
     Saver,
     SaveResult,
     failure,
+    json_text,
     not_found,
     parse_payload,
 )
@@ -304,7 +305,8 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
             raise RequestError(
                 400,
                 "INVALID_TYPE",
-                f"Record type {record_type} does not match the type {sobj.name} of the request",
+                f"Record type {json_text(record_type)} does not match the type {sobj.name} of "
+                "the request",
             )
         parsed.append(parse_payload(org, sobj, record))
 
@@ -331,7 +333,9 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
         for values, key, match_value, raw in zip(parsed, keys, match_values, records, strict=True):
             if key in repeated:
                 result = failure(
-                    "DUPLICATE_VALUE", f"Duplicate external id specified: {match_value}"
+                    "DUPLICATE_VALUE",
+                    f"Duplicate external id specified: {json_text(match_value)}",
+                    fdef.name,
                 )
             else:
                 result = saver.save(

@@ -72,7 +72,7 @@ def _tokenize(soql: str) -> list[_Tok]:
     while pos < len(soql):
         match = _TOKEN_RE.match(soql, pos)
         if match is None or match.end() == pos:
-            raise malformed(f"unexpected token at position {pos}: {soql[pos : pos + 20]!r}")
+            raise malformed(f"unexpected token: '{soql[pos : pos + 20].strip()}'")
         kind = match.lastgroup or ""
         text = match.group(kind)
         if kind == "word" and text.lower() in _KEYWORDS:
