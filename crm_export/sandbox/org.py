@@ -8,6 +8,7 @@ See docs/sandbox.md for the format.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ STANDARD_PREFIXES = {
     "Lead": "00Q",
     "Case": "500",
     "Campaign": "701",
+    "Task": "00T",
 }
 # Fields every object has; the integration user can read them but never write them.
 SYSTEM_FIELDS = ("Id", "CreatedDate", "LastModifiedDate", "SystemModstamp")
@@ -84,11 +86,20 @@ class FieldDef:
     case_sensitive: bool = False
     createable: bool = True
     updateable: bool = True
-    reference_to: str | None = None
+    # The objects a lookup may point to: one, or several for a polymorphic one (Task.WhoId).
+    reference_to: tuple[str, ...] = ()
     relationship_name: str | None = None
     values: tuple[str, ...] = ()
     restricted: bool = False
     default: Any = None
+    # Can identify a record in an upsert besides Id and external ids (User.Username).
+    id_lookup: bool = False
+    # Deleting the parent deletes the records that point to it (Account -> Contacts).
+    cascade_delete: bool = False
+
+    @property
+    def polymorphic(self) -> bool:
+        return len(self.reference_to) > 1
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,11 @@ class SObjectDef:
     fields: dict[str, FieldDef]
     validation_rules: tuple[ValidationRule, ...] = ()
     triggers: tuple[Trigger, ...] = ()
+    # What the integration user may do with the object's records (the system objects are
+    # read-only for it).
+    createable: bool = True
+    updateable: bool = True
+    deletable: bool = True
     _by_lower: dict[str, str] = field(default_factory=dict, repr=False)
     _relationships: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -165,6 +181,27 @@ class OrgModel:
                 return obj
         return None
 
+    def system_records(self, sobject: str) -> list[dict[str, Any]]:
+        """The records the org itself holds: its Organization row and one User per user."""
+        if sobject == "Organization":
+            return [
+                {
+                    "Id": self.org_id,
+                    "Name": self.name,
+                    "OrganizationType": "Developer Edition",
+                    "IsSandbox": True,
+                    "InstanceName": "SB0",
+                    "NamespacePrefix": None,
+                    "TrialExpirationDate": None,
+                    "LanguageLocaleKey": "en_US",
+                    "TimeZoneSidKey": "GMT",
+                    **_SYSTEM_STAMPS,
+                }
+            ]
+        if sobject == "User":
+            return [_user_record(user) for user in self.users.values()]
+        return []
+
     @property
     def default_client(self) -> ClientApp | None:
         return next(iter(self.clients.values()), None)
@@ -172,6 +209,69 @@ class OrgModel:
     @property
     def default_user(self) -> User | None:
         return next(iter(self.users.values()), None)
+
+
+_SYSTEM_STAMPS = {
+    "CreatedDate": "2026-01-01T00:00:00.000+0000",
+    "LastModifiedDate": "2026-01-01T00:00:00.000+0000",
+    "SystemModstamp": "2026-01-01T00:00:00.000+0000",
+}
+
+
+def _user_record(user: User) -> dict[str, Any]:
+    local = user.username.partition("@")[0]
+    last_name = re.sub(r"[^0-9A-Za-z]+", " ", local).strip().title() or user.username
+    return {
+        "Id": user.user_id,
+        "Username": user.username,
+        "LastName": last_name,
+        "FirstName": None,
+        "Name": last_name,
+        "Alias": local[:8],
+        "Email": user.username,
+        "IsActive": True,
+        "UserType": "Standard",
+        "TimeZoneSidKey": "GMT",
+        "LanguageLocaleKey": "en_US",
+        **_SYSTEM_STAMPS,
+    }
+
+
+# Every org has these; their records come from [org] and [users], and the integration user
+# can read them but not change them. Shaped like Salesforce's own (a subset of the fields).
+SYSTEM_OBJECTS: dict[str, dict[str, Any]] = {
+    "Organization": {
+        "label_plural": "Organizations",
+        "key_prefix": "00D",
+        "fields": {
+            "Name": {"type": "string", "length": 80, "required": True},
+            "OrganizationType": {"type": "picklist", "label": "Edition"},
+            "IsSandbox": {"type": "boolean"},
+            "InstanceName": {"type": "string", "length": 5},
+            "NamespacePrefix": {"type": "string", "length": 15},
+            "TrialExpirationDate": {"type": "datetime"},
+            "LanguageLocaleKey": {"type": "picklist", "label": "Locale"},
+            "TimeZoneSidKey": {"type": "picklist", "label": "Default Time Zone"},
+        },
+    },
+    "User": {
+        "key_prefix": "005",
+        "fields": {
+            "Username": {"type": "string", "length": 80, "required": True, "unique": True},
+            "LastName": {"type": "string", "length": 80, "required": True},
+            "FirstName": {"type": "string", "length": 40},
+            "Name": {"type": "string", "label": "Full Name", "length": 121},
+            "Alias": {"type": "string", "length": 8, "required": True},
+            "Email": {"type": "email", "length": 128, "required": True},
+            "IsActive": {"type": "boolean", "label": "Active"},
+            "UserType": {"type": "picklist", "label": "User Type"},
+            "TimeZoneSidKey": {"type": "picklist", "label": "Time Zone"},
+            "LanguageLocaleKey": {"type": "picklist", "label": "Language"},
+        },
+    },
+}
+_READ_ONLY_FIELDS = {"Organization": {"Name"}, "User": {"Name", "UserType"}}
+_ID_LOOKUP_FIELDS = {"User": {"Username", "Email"}}
 
 
 def default_label(name: str) -> str:
@@ -297,14 +397,22 @@ def parse_org(data: Mapping[str, Any]) -> OrgModel:
     object_specs = _table(raw.get("objects", {}), "objects", problems)
     custom_prefixes = (f"a{i:02d}" for i in range(100))
     for obj_name, spec in object_specs.items():
+        if obj_name in SYSTEM_OBJECTS:
+            problems.append(f"objects.{obj_name}: a system object; it cannot be defined")
+            continue
         objects[obj_name] = _parse_object(obj_name, spec, custom_prefixes, problems)
+    for obj_name, spec in SYSTEM_OBJECTS.items():
+        objects[obj_name] = _system_object(
+            _parse_object(obj_name, copy.deepcopy(spec), custom_prefixes, problems)
+        )
     for obj in objects.values():
         for fdef in obj.fields.values():
-            if fdef.type == "reference" and fdef.reference_to not in objects:
-                problems.append(
-                    f"objects.{obj.name}.fields.{fdef.name}.reference_to: "
-                    f"no object {shown(fdef.reference_to)}"
-                )
+            for target in fdef.reference_to:
+                if target not in objects:
+                    problems.append(
+                        f"objects.{obj.name}.fields.{fdef.name}.reference_to: "
+                        f"no object {shown(target)}"
+                    )
     prefixes = [o.key_prefix for o in objects.values()]
     for prefix in {p for p in prefixes if prefixes.count(p) > 1}:
         problems.append(f"objects: key_prefix {shown(prefix)} is used by more than one object")
@@ -312,6 +420,23 @@ def parse_org(data: Mapping[str, Any]) -> OrgModel:
     if problems:
         raise OrgError(problems)
     return OrgModel(name, org_id, clients, users, objects, raw)
+
+
+def _system_object(sobj: SObjectDef) -> SObjectDef:
+    read_only = _READ_ONLY_FIELDS.get(sobj.name, set())
+    lookups = _ID_LOOKUP_FIELDS.get(sobj.name, set())
+    fields = {
+        name: dataclasses.replace(
+            fdef,
+            createable=fdef.createable and name not in read_only,
+            updateable=fdef.updateable and name not in read_only,
+            id_lookup=name in lookups,
+        )
+        for name, fdef in sobj.fields.items()
+    }
+    return dataclasses.replace(
+        sobj, fields=fields, createable=False, updateable=False, deletable=False
+    )
 
 
 def _parse_object(
@@ -437,6 +562,8 @@ _FIELD_KEYS = {
     "values",
     "restricted",
     "default",
+    "id_lookup",
+    "cascade_delete",
 }
 
 
@@ -458,9 +585,17 @@ def _parse_field(name: str, spec: Any, where: str, problems: list[str]) -> Field
         length = None
     reference_to = spec.get("reference_to")
     relationship_name = spec.get("relationship_name")
+    targets: tuple[str, ...] = ()
+    if isinstance(reference_to, str):
+        targets = (reference_to,)
+    elif isinstance(reference_to, list) and all(isinstance(t, str) for t in reference_to):
+        targets = tuple(reference_to)
     if ftype == "reference":
-        if not isinstance(reference_to, str):
-            problems.append(f"{where}.reference_to: required for a reference field")
+        if not targets:
+            problems.append(
+                f"{where}.reference_to: required for a reference field "
+                "(an object name, or a list of them for a polymorphic lookup)"
+            )
         if relationship_name is None:
             # AccountId → Account, Parent_Account__c → Parent_Account__r, as in Salesforce.
             if name.endswith("__c"):
@@ -473,6 +608,8 @@ def _parse_field(name: str, spec: Any, where: str, problems: list[str]) -> Field
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         problems.append(f"{where}.values: a list of strings")
         values = []
+    if spec.get("cascade_delete") and ftype != "reference":
+        problems.append(f"{where}.cascade_delete: only reference fields cascade")
     if spec.get("restricted") and ftype not in {"picklist", "multipicklist"}:
         problems.append(f"{where}.restricted: only picklists can be restricted")
     flags = {}
@@ -484,6 +621,8 @@ def _parse_field(name: str, spec: Any, where: str, problems: list[str]) -> Field
         "createable",
         "updateable",
         "restricted",
+        "id_lookup",
+        "cascade_delete",
     ):
         value = spec.get(flag)
         if value is not None and not isinstance(value, bool):
@@ -494,7 +633,7 @@ def _parse_field(name: str, spec: Any, where: str, problems: list[str]) -> Field
         type=str(ftype),
         label=str(spec.get("label", default_label(name))),
         length=length,
-        reference_to=str(reference_to) if reference_to else None,
+        reference_to=targets if ftype == "reference" else (),
         relationship_name=str(relationship_name) if relationship_name else None,
         values=tuple(values),
         default=spec.get("default"),

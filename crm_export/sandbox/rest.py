@@ -19,6 +19,7 @@ from crm_export.sandbox.auth import (
     soap_user,
     token_response,
 )
+from crm_export.sandbox.describe import describe_object, object_summary
 from crm_export.sandbox.dml import (
     ROLLED_BACK,
     RequestError,
@@ -27,11 +28,12 @@ from crm_export.sandbox.dml import (
     failure,
     json_text,
     not_found,
-    parse_payload,
 )
 from crm_export.sandbox.org import FieldDef, SObjectDef
+from crm_export.sandbox.payload import parse_payload
 from crm_export.sandbox.soql import run_query
 from crm_export.sandbox.state import SandboxState
+from crm_export.sandbox.storage import Transaction
 
 JSON_TYPE = "application/json;charset=UTF-8"
 MAX_COLLECTION_RECORDS = 200
@@ -145,61 +147,13 @@ def describe_global(call: Call) -> Response:
         {
             "encoding": "UTF-8",
             "maxBatchSize": 200,
-            "sobjects": [_object_summary(o, call.version) for o in call.state.org.objects.values()],
+            "sobjects": [object_summary(o, call.version) for o in call.state.org.objects.values()],
         }
     )
 
 
-def _object_summary(sobj: SObjectDef, version: str) -> dict[str, Any]:
-    base = f"/services/data/v{version}/sobjects/{sobj.name}"
-    return {
-        "name": sobj.name,
-        "label": sobj.label,
-        "labelPlural": sobj.label_plural,
-        "keyPrefix": sobj.key_prefix,
-        "custom": sobj.custom,
-        "createable": True,
-        "updateable": True,
-        "deletable": True,
-        "queryable": True,
-        "urls": {"sobject": base, "describe": f"{base}/describe", "rowTemplate": f"{base}/{{ID}}"},
-    }
-
-
 def describe(call: Call, sobject: str) -> Response:
-    sobj = _sobject(call, sobject)
-    fields = []
-    for fdef in sobj.fields.values():
-        fields.append(
-            {
-                "name": fdef.name,
-                "label": fdef.label,
-                "type": fdef.type,
-                "length": fdef.length or 0,
-                "nillable": not fdef.required and fdef.type not in {"id", "boolean"},
-                "createable": fdef.createable,
-                "updateable": fdef.updateable,
-                "externalId": fdef.external_id,
-                "unique": fdef.unique,
-                "caseSensitive": fdef.case_sensitive,
-                "custom": fdef.name.endswith("__c"),
-                "defaultedOnCreate": fdef.default is not None or fdef.type == "boolean",
-                "referenceTo": [fdef.reference_to] if fdef.reference_to else [],
-                "relationshipName": fdef.relationship_name,
-                "restrictedPicklist": fdef.restricted,
-                "picklistValues": [
-                    {
-                        "active": True,
-                        "defaultValue": False,
-                        "label": v,
-                        "validFor": None,
-                        "value": v,
-                    }
-                    for v in fdef.values
-                ],
-            }
-        )
-    return json_response({**_object_summary(sobj, call.version), "fields": fields})
+    return json_response(describe_object(call.state.org, _sobject(call, sobject), call.version))
 
 
 def query(call: Call) -> Response:
@@ -253,7 +207,7 @@ def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
             f"The value of {fdef.name} in the body does not match the URL",
         )
     with state.store.transaction() as tx:
-        saver = Saver(org, sobj, tx, state.faults if _lock_faults(call) else None)
+        saver = _saver(call, sobj, tx)
         result = saver.save(values, operation="upsert", match_field=fdef, match_value=value)
         state.log_result(
             tx,
@@ -275,6 +229,12 @@ def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
 
 def _lock_faults(call: Call) -> bool:
     return call.state.faults.applies_to(call.request.path)
+
+
+def _saver(call: Call, sobj: SObjectDef, tx: Transaction) -> Saver:
+    faults = call.state.faults if _lock_faults(call) else None
+    # Salesforce reports a parent that is not found as INVALID_FIELD (docs/sandbox.md).
+    return Saver(call.state.org, sobj, tx, faults, missing_parent_code="INVALID_FIELD")
 
 
 def composite_upsert(call: Call, sobject: str, field: str) -> Response:
@@ -316,7 +276,7 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
     results: list[SaveResult] = []
     match_values = [values.pop(fdef.name, None) for values in parsed]
     with state.store.transaction() as tx:
-        saver = Saver(org, sobj, tx, state.faults if _lock_faults(call) else None)
+        saver = _saver(call, sobj, tx)
 
         def log(result: SaveResult, match_value: Any, raw: Any) -> None:
             state.log_result(
