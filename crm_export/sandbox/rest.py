@@ -29,9 +29,13 @@ from crm_export.sandbox.dml import (
     json_text,
     not_found,
 )
+from crm_export.sandbox.identity import identity as identity_of
+from crm_export.sandbox.identity import userinfo as userinfo_of
+from crm_export.sandbox.identity import version_resources as version_resources_of
+from crm_export.sandbox.ids import to_18
 from crm_export.sandbox.org import FieldDef, SObjectDef
 from crm_export.sandbox.payload import parse_payload
-from crm_export.sandbox.soql import run_query
+from crm_export.sandbox.soql import column_metadata, run_query
 from crm_export.sandbox.state import SandboxState
 from crm_export.sandbox.storage import Transaction
 
@@ -58,7 +62,7 @@ class Call:
             raise RequestError(400, "JSON_PARSER_ERROR", str(exc)) from exc
 
 
-def _sobject(call: Call, name: str) -> SObjectDef:
+def sobject_or_404(call: Call, name: str) -> SObjectDef:
     sobj = call.state.org.sobject(name)
     if sobj is None:
         raise not_found()
@@ -152,20 +156,62 @@ def describe_global(call: Call) -> Response:
     )
 
 
+def sobject_info(call: Call, sobject: str) -> Response:
+    """``GET /sobjects/{O}``: the object's summary (the sandbox keeps no recent items)."""
+    sobj = sobject_or_404(call, sobject)
+    return json_response({"objectDescribe": object_summary(sobj, call.version), "recentItems": []})
+
+
 def describe(call: Call, sobject: str) -> Response:
-    return json_response(describe_object(call.state.org, _sobject(call, sobject), call.version))
+    return json_response(
+        describe_object(call.state.org, sobject_or_404(call, sobject), call.version)
+    )
 
 
 def query(call: Call) -> Response:
     soql = call.request.args.get("q")
     if not soql:
         raise RequestError(400, "MALFORMED_QUERY", "The 'q' parameter is required")
+    if call.request.args.get("columns", "").lower() == "true":
+        # What `sf data query` asks for to lay out its table (see soql.column_metadata).
+        return json_response(column_metadata(call.state.org, soql))
     return json_response(run_query(call.state.org, call.state.store, soql, call.version))
 
 
+# ---- who the token is
+
+
+def version_resources(call: Call) -> Response:
+    assert call.token is not None
+    state = call.state
+    return json_response(
+        version_resources_of(state.base_url, state.org, call.token.user_id, call.version)
+    )
+
+
+def identity(call: Call, org_id: str, user_id: str) -> Response:
+    assert call.token is not None
+    state = call.state
+    # A token reads only its own identity; the error codes of Salesforce's Identity URL.
+    if to_18(org_id) != state.org.org_id:
+        return Response("Wrong_Org", 403, content_type="text/plain;charset=UTF-8")
+    if to_18(user_id) != call.token.user_id:
+        return Response("Bad_Id", 404, content_type="text/plain;charset=UTF-8")
+    return json_response(identity_of(state.base_url, state.org, call.token.user_id))
+
+
+def userinfo(call: Call) -> Response:
+    assert call.token is not None
+    state = call.state
+    return json_response(userinfo_of(state.base_url, state.org, call.token.user_id))
+
+
 def get_record(call: Call, sobject: str, record_id: str) -> Response:
-    sobj = _sobject(call, sobject)
-    record = call.state.store.get(sobj.name, record_id)
+    sobj = sobject_or_404(call, sobject)
+    record = call.state.store.get(sobj.name, to_18(record_id)) or next(
+        (r for r in call.state.org.system_records(sobj.name) if r["Id"] == to_18(record_id)),
+        None,
+    )
     if record is None:
         raise not_found()
     return json_response(_with_attributes(sobj, record, call.version))
@@ -177,7 +223,7 @@ def _with_attributes(sobj: SObjectDef, record: dict[str, Any], version: str) -> 
 
 
 def get_by_external_id(call: Call, sobject: str, field: str, value: str) -> Response:
-    sobj = _sobject(call, sobject)
+    sobj = sobject_or_404(call, sobject)
     fdef = _external_id_field(sobj, field)
     found = call.state.store.find(sobj.name, fdef.name, value, case_sensitive=fdef.case_sensitive)
     if not found:
@@ -194,7 +240,7 @@ def _record_url(sobj: SObjectDef, record_id: str, version: str) -> str:
 def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
     state = call.state
     org = state.org
-    sobj = _sobject(call, sobject)
+    sobj = sobject_or_404(call, sobject)
     fdef = _external_id_field(sobj, field)
     body = call.json_body()
     if not isinstance(body, dict):
@@ -207,8 +253,10 @@ def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
             f"The value of {fdef.name} in the body does not match the URL",
         )
     with state.store.transaction() as tx:
-        saver = _saver(call, sobj, tx)
-        result = saver.save(values, operation="upsert", match_field=fdef, match_value=value)
+        saver = saver_for(call, sobj, tx)
+        result = read_only_error(sobj, "upsert") or saver.save(
+            values, operation="upsert", match_field=fdef, match_value=value
+        )
         state.log_result(
             tx,
             result,
@@ -227,11 +275,26 @@ def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
     return json_response(result.as_json(), 201 if result.created else 200)
 
 
+def read_only_error(sobj: SObjectDef, operation: str) -> SaveResult | None:
+    """The error for writing an object the integration user may only read (User, ...)."""
+    allowed = {
+        "insert": sobj.createable,
+        "update": sobj.updateable,
+        "upsert": sobj.createable and sobj.updateable,
+    }[operation]
+    if allowed:
+        return None
+    verb = "inserted" if operation != "update" else "updated"
+    return failure(
+        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", f"entity type cannot be {verb}: {sobj.label}"
+    )
+
+
 def _lock_faults(call: Call) -> bool:
     return call.state.faults.applies_to(call.request.path)
 
 
-def _saver(call: Call, sobj: SObjectDef, tx: Transaction) -> Saver:
+def saver_for(call: Call, sobj: SObjectDef, tx: Transaction) -> Saver:
     faults = call.state.faults if _lock_faults(call) else None
     # Salesforce reports a parent that is not found as INVALID_FIELD (docs/sandbox.md).
     return Saver(call.state.org, sobj, tx, faults, missing_parent_code="INVALID_FIELD")
@@ -240,7 +303,7 @@ def _saver(call: Call, sobj: SObjectDef, tx: Transaction) -> Saver:
 def composite_upsert(call: Call, sobject: str, field: str) -> Response:
     state = call.state
     org = state.org
-    sobj = _sobject(call, sobject)
+    sobj = sobject_or_404(call, sobject)
     fdef = _external_id_field(sobj, field)
     body = call.json_body()
     if not isinstance(body, dict) or not isinstance(body.get("records"), list):
@@ -276,7 +339,7 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
     results: list[SaveResult] = []
     match_values = [values.pop(fdef.name, None) for values in parsed]
     with state.store.transaction() as tx:
-        saver = _saver(call, sobj, tx)
+        saver = saver_for(call, sobj, tx)
 
         def log(result: SaveResult, match_value: Any, raw: Any) -> None:
             state.log_result(
@@ -298,7 +361,7 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
                     fdef.name,
                 )
             else:
-                result = saver.save(
+                result = read_only_error(sobj, "upsert") or saver.save(
                     values, operation="upsert", match_field=fdef, match_value=match_value
                 )
             results.append(result)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crm_export.sandbox.dml import RequestError
-from crm_export.sandbox.org import OrgModel, SObjectDef
+from crm_export.sandbox.org import TEXT_TYPES, FieldDef, OrgModel, SObjectDef
 from crm_export.sandbox.storage import Record, RecordStore
 
 _TOKEN_RE = re.compile(
@@ -469,3 +469,70 @@ def _shape(
             out[relationship] = nested
         nested[name] = row.get(path)
     return out
+
+
+_APEX_TYPES = {
+    "id": "Id",
+    "reference": "Id",
+    "boolean": "Boolean",
+    "int": "Integer",
+    "double": "Double",
+    "currency": "Double",
+    "percent": "Double",
+    "date": "Date",
+    "datetime": "Datetime",
+}
+
+
+def column_metadata(org: OrgModel, soql: str) -> dict[str, Any]:
+    """``query?q=...&columns=true``: the columns a query selects, without running it.
+
+    The shape the Salesforce CLI reads (columnName, displayName, aggregate, joinColumns):
+    a relationship column holds its parent's fields in ``joinColumns``.
+    """
+    query = _Parser(org, soql).parse()
+    sobject = query.sobject
+    columns: list[dict[str, Any]] = []
+    joins: dict[str, dict[str, Any]] = {}
+    for path in [] if query.count_only else query.fields:
+        relationship, dot, name = path.partition(".")
+        if not dot:
+            columns.append(_column(sobject.fields[path], path, path))
+            continue
+        ref = sobject.relationship(relationship)
+        parent = joins.get(relationship)
+        if parent is None:
+            parent = {
+                **_column(None, relationship, relationship),
+                "foreignKeyName": ref.name if ref else None,
+            }
+            joins[relationship] = parent
+            columns.append(parent)
+        target = org.sobject(ref.reference_to[0]) if ref and not ref.polymorphic else None
+        fdef = target.field(name) if target else None
+        parent["joinColumns"].append(_column(fdef, name, path))
+    return {
+        "columnMetadata": columns,
+        "entityName": sobject.name,
+        "groupBy": False,
+        "idSelected": "Id" in query.fields,
+        "keyPrefix": sobject.key_prefix,
+    }
+
+
+def _column(fdef: FieldDef | None, name: str, display: str) -> dict[str, Any]:
+    ftype = fdef.type if fdef else None
+    return {
+        "aggregate": False,
+        "apexType": _APEX_TYPES.get(ftype or "", "String") if fdef else None,
+        "booleanType": ftype == "boolean",
+        "columnName": name,
+        "custom": name.endswith("__c") or name.endswith("__r"),
+        "displayName": display,
+        "foreignKeyName": None,
+        "insertable": bool(fdef and fdef.createable),
+        "joinColumns": [],
+        "numberType": ftype in {"int", "double", "currency", "percent"},
+        "textType": ftype in TEXT_TYPES,
+        "updatable": bool(fdef and fdef.updateable),
+    }
