@@ -43,6 +43,12 @@ def test_userinfo_and_the_identity_url_name_the_integration_user(
 def test_organization_and_user_are_queryable_describable_and_read_only(sf: Salesforce) -> None:
     [org] = sf.query("SELECT Id, Name, IsSandbox FROM Organization")["records"]
     assert (org["Id"], org["Name"], org["IsSandbox"]) == (ORG_ID, "crm-export sandbox org", True)
+    # The fields the Salesforce CLI reads about an org it logs in to.
+    cli = sf.query(
+        "SELECT Name, InstanceName, IsSandbox, TrialExpirationDate, NamespacePrefix, "
+        "OrganizationType FROM Organization"
+    )
+    assert cli["records"][0]["TrialExpirationDate"] is None
     users = sf.query("SELECT Id, Username FROM User WHERE Username = 'integration@sandbox.local'")
     assert users["totalSize"] == 1
     user_id = users["records"][0]["Id"]
