@@ -262,8 +262,10 @@ class Saver:
 
     def find_matches(self, match_field: FieldDef, value: Any) -> list[Record]:
         if match_field.name == "Id":
-            record = self.store.get(self.sobj.name, to_18(str(value)))
-            return [record] if record is not None else []
+            record_id = to_18(str(value))
+            record = self.store.get(self.sobj.name, record_id)
+            system = [r for r in self.org.system_records(self.sobj.name) if r["Id"] == record_id]
+            return [record] if record is not None else system
         return self.store.find(
             self.sobj.name, match_field.name, value, case_sensitive=match_field.case_sensitive
         )
@@ -319,6 +321,13 @@ class Saver:
                 existing = matches[0] if matches else None
                 values = {match_field.name: match_value, **values}
         created = existing is None
+        if not (sobj.createable if created else sobj.updateable):
+            # The system objects (User, Organization) are read-only for the integration user.
+            verb = "inserted" if created else "updated"
+            return failure(
+                "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+                f"entity type cannot be {verb}: {sobj.label}",
+            )
 
         faults = self.faults
         if faults is not None and faults.draw("lock_row", faults.config.lock_row_rate):
@@ -450,6 +459,10 @@ class Saver:
         if not looks_like_id(text):
             return failure(
                 "MALFORMED_ID", f"{self.sobj.label} ID: id value of incorrect type: {text}", "Id"
+            )
+        if not self.sobj.deletable:
+            return failure(
+                "INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id"
             )
         existing = self.store.get(self.sobj.name, to_18(text))
         if existing is None:

@@ -20,7 +20,6 @@ from crm_export.sandbox.rest import (
     MAX_COLLECTION_RECORDS,
     Call,
     json_response,
-    read_only_error,
     saver_for,
     sobject_or_404,
 )
@@ -64,9 +63,6 @@ def _insert(
         return failure(
             "INVALID_FIELD_FOR_INSERT_UPDATE", "cannot specify Id in an insert call", "Id"
         )
-    denied = read_only_error(sobj, "insert")
-    if denied is not None:
-        return denied
     saver = savers.setdefault(sobj.name, saver_for(call, sobj, tx))
     return saver.save(values, operation="insert")
 
@@ -76,9 +72,6 @@ def _update(
 ) -> SaveResult:
     values = parse_payload(call.state.org, sobj, record)
     record_id = values.pop("Id", None)
-    denied = read_only_error(sobj, "update")
-    if denied is not None:
-        return denied
     saver = savers.setdefault(sobj.name, saver_for(call, sobj, tx))
     return saver.save(
         values, operation="update", match_field=sobj.fields["Id"], match_value=record_id
@@ -172,10 +165,6 @@ def composite_delete(call: Call) -> Response:
             targets.append(sobj)
             if sobj is None:
                 result = failure("MALFORMED_ID", f"malformed id {record_id}")
-            elif not sobj.deletable:
-                result = failure(
-                    "INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id"
-                )
             else:
                 saver = savers.setdefault(sobj.name, saver_for(call, sobj, tx))
                 result = saver.delete(record_id)

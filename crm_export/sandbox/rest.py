@@ -254,9 +254,7 @@ def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
         )
     with state.store.transaction() as tx:
         saver = saver_for(call, sobj, tx)
-        result = read_only_error(sobj, "upsert") or saver.save(
-            values, operation="upsert", match_field=fdef, match_value=value
-        )
+        result = saver.save(values, operation="upsert", match_field=fdef, match_value=value)
         state.log_result(
             tx,
             result,
@@ -273,21 +271,6 @@ def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
     if not result.success:
         return json_response([e.request_json() for e in result.errors], 400)
     return json_response(result.as_json(), 201 if result.created else 200)
-
-
-def read_only_error(sobj: SObjectDef, operation: str) -> SaveResult | None:
-    """The error for writing an object the integration user may only read (User, ...)."""
-    allowed = {
-        "insert": sobj.createable,
-        "update": sobj.updateable,
-        "upsert": sobj.createable and sobj.updateable,
-    }[operation]
-    if allowed:
-        return None
-    verb = "inserted" if operation != "update" else "updated"
-    return failure(
-        "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", f"entity type cannot be {verb}: {sobj.label}"
-    )
 
 
 def _lock_faults(call: Call) -> bool:
@@ -361,7 +344,7 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
                     fdef.name,
                 )
             else:
-                result = read_only_error(sobj, "upsert") or saver.save(
+                result = saver.save(
                     values, operation="upsert", match_field=fdef, match_value=match_value
                 )
             results.append(result)

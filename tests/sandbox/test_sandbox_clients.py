@@ -72,6 +72,15 @@ def test_organization_and_user_are_queryable_describable_and_read_only(sf: Sales
             "fields": [],
         }
     ]
+    renamed = sf.restful(
+        "composite/sobjects",
+        method="PATCH",
+        json={"records": [{"attributes": {"type": "User"}, "Id": user_id, "LastName": "New"}]},
+    )
+    assert renamed[0]["errors"][0]["message"] == "entity type cannot be updated: User"
+    [gone] = sf.restful("composite/sobjects", method="DELETE", params={"ids": user_id})
+    assert gone["errors"][0]["statusCode"] == "INSUFFICIENT_ACCESS_OR_READONLY"
+    assert sf.query("SELECT LastName FROM User")["records"][0]["LastName"] == "Integration"
 
 
 def test_create_answers_201_and_applies_the_rules(sandbox: SandboxHandle, sf: Salesforce) -> None:
