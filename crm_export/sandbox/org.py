@@ -8,7 +8,6 @@ See docs/sandbox.md for the format.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 from crm_export.sandbox import DEFAULT_ORG_PATH
 from crm_export.sandbox.ids import make_id
 from crm_export.sandbox.predicates import Predicate, PredicateError, compile_predicate, shown
+from crm_export.sandbox.system_objects import SYSTEM_OBJECTS, read_only, system_records
 
 TEXT_TYPES = frozenset(
     {"string", "textarea", "email", "phone", "url", "picklist", "multipicklist", "combobox"}
@@ -183,24 +183,7 @@ class OrgModel:
 
     def system_records(self, sobject: str) -> list[dict[str, Any]]:
         """The records the org itself holds: its Organization row and one User per user."""
-        if sobject == "Organization":
-            return [
-                {
-                    "Id": self.org_id,
-                    "Name": self.name,
-                    "OrganizationType": "Developer Edition",
-                    "IsSandbox": True,
-                    "InstanceName": "SB0",
-                    "NamespacePrefix": None,
-                    "TrialExpirationDate": None,
-                    "LanguageLocaleKey": "en_US",
-                    "TimeZoneSidKey": "GMT",
-                    **_SYSTEM_STAMPS,
-                }
-            ]
-        if sobject == "User":
-            return [_user_record(user) for user in self.users.values()]
-        return []
+        return system_records(self, sobject)
 
     @property
     def default_client(self) -> ClientApp | None:
@@ -209,69 +192,6 @@ class OrgModel:
     @property
     def default_user(self) -> User | None:
         return next(iter(self.users.values()), None)
-
-
-_SYSTEM_STAMPS = {
-    "CreatedDate": "2026-01-01T00:00:00.000+0000",
-    "LastModifiedDate": "2026-01-01T00:00:00.000+0000",
-    "SystemModstamp": "2026-01-01T00:00:00.000+0000",
-}
-
-
-def _user_record(user: User) -> dict[str, Any]:
-    local = user.username.partition("@")[0]
-    last_name = re.sub(r"[^0-9A-Za-z]+", " ", local).strip().title() or user.username
-    return {
-        "Id": user.user_id,
-        "Username": user.username,
-        "LastName": last_name,
-        "FirstName": None,
-        "Name": last_name,
-        "Alias": local[:8],
-        "Email": user.username,
-        "IsActive": True,
-        "UserType": "Standard",
-        "TimeZoneSidKey": "GMT",
-        "LanguageLocaleKey": "en_US",
-        **_SYSTEM_STAMPS,
-    }
-
-
-# Every org has these; their records come from [org] and [users], and the integration user
-# can read them but not change them. Shaped like Salesforce's own (a subset of the fields).
-SYSTEM_OBJECTS: dict[str, dict[str, Any]] = {
-    "Organization": {
-        "label_plural": "Organizations",
-        "key_prefix": "00D",
-        "fields": {
-            "Name": {"type": "string", "length": 80, "required": True},
-            "OrganizationType": {"type": "picklist", "label": "Edition"},
-            "IsSandbox": {"type": "boolean"},
-            "InstanceName": {"type": "string", "length": 5},
-            "NamespacePrefix": {"type": "string", "length": 15},
-            "TrialExpirationDate": {"type": "datetime"},
-            "LanguageLocaleKey": {"type": "picklist", "label": "Locale"},
-            "TimeZoneSidKey": {"type": "picklist", "label": "Default Time Zone"},
-        },
-    },
-    "User": {
-        "key_prefix": "005",
-        "fields": {
-            "Username": {"type": "string", "length": 80, "required": True, "unique": True},
-            "LastName": {"type": "string", "length": 80, "required": True},
-            "FirstName": {"type": "string", "length": 40},
-            "Name": {"type": "string", "label": "Full Name", "length": 121},
-            "Alias": {"type": "string", "length": 8, "required": True},
-            "Email": {"type": "email", "length": 128, "required": True},
-            "IsActive": {"type": "boolean", "label": "Active"},
-            "UserType": {"type": "picklist", "label": "User Type"},
-            "TimeZoneSidKey": {"type": "picklist", "label": "Time Zone"},
-            "LanguageLocaleKey": {"type": "picklist", "label": "Language"},
-        },
-    },
-}
-_READ_ONLY_FIELDS = {"Organization": {"Name"}, "User": {"Name", "UserType"}}
-_ID_LOOKUP_FIELDS = {"User": {"Username", "Email"}}
 
 
 def default_label(name: str) -> str:
@@ -402,7 +322,7 @@ def parse_org(data: Mapping[str, Any]) -> OrgModel:
             continue
         objects[obj_name] = _parse_object(obj_name, spec, custom_prefixes, problems)
     for obj_name, spec in SYSTEM_OBJECTS.items():
-        objects[obj_name] = _system_object(
+        objects[obj_name] = read_only(
             _parse_object(obj_name, copy.deepcopy(spec), custom_prefixes, problems)
         )
     for obj in objects.values():
@@ -420,23 +340,6 @@ def parse_org(data: Mapping[str, Any]) -> OrgModel:
     if problems:
         raise OrgError(problems)
     return OrgModel(name, org_id, clients, users, objects, raw)
-
-
-def _system_object(sobj: SObjectDef) -> SObjectDef:
-    read_only = _READ_ONLY_FIELDS.get(sobj.name, set())
-    lookups = _ID_LOOKUP_FIELDS.get(sobj.name, set())
-    fields = {
-        name: dataclasses.replace(
-            fdef,
-            createable=fdef.createable and name not in read_only,
-            updateable=fdef.updateable and name not in read_only,
-            id_lookup=name in lookups,
-        )
-        for name, fdef in sobj.fields.items()
-    }
-    return dataclasses.replace(
-        sobj, fields=fields, createable=False, updateable=False, deletable=False
-    )
 
 
 def _parse_object(
