@@ -47,7 +47,7 @@ URL_MAP = Map(
         Rule("/services/Soap/u/<version:version>", endpoint="soap_login", methods=["POST"]),
         Rule("/services/data", endpoint="versions", methods=["GET"]),
         Rule(_DATA, endpoint="version_resources", methods=["GET"]),
-        # Not under /services/data: the API version these answer for is the newest one.
+        # Outside /services/data these have no API version; their handlers ignore it.
         Rule(
             "/services/oauth2/userinfo",
             endpoint="userinfo",
