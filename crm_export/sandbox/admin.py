@@ -119,7 +119,7 @@ def _seed(state: SandboxState, sobject: str, body: Any) -> Response:
     """Insert records as they are, skipping every rule: for setting up a scenario."""
     sobj = state.org.sobject(sobject)
     if sobj is None:
-        return _error(f"no object {sobject!r} in the org", status=404)
+        return _error(f"no object '{sobject}' in the org", status=404)
     records = body.get("records") if isinstance(body, dict) else body
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         return _error("POST /_sandbox/records/{sobject} takes a list of records")

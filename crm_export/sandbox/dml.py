@@ -8,6 +8,7 @@ decides the record's errors (validation rules report every rule that fired).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -107,9 +108,23 @@ class ByExternalId:
     value: Any
 
 
+def json_text(value: Any) -> str:
+    """A JSON value as Salesforce prints it in a message: ``true``, ``null``, never a repr."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def sf_datetime(moment: datetime | None = None) -> str:
     moment = moment or datetime.now(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
+
+
+@dataclass(frozen=True)
+class BadForeignKey:
+    """A nested parent reference that Salesforce rejects for this record (not the request)."""
+
+    error: RecordError
 
 
 def relationship_column(
@@ -117,7 +132,8 @@ def relationship_column(
 ) -> tuple[FieldDef, SObjectDef, FieldDef]:
     """Resolve ``Account`` + ``External_Id__c`` to (AccountId, Account, External_Id__c)."""
     ref = sobj.relationship(relationship)
-    target = org.sobject(ref.reference_to) if ref and ref.reference_to else None
+    single = ref is not None and len(ref.reference_to) == 1
+    target = org.sobject(ref.reference_to[0]) if ref is not None and single else None
     if ref is None or target is None:
         raise RequestError(
             400, "INVALID_FIELD", f"No such column '{relationship}' on sobject of type {sobj.name}"
@@ -133,36 +149,10 @@ def relationship_column(
     return ref, target, via
 
 
-def parse_payload(org: OrgModel, sobj: SObjectDef, payload: Mapping[str, Any]) -> dict[str, Any]:
-    """Map a JSON record's keys to canonical field names; unknown keys are a request error."""
-    values: dict[str, Any] = {}
-    for key, value in payload.items():
-        if key == "attributes":
-            continue
-        fdef = sobj.field(key)
-        if fdef is not None:
-            values[fdef.name] = value
-            continue
-        if sobj.relationship(key) is not None and (value is None or isinstance(value, Mapping)):
-            lookup_keys = [k for k in (value or {}) if k != "attributes"]
-            if value is None:
-                ref = sobj.relationship(key)
-                assert ref is not None
-                values[ref.name] = None
-                continue
-            if len(lookup_keys) != 1:
-                raise RequestError(
-                    400,
-                    "INVALID_FIELD",
-                    f"The relationship {key} must name exactly one external id field",
-                )
-            ref, target, via = relationship_column(org, sobj, key, lookup_keys[0])
-            values[ref.name] = ByExternalId(target, via, value[lookup_keys[0]])
-            continue
-        raise RequestError(
-            400, "INVALID_FIELD", f"No such column '{key}' on sobject of type {sobj.name}"
-        )
-    return values
+def _same_key(stored: Any, wanted: Any, case_sensitive: bool) -> bool:
+    if isinstance(stored, str) and isinstance(wanted, str) and not case_sensitive:
+        return stored.casefold() == wanted.casefold()
+    return bool(stored == wanted)
 
 
 # The per-record type error: Bulk 2.0 CSV cells (text) and data imports only. A JSON value of
@@ -237,7 +227,7 @@ def coerce(fdef: FieldDef, value: Any) -> tuple[Any, RecordError | None]:
         return value, None
     wrong_type = RecordError(
         WRONG_TYPE,
-        f"{fdef.label}: value not of required type: {value}",
+        f"{fdef.label}: value not of required type: {json_text(value)}",
         (fdef.name,),
     )
     ftype = fdef.type
@@ -324,6 +314,10 @@ class Saver:
     tx: Transaction
     faults: FaultInjector | None = None
     now: str = field(default_factory=sf_datetime)
+    # The code of "Foreign key external ID: X not found ...". Salesforce answers INVALID_FIELD
+    # (REST passes it); Bulk 2.0 keeps the old INVALID_CROSS_REFERENCE_KEY until bulk.py is
+    # aligned (see docs/sandbox.md).
+    missing_parent_code: str = "INVALID_CROSS_REFERENCE_KEY"
 
     @property
     def store(self) -> RecordStore:
@@ -331,8 +325,10 @@ class Saver:
 
     def find_matches(self, match_field: FieldDef, value: Any) -> list[Record]:
         if match_field.name == "Id":
-            record = self.store.get(self.sobj.name, to_18(str(value)))
-            return [record] if record is not None else []
+            record_id = to_18(str(value))
+            record = self.store.get(self.sobj.name, record_id)
+            system = [r for r in self.org.system_records(self.sobj.name) if r["Id"] == record_id]
+            return [record] if record is not None else system
         return self.store.find(
             self.sobj.name, match_field.name, value, case_sensitive=match_field.case_sensitive
         )
@@ -372,13 +368,14 @@ class Saver:
                 matches = self.find_matches(match_field, match_value)
                 if len(matches) > 1:
                     ids = tuple(str(m["Id"]) for m in matches)
+                    # Salesforce names the field by its label and lists the ids as Java does.
                     return SaveResult(
                         False,
                         errors=(
                             RecordError(
                                 "DUPLICATE_EXTERNAL_ID",
-                                f"{match_field.name}: more than one record found for external "
-                                f"id field: {list(ids)}",
+                                f"{match_field.label}: more than one record found for external "
+                                f"id field: [{', '.join(ids)}]",
                                 (match_field.name,),
                             ),
                         ),
@@ -387,6 +384,13 @@ class Saver:
                 existing = matches[0] if matches else None
                 values = {match_field.name: match_value, **values}
         created = existing is None
+        if not (sobj.createable if created else sobj.updateable):
+            # The system objects (User, Organization) are read-only for the integration user.
+            verb = "inserted" if created else "updated"
+            return failure(
+                "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+                f"entity type cannot be {verb}: {sobj.label}",
+            )
 
         faults = self.faults
         if faults is not None and faults.draw("lock_row", faults.config.lock_row_rate):
@@ -422,6 +426,9 @@ class Saver:
         coerced: dict[str, Any] = {}
         errors: list[RecordError] = []
         for name, raw in values.items():
+            if isinstance(raw, BadForeignKey):
+                coerced[name] = raw
+                continue
             value, error = coerce(sobj.fields[name], raw)
             if error is not None:
                 errors.append(error)
@@ -516,13 +523,30 @@ class Saver:
             return failure(
                 "MALFORMED_ID", f"{self.sobj.label} ID: id value of incorrect type: {text}", "Id"
             )
+        if not self.sobj.deletable:
+            return failure(
+                "INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id"
+            )
         existing = self.store.get(self.sobj.name, to_18(text))
         if existing is None:
             return failure("ENTITY_IS_DELETED", "entity is deleted")
-        self.tx.delete(self.sobj.name, existing["Id"])
+        self._delete_with_children(self.sobj.name, existing["Id"])
         return SaveResult(True, id=existing["Id"], created=False)
 
+    def _delete_with_children(self, sobject: str, record_id: str) -> None:
+        # As in Salesforce, deleting an account deletes its contacts, opportunities and tasks.
+        self.tx.delete(sobject, record_id)
+        for child in self.org.objects.values():
+            for fdef in child.fields.values():
+                if fdef.cascade_delete and sobject in fdef.reference_to:
+                    for record in self.store.find(
+                        child.name, fdef.name, record_id, case_sensitive=True
+                    ):
+                        self._delete_with_children(child.name, record["Id"])
+
     def _resolve_lookup(self, fdef: FieldDef, value: Any) -> tuple[Any, RecordError | None]:
+        if isinstance(value, BadForeignKey):
+            return None, value.error
         if isinstance(value, ByExternalId):
             if value.value is None or value.value == "":
                 return None, None
@@ -533,18 +557,23 @@ class Saver:
                 value.field.name,
                 value.value,
                 case_sensitive=value.field.case_sensitive,
-            )
+            ) or [
+                r
+                for r in self.org.system_records(value.target.name)
+                if _same_key(r.get(value.field.name), value.value, value.field.case_sensitive)
+            ]
             if not found:
+                legacy = self.missing_parent_code != "INVALID_FIELD"
                 return None, RecordError(
-                    "INVALID_CROSS_REFERENCE_KEY",
-                    f"Foreign key external ID: {value.value} not found for field "
+                    self.missing_parent_code,
+                    f"Foreign key external ID: {json_text(value.value)} not found for field "
                     f"{value.field.name} in entity {value.target.name}",
-                    (fdef.name,),
+                    (fdef.name,) if legacy else (),
                 )
             if len(found) > 1:
                 return None, RecordError(
                     "DUPLICATE_EXTERNAL_ID",
-                    f"Foreign key external ID: {value.value} matched more than one "
+                    f"Foreign key external ID: {json_text(value.value)} matched more than one "
                     f"{value.target.name} record",
                     (fdef.name,),
                 )
@@ -554,10 +583,16 @@ class Saver:
             return None, RecordError(
                 "MALFORMED_ID", f"{fdef.label}: id value of incorrect type: {text}", (fdef.name,)
             )
-        target = self.org.sobject(fdef.reference_to or "")
-        if target is None or self.store.get(target.name, to_18(text)) is None:
-            return None, RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
-        return to_18(text), None
+        record_id = to_18(text)
+        targets = [self.org.sobject(name) for name in fdef.reference_to]
+        for target in targets:
+            if target is None or not record_id.startswith(target.key_prefix):
+                continue
+            if self.store.get(target.name, record_id) is not None or any(
+                r["Id"] == record_id for r in self.org.system_records(target.name)
+            ):
+                return record_id, None
+        return None, RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
 
     def _run_triggers(self, timing: str, event: str, record: Record) -> RecordError | None:
         for trigger in self.sobj.triggers:

@@ -17,7 +17,8 @@ from typing import Any
 
 from crm_export.sandbox import DEFAULT_ORG_PATH
 from crm_export.sandbox.ids import make_id
-from crm_export.sandbox.predicates import Predicate, PredicateError, compile_predicate
+from crm_export.sandbox.predicates import Predicate, PredicateError, compile_predicate, shown
+from crm_export.sandbox.system_objects import SYSTEM_OBJECTS, read_only, system_records
 
 TEXT_TYPES = frozenset(
     {"string", "textarea", "email", "phone", "url", "picklist", "multipicklist", "combobox"}
@@ -42,6 +43,7 @@ STANDARD_PREFIXES = {
     "Lead": "00Q",
     "Case": "500",
     "Campaign": "701",
+    "Task": "00T",
 }
 # Fields every object has; the integration user can read them but never write them.
 SYSTEM_FIELDS = ("Id", "CreatedDate", "LastModifiedDate", "SystemModstamp")
@@ -84,11 +86,20 @@ class FieldDef:
     case_sensitive: bool = False
     createable: bool = True
     updateable: bool = True
-    reference_to: str | None = None
+    # The objects a lookup may point to: one, or several for a polymorphic one (Task.WhoId).
+    reference_to: tuple[str, ...] = ()
     relationship_name: str | None = None
     values: tuple[str, ...] = ()
     restricted: bool = False
     default: Any = None
+    # Can identify a record in an upsert besides Id and external ids (User.Username).
+    id_lookup: bool = False
+    # Deleting the parent deletes the records that point to it (Account -> Contacts).
+    cascade_delete: bool = False
+
+    @property
+    def polymorphic(self) -> bool:
+        return len(self.reference_to) > 1
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,11 @@ class SObjectDef:
     fields: dict[str, FieldDef]
     validation_rules: tuple[ValidationRule, ...] = ()
     triggers: tuple[Trigger, ...] = ()
+    # What the integration user may do with the object's records (the system objects are
+    # read-only for it).
+    createable: bool = True
+    updateable: bool = True
+    deletable: bool = True
     _by_lower: dict[str, str] = field(default_factory=dict, repr=False)
     _relationships: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -164,6 +180,10 @@ class OrgModel:
             if record_id.startswith(obj.key_prefix):
                 return obj
         return None
+
+    def system_records(self, sobject: str) -> list[dict[str, Any]]:
+        """The records the org itself holds: its Organization row and one User per user."""
+        return system_records(self, sobject)
 
     @property
     def default_client(self) -> ClientApp | None:
@@ -282,9 +302,9 @@ def parse_org(data: Mapping[str, Any]) -> OrgModel:
             problems.append(f"{where}.client_secret: required (a string)")
         run_as = spec.get("run_as")
         if run_as is not None and not any(u.lower() == str(run_as).lower() for u in users):
-            problems.append(f"{where}.run_as: no user {run_as!r} in [users]")
+            problems.append(f"{where}.run_as: no user {shown(run_as)} in [users]")
         if "jwt_key_file" in spec:
-            problems.append(f"{where}.jwt_key_file: cannot read {spec['jwt_key_file']!r}")
+            problems.append(f"{where}.jwt_key_file: cannot read {shown(spec['jwt_key_file'])}")
         key_pem = spec.get("jwt_public_key") or spec.get("jwt_certificate")
         clients[client_id] = ClientApp(
             client_id=client_id,
@@ -297,17 +317,25 @@ def parse_org(data: Mapping[str, Any]) -> OrgModel:
     object_specs = _table(raw.get("objects", {}), "objects", problems)
     custom_prefixes = (f"a{i:02d}" for i in range(100))
     for obj_name, spec in object_specs.items():
+        if obj_name in SYSTEM_OBJECTS:
+            problems.append(f"objects.{obj_name}: a system object; it cannot be defined")
+            continue
         objects[obj_name] = _parse_object(obj_name, spec, custom_prefixes, problems)
+    for obj_name, spec in SYSTEM_OBJECTS.items():
+        objects[obj_name] = read_only(
+            _parse_object(obj_name, copy.deepcopy(spec), custom_prefixes, problems)
+        )
     for obj in objects.values():
         for fdef in obj.fields.values():
-            if fdef.type == "reference" and fdef.reference_to not in objects:
-                problems.append(
-                    f"objects.{obj.name}.fields.{fdef.name}.reference_to: "
-                    f"no object {fdef.reference_to!r}"
-                )
+            for target in fdef.reference_to:
+                if target not in objects:
+                    problems.append(
+                        f"objects.{obj.name}.fields.{fdef.name}.reference_to: "
+                        f"no object {shown(target)}"
+                    )
     prefixes = [o.key_prefix for o in objects.values()]
     for prefix in {p for p in prefixes if prefixes.count(p) > 1}:
-        problems.append(f"objects: key_prefix {prefix!r} is used by more than one object")
+        problems.append(f"objects: key_prefix {shown(prefix)} is used by more than one object")
 
     if problems:
         raise OrgError(problems)
@@ -327,7 +355,7 @@ def _parse_object(
     )
     key_prefix = spec.get("key_prefix") or STANDARD_PREFIXES.get(obj_name) or next(custom_prefixes)
     if not (isinstance(key_prefix, str) and re.fullmatch(r"[0-9A-Za-z]{3}", key_prefix)):
-        problems.append(f"{where}.key_prefix: must be 3 letters or digits, got {key_prefix!r}")
+        problems.append(f"{where}.key_prefix: must be 3 letters or digits, got {shown(key_prefix)}")
         key_prefix = "a99"
     label = str(spec.get("label", default_label(obj_name)))
 
@@ -364,7 +392,7 @@ def _parse_object(
         predicate = _predicate(rule_spec.get("when"), resolve, f"{rwhere}.when", problems)
         error_field = rule_spec.get("error_field")
         if error_field is not None and resolve(str(error_field)) is None:
-            problems.append(f"{rwhere}.error_field: no field {error_field!r}")
+            problems.append(f"{rwhere}.error_field: no field {shown(error_field)}")
         if not isinstance(rule_spec.get("error_message"), str):
             problems.append(f"{rwhere}.error_message: required (a string)")
         rules.append(
@@ -392,7 +420,7 @@ def _parse_object(
             events = ["insert", "update"]
         timing = trigger_spec.get("timing", "before")
         if timing not in {"before", "after"}:
-            problems.append(f"{twhere}.timing: 'before' or 'after', got {timing!r}")
+            problems.append(f"{twhere}.timing: 'before' or 'after', got {shown(timing)}")
         triggers.append(
             Trigger(
                 name=trigger_name,
@@ -437,6 +465,8 @@ _FIELD_KEYS = {
     "values",
     "restricted",
     "default",
+    "id_lookup",
+    "cascade_delete",
 }
 
 
@@ -458,9 +488,17 @@ def _parse_field(name: str, spec: Any, where: str, problems: list[str]) -> Field
         length = None
     reference_to = spec.get("reference_to")
     relationship_name = spec.get("relationship_name")
+    targets: tuple[str, ...] = ()
+    if isinstance(reference_to, str):
+        targets = (reference_to,)
+    elif isinstance(reference_to, list) and all(isinstance(t, str) for t in reference_to):
+        targets = tuple(reference_to)
     if ftype == "reference":
-        if not isinstance(reference_to, str):
-            problems.append(f"{where}.reference_to: required for a reference field")
+        if not targets:
+            problems.append(
+                f"{where}.reference_to: required for a reference field "
+                "(an object name, or a list of them for a polymorphic lookup)"
+            )
         if relationship_name is None:
             # AccountId → Account, Parent_Account__c → Parent_Account__r, as in Salesforce.
             if name.endswith("__c"):
@@ -473,6 +511,8 @@ def _parse_field(name: str, spec: Any, where: str, problems: list[str]) -> Field
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         problems.append(f"{where}.values: a list of strings")
         values = []
+    if spec.get("cascade_delete") and ftype != "reference":
+        problems.append(f"{where}.cascade_delete: only reference fields cascade")
     if spec.get("restricted") and ftype not in {"picklist", "multipicklist"}:
         problems.append(f"{where}.restricted: only picklists can be restricted")
     flags = {}
@@ -484,6 +524,8 @@ def _parse_field(name: str, spec: Any, where: str, problems: list[str]) -> Field
         "createable",
         "updateable",
         "restricted",
+        "id_lookup",
+        "cascade_delete",
     ):
         value = spec.get(flag)
         if value is not None and not isinstance(value, bool):
@@ -494,7 +536,7 @@ def _parse_field(name: str, spec: Any, where: str, problems: list[str]) -> Field
         type=str(ftype),
         label=str(spec.get("label", default_label(name))),
         length=length,
-        reference_to=str(reference_to) if reference_to else None,
+        reference_to=targets if ftype == "reference" else (),
         relationship_name=str(relationship_name) if relationship_name else None,
         values=tuple(values),
         default=spec.get("default"),

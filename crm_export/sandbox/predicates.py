@@ -7,6 +7,7 @@ validation rule, the rule *fires* (rejects the record) when its predicate is tru
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,16 @@ BINARY_OPS = frozenset(
         "matches",
     }
 )
+
+
+def shown(value: Any) -> str:
+    """``value`` as its user wrote it in JSON or TOML, for an error message: never a repr."""
+    if isinstance(value, str):
+        return f"'{value}'"
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except ValueError:
+        return str(value)
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ def _compare(op: str, left: Any, right: Any) -> bool:
             return bool(left >= right)
     except TypeError:
         return False
-    raise PredicateError(f"unknown op {op!r}")
+    raise PredicateError(f"unknown op {shown(op)}")
 
 
 def compile_predicate(
@@ -91,11 +102,13 @@ def compile_predicate(
     ``PredicateError`` naming ``where``.
     """
     if not isinstance(spec, Mapping):
-        raise PredicateError(f"{where}: a predicate must be a table, got {spec!r}")
+        raise PredicateError(f"{where}: a predicate must be a table, got {shown(spec)}")
     combinators = [key for key in ("all", "any", "not") if key in spec]
     if combinators:
         if len(spec) != 1:
-            raise PredicateError(f"{where}: {combinators[0]!r} must be the only key of its table")
+            raise PredicateError(
+                f"{where}: {shown(combinators[0])} must be the only key of its table"
+            )
         key = combinators[0]
         if key == "not":
             inner, inner_spec = compile_predicate(spec["not"], resolve_field, f"{where}.not")
@@ -127,10 +140,10 @@ def _compile_leaf(
         raise PredicateError(f"{where}: 'field' is required")
     field = resolve_field(raw_field)
     if field is None:
-        raise PredicateError(f"{where}: no field {raw_field!r}")
+        raise PredicateError(f"{where}: no field {shown(raw_field)}")
     if op not in UNARY_OPS | BINARY_OPS:
         known = ", ".join(sorted(UNARY_OPS | BINARY_OPS))
-        raise PredicateError(f"{where}: 'op' must be one of {known}, got {op!r}")
+        raise PredicateError(f"{where}: 'op' must be one of {known}, got {shown(op)}")
     ignore_case = bool(spec.get("ignore_case", False))
     canonical: dict[str, Any] = {"field": field, "op": op}
     if ignore_case:
@@ -143,7 +156,7 @@ def _compile_leaf(
     if "other_field" in spec:
         other = resolve_field(str(spec["other_field"]))
         if other is None:
-            raise PredicateError(f"{where}: no field {spec['other_field']!r}")
+            raise PredicateError(f"{where}: no field {shown(spec['other_field'])}")
         canonical["other_field"] = other
 
         def compare_fields(record: Record) -> bool:
@@ -156,18 +169,18 @@ def _compile_leaf(
         return compare_fields, canonical
 
     if "value" not in spec:
-        raise PredicateError(f"{where}: op {op!r} needs 'value' or 'other_field'")
+        raise PredicateError(f"{where}: op {shown(op)} needs 'value' or 'other_field'")
     value = spec["value"]
     canonical["value"] = value
     if op in {"in", "not_in"}:
         if not isinstance(value, list):
-            raise PredicateError(f"{where}: op {op!r} needs a list value")
+            raise PredicateError(f"{where}: op {shown(op)} needs a list value")
         folded: Any = [_fold(v, ignore_case) for v in value]
     elif op == "matches":
         try:
             pattern = re.compile(str(value), re.IGNORECASE if ignore_case else 0)
         except re.error as exc:
-            raise PredicateError(f"{where}: bad regex {value!r}: {exc}") from exc
+            raise PredicateError(f"{where}: bad regex {shown(value)}: {exc}") from exc
 
         def matches(record: Record) -> bool:
             current = record.get(field)

@@ -21,19 +21,26 @@ from crm_export.sandbox.auth import (
     soap_user,
     token_response,
 )
+from crm_export.sandbox.describe import describe_object, object_summary
 from crm_export.sandbox.dml import (
     ROLLED_BACK,
     RequestError,
     Saver,
     SaveResult,
     failure,
+    json_text,
     not_found,
-    parse_payload,
     unreadable,
 )
+from crm_export.sandbox.identity import identity as identity_of
+from crm_export.sandbox.identity import userinfo as userinfo_of
+from crm_export.sandbox.identity import version_resources as version_resources_of
+from crm_export.sandbox.ids import to_18
 from crm_export.sandbox.org import FieldDef, SObjectDef
-from crm_export.sandbox.soql import run_query
+from crm_export.sandbox.payload import parse_payload
+from crm_export.sandbox.soql import column_metadata, run_query
 from crm_export.sandbox.state import SandboxState
+from crm_export.sandbox.storage import Transaction
 
 JSON_TYPE = "application/json;charset=UTF-8"
 MAX_COLLECTION_RECORDS = 200
@@ -119,7 +126,7 @@ def entry_location(text: str, path: Sequence[str | int]) -> tuple[int, int]:
     return line, entry - (text.rfind("\n", 0, entry) + 1) + 1
 
 
-def _sobject(call: Call, name: str) -> SObjectDef:
+def sobject_or_404(call: Call, name: str) -> SObjectDef:
     sobj = call.state.org.sobject(name)
     if sobj is None:
         raise not_found()
@@ -208,73 +215,67 @@ def describe_global(call: Call) -> Response:
         {
             "encoding": "UTF-8",
             "maxBatchSize": 200,
-            "sobjects": [_object_summary(o, call.version) for o in call.state.org.objects.values()],
+            "sobjects": [object_summary(o, call.version) for o in call.state.org.objects.values()],
         }
     )
 
 
-def _object_summary(sobj: SObjectDef, version: str) -> dict[str, Any]:
-    base = f"/services/data/v{version}/sobjects/{sobj.name}"
-    return {
-        "name": sobj.name,
-        "label": sobj.label,
-        "labelPlural": sobj.label_plural,
-        "keyPrefix": sobj.key_prefix,
-        "custom": sobj.custom,
-        "createable": True,
-        "updateable": True,
-        "deletable": True,
-        "queryable": True,
-        "urls": {"sobject": base, "describe": f"{base}/describe", "rowTemplate": f"{base}/{{ID}}"},
-    }
+def sobject_info(call: Call, sobject: str) -> Response:
+    """``GET /sobjects/{O}``: the object's summary (the sandbox keeps no recent items)."""
+    sobj = sobject_or_404(call, sobject)
+    return json_response({"objectDescribe": object_summary(sobj, call.version), "recentItems": []})
 
 
 def describe(call: Call, sobject: str) -> Response:
-    sobj = _sobject(call, sobject)
-    fields = []
-    for fdef in sobj.fields.values():
-        fields.append(
-            {
-                "name": fdef.name,
-                "label": fdef.label,
-                "type": fdef.type,
-                "length": fdef.length or 0,
-                "nillable": not fdef.required and fdef.type not in {"id", "boolean"},
-                "createable": fdef.createable,
-                "updateable": fdef.updateable,
-                "externalId": fdef.external_id,
-                "unique": fdef.unique,
-                "caseSensitive": fdef.case_sensitive,
-                "custom": fdef.name.endswith("__c"),
-                "defaultedOnCreate": fdef.default is not None or fdef.type == "boolean",
-                "referenceTo": [fdef.reference_to] if fdef.reference_to else [],
-                "relationshipName": fdef.relationship_name,
-                "restrictedPicklist": fdef.restricted,
-                "picklistValues": [
-                    {
-                        "active": True,
-                        "defaultValue": False,
-                        "label": v,
-                        "validFor": None,
-                        "value": v,
-                    }
-                    for v in fdef.values
-                ],
-            }
-        )
-    return json_response({**_object_summary(sobj, call.version), "fields": fields})
+    return json_response(
+        describe_object(call.state.org, sobject_or_404(call, sobject), call.version)
+    )
 
 
 def query(call: Call) -> Response:
     soql = call.request.args.get("q")
     if not soql:
         raise RequestError(400, "MALFORMED_QUERY", "The 'q' parameter is required")
+    if call.request.args.get("columns", "").lower() == "true":
+        # What `sf data query` asks for to lay out its table (see soql.column_metadata).
+        return json_response(column_metadata(call.state.org, soql))
     return json_response(run_query(call.state.org, call.state.store, soql, call.version))
 
 
+# ---- who the token is
+
+
+def version_resources(call: Call) -> Response:
+    assert call.token is not None
+    state = call.state
+    return json_response(
+        version_resources_of(state.base_url, state.org, call.token.user_id, call.version)
+    )
+
+
+def identity(call: Call, org_id: str, user_id: str) -> Response:
+    assert call.token is not None
+    state = call.state
+    # A token reads only its own identity; the error codes of Salesforce's Identity URL.
+    if to_18(org_id) != state.org.org_id:
+        return Response("Wrong_Org", 403, content_type="text/plain;charset=UTF-8")
+    if to_18(user_id) != call.token.user_id:
+        return Response("Bad_Id", 404, content_type="text/plain;charset=UTF-8")
+    return json_response(identity_of(state.base_url, state.org, call.token.user_id))
+
+
+def userinfo(call: Call) -> Response:
+    assert call.token is not None
+    state = call.state
+    return json_response(userinfo_of(state.base_url, state.org, call.token.user_id))
+
+
 def get_record(call: Call, sobject: str, record_id: str) -> Response:
-    sobj = _sobject(call, sobject)
-    record = call.state.store.get(sobj.name, record_id)
+    sobj = sobject_or_404(call, sobject)
+    record = call.state.store.get(sobj.name, to_18(record_id)) or next(
+        (r for r in call.state.org.system_records(sobj.name) if r["Id"] == to_18(record_id)),
+        None,
+    )
     if record is None:
         raise not_found()
     return json_response(_with_attributes(sobj, record, call.version))
@@ -286,7 +287,7 @@ def _with_attributes(sobj: SObjectDef, record: dict[str, Any], version: str) -> 
 
 
 def get_by_external_id(call: Call, sobject: str, field: str, value: str) -> Response:
-    sobj = _sobject(call, sobject)
+    sobj = sobject_or_404(call, sobject)
     fdef = _external_id_field(sobj, field)
     found = call.state.store.find(sobj.name, fdef.name, value, case_sensitive=fdef.case_sensitive)
     if not found:
@@ -303,7 +304,7 @@ def _record_url(sobj: SObjectDef, record_id: str, version: str) -> str:
 def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
     state = call.state
     org = state.org
-    sobj = _sobject(call, sobject)
+    sobj = sobject_or_404(call, sobject)
     fdef = _external_id_field(sobj, field)
     body = call.json_body()
     if not isinstance(body, dict):
@@ -317,7 +318,7 @@ def single_upsert(call: Call, sobject: str, field: str, value: str) -> Response:
             f"The value of {fdef.name} in the body does not match the URL",
         )
     with state.store.transaction() as tx:
-        saver = Saver(org, sobj, tx, state.faults if _lock_faults(call) else None)
+        saver = saver_for(call, sobj, tx)
         result = saver.save(values, operation="upsert", match_field=fdef, match_value=value)
         state.log_result(
             tx,
@@ -341,10 +342,16 @@ def _lock_faults(call: Call) -> bool:
     return call.state.faults.applies_to(call.request.path)
 
 
+def saver_for(call: Call, sobj: SObjectDef, tx: Transaction) -> Saver:
+    faults = call.state.faults if _lock_faults(call) else None
+    # Salesforce reports a parent that is not found as INVALID_FIELD (docs/sandbox.md).
+    return Saver(call.state.org, sobj, tx, faults, missing_parent_code="INVALID_FIELD")
+
+
 def composite_upsert(call: Call, sobject: str, field: str) -> Response:
     state = call.state
     org = state.org
-    sobj = _sobject(call, sobject)
+    sobj = sobject_or_404(call, sobject)
     fdef = _external_id_field(sobj, field)
     body = call.json_body()
     if not isinstance(body, dict) or not isinstance(body.get("records"), list):
@@ -369,7 +376,8 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
             raise RequestError(
                 400,
                 "INVALID_TYPE",
-                f"Record type {record_type} does not match the type {sobj.name} of the request",
+                f"Record type {json_text(record_type)} does not match the type {sobj.name} of "
+                "the request",
             )
         refuse_unreadable(call, sobj, record, ["records", index])
         parsed.append(parse_payload(org, sobj, record))
@@ -380,7 +388,7 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
     results: list[SaveResult] = []
     match_values = [values.pop(fdef.name, None) for values in parsed]
     with state.store.transaction() as tx:
-        saver = Saver(org, sobj, tx, state.faults if _lock_faults(call) else None)
+        saver = saver_for(call, sobj, tx)
 
         def log(result: SaveResult, match_value: Any, raw: Any) -> None:
             state.log_result(
@@ -397,7 +405,9 @@ def composite_upsert(call: Call, sobject: str, field: str) -> Response:
         for values, key, match_value, raw in zip(parsed, keys, match_values, records, strict=True):
             if key in repeated:
                 result = failure(
-                    "DUPLICATE_VALUE", f"Duplicate external id specified: {match_value}"
+                    "DUPLICATE_VALUE",
+                    f"Duplicate external id specified: {json_text(match_value)}",
+                    fdef.name,
                 )
             else:
                 result = saver.save(

@@ -23,7 +23,7 @@ from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from crm_export.sandbox import admin, rest
+from crm_export.sandbox import admin, records, rest
 from crm_export.sandbox.dml import RequestError
 from crm_export.sandbox.state import SandboxState
 from crm_export.sandbox.tls import make_server_tls
@@ -46,8 +46,24 @@ URL_MAP = Map(
         Rule("/services/oauth2/token", endpoint="token", methods=["POST"]),
         Rule("/services/Soap/u/<version:version>", endpoint="soap_login", methods=["POST"]),
         Rule("/services/data", endpoint="versions", methods=["GET"]),
+        Rule(_DATA, endpoint="version_resources", methods=["GET"]),
+        # Outside /services/data these have no API version; their handlers ignore it.
+        Rule(
+            "/services/oauth2/userinfo",
+            endpoint="userinfo",
+            methods=["GET", "POST"],
+            defaults={"version": "64.0"},
+        ),
+        Rule(
+            "/id/<org_id>/<user_id>",
+            endpoint="identity",
+            methods=["GET"],
+            defaults={"version": "64.0"},
+        ),
         Rule(f"{_DATA}/limits", endpoint="limits", methods=["GET"]),
         Rule(f"{_DATA}/sobjects", endpoint="describe_global", methods=["GET"]),
+        Rule(f"{_DATA}/sobjects/<sobject>", endpoint="sobject_info", methods=["GET"]),
+        Rule(f"{_DATA}/sobjects/<sobject>", endpoint="create", methods=["POST"]),
         Rule(f"{_DATA}/sobjects/<sobject>/describe", endpoint="describe", methods=["GET"]),
         Rule(f"{_DATA}/sobjects/<sobject>/<record_id>", endpoint="get_record", methods=["GET"]),
         Rule(
@@ -67,6 +83,9 @@ URL_MAP = Map(
             endpoint="composite_upsert",
             methods=["PATCH"],
         ),
+        Rule(f"{_DATA}/composite/sobjects", endpoint="composite_create", methods=["POST"]),
+        Rule(f"{_DATA}/composite/sobjects", endpoint="composite_update", methods=["PATCH"]),
+        Rule(f"{_DATA}/composite/sobjects", endpoint="composite_delete", methods=["DELETE"]),
         Rule(f"{_DATA}/jobs/ingest", endpoint="bulk_create", methods=["POST"]),
         Rule(f"{_DATA}/jobs/ingest", endpoint="bulk_list", methods=["GET"]),
         Rule(f"{_DATA}/jobs/ingest/<job_id>", endpoint="bulk_get", methods=["GET"]),
@@ -99,6 +118,14 @@ _DATA_HANDLERS: dict[str, Callable[..., Response]] = {
     "get_by_external_id": rest.get_by_external_id,
     "query": rest.query,
     "composite_upsert": rest.composite_upsert,
+    "version_resources": rest.version_resources,
+    "userinfo": rest.userinfo,
+    "identity": rest.identity,
+    "sobject_info": rest.sobject_info,
+    "create": records.create,
+    "composite_create": records.composite_create,
+    "composite_update": records.composite_update,
+    "composite_delete": records.composite_delete,
     "bulk_create": rest.bulk_create,
     "bulk_list": rest.bulk_list,
     "bulk_get": rest.bulk_get,

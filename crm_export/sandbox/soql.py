@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crm_export.sandbox.dml import RequestError
-from crm_export.sandbox.org import OrgModel, SObjectDef
+from crm_export.sandbox.org import TEXT_TYPES, FieldDef, OrgModel, SObjectDef
 from crm_export.sandbox.storage import Record, RecordStore
 
 _TOKEN_RE = re.compile(
@@ -72,7 +72,7 @@ def _tokenize(soql: str) -> list[_Tok]:
     while pos < len(soql):
         match = _TOKEN_RE.match(soql, pos)
         if match is None or match.end() == pos:
-            raise malformed(f"unexpected token at position {pos}: {soql[pos : pos + 20]!r}")
+            raise malformed(f"unexpected token: '{soql[pos : pos + 20].strip()}'")
         kind = match.lastgroup or ""
         text = match.group(kind)
         if kind == "word" and text.lower() in _KEYWORDS:
@@ -212,8 +212,8 @@ class _Parser:
                 raise _no_column(name, self.sobject)
             return fdef.name
         ref = self.sobject.relationship(head)
-        target = self.org.sobject(ref.reference_to or "") if ref else None
-        if ref is None or target is None or "." in rest:
+        targets = [self.org.sobject(t) for t in ref.reference_to] if ref else []
+        if ref is None or not targets or None in targets or "." in rest:
             raise RequestError(
                 400,
                 "INVALID_FIELD",
@@ -222,10 +222,24 @@ class _Parser:
                 "relationship name. Please reference your WSDL or the describe call for the "
                 "appropriate names.",
             )
+        assert ref.relationship_name is not None
+        if ref.polymorphic:
+            # A polymorphic relationship is queried through Salesforce's Name entity.
+            name_field = next((f for f in _NAME_FIELDS if f.lower() == rest.lower()), None)
+            if name_field is None:
+                raise RequestError(
+                    400,
+                    "INVALID_FIELD",
+                    f"No such column '{rest}' on entity 'Name'. If you are attempting to use a "
+                    "custom field, be sure to append the '__c' after the custom field name. "
+                    "Please reference your WSDL or the describe call for the appropriate names.",
+                )
+            return f"{ref.relationship_name}.{name_field}"
+        target = targets[0]
+        assert target is not None
         target_field = target.field(rest)
         if target_field is None:
             raise _no_column(name, self.sobject)
-        assert ref.relationship_name is not None
         return f"{ref.relationship_name}.{target_field.name}"
 
     def condition(self) -> Condition:
@@ -314,6 +328,10 @@ class _Parser:
         return lambda record: record.get(path)
 
 
+# The fields of Salesforce's Name entity that the sandbox can fill for any parent.
+_NAME_FIELDS = ("Id", "Name", "Type")
+
+
 def _no_column(name: str, sobject: SObjectDef) -> RequestError:
     return RequestError(
         400,
@@ -359,7 +377,8 @@ def run_query(org: OrgModel, store: RecordStore, soql: str, version: str) -> dic
     query = _Parser(org, soql).parse()
     sobject = query.sobject
     with store.lock:
-        rows = [_flatten(org, store, sobject, record) for record in store.all(sobject.name)]
+        records = org.system_records(sobject.name) + store.all(sobject.name)
+        rows = [_flatten(org, store, sobject, record) for record in records]
     if query.where is not None:
         rows = [row for row in rows if query.where(row)]
     for path, descending, nulls_last in reversed(query.order_by):
@@ -386,15 +405,38 @@ def _flatten(org: OrgModel, store: RecordStore, sobject: SObjectDef, record: Rec
     for fdef in sobject.fields.values():
         if fdef.type != "reference" or not fdef.relationship_name:
             continue
-        target = org.sobject(fdef.reference_to or "")
-        parent = (
-            store.get(target.name, record[fdef.name]) if target and record.get(fdef.name) else None
-        )
-        row[f"__parent__{fdef.relationship_name}"] = parent
-        if parent is not None:
-            for key, value in parent.items():
-                row[f"{fdef.relationship_name}.{key}"] = value
+        target, parent = _parent(org, store, fdef.reference_to, record.get(fdef.name))
+        relationship = fdef.relationship_name
+        row[f"__parent__{relationship}"] = parent
+        if parent is None or target is None:
+            continue
+        row[f"__parent_type__{relationship}"] = target.name
+        for key, value in parent.items():
+            row[f"{relationship}.{key}"] = value
+        if fdef.polymorphic:
+            name = parent.get("Name")
+            if name is None and "LastName" in parent:
+                name = " ".join(p for p in (parent.get("FirstName"), parent["LastName"]) if p)
+            row[f"{relationship}.Name"] = name
+            row[f"{relationship}.Type"] = target.name
     return row
+
+
+def _parent(
+    org: OrgModel, store: RecordStore, targets: tuple[str, ...], record_id: Any
+) -> tuple[SObjectDef | None, Record | None]:
+    if not isinstance(record_id, str) or not record_id:
+        return None, None
+    for name in targets:
+        target = org.sobject(name)
+        if target is None or not record_id.startswith(target.key_prefix):
+            continue
+        found = store.get(target.name, record_id) or next(
+            (r for r in org.system_records(target.name) if r["Id"] == record_id), None
+        )
+        if found is not None:
+            return target, found
+    return None, None
 
 
 def _attributes(sobject_name: str, record_id: Any, version: str) -> dict[str, Any]:
@@ -417,13 +459,80 @@ def _shape(
         if parent is None:
             out[relationship] = None
             continue
-        ref = sobject.relationship(relationship)
-        target = org.sobject(ref.reference_to or "") if ref else None
+        target_name = row.get(f"__parent_type__{relationship}", "")
         nested = out.get(relationship)
         if not isinstance(nested, dict):
-            nested = {
-                "attributes": _attributes(target.name if target else "", parent["Id"], version)
-            }
+            ref = sobject.relationship(relationship)
+            # Salesforce types a polymorphic parent as its Name entity in query results.
+            shown_type = "Name" if ref is not None and ref.polymorphic else target_name
+            nested = {"attributes": _attributes(shown_type, parent["Id"], version)}
             out[relationship] = nested
-        nested[name] = parent.get(name)
+        nested[name] = row.get(path)
     return out
+
+
+_APEX_TYPES = {
+    "id": "Id",
+    "reference": "Id",
+    "boolean": "Boolean",
+    "int": "Integer",
+    "double": "Double",
+    "currency": "Double",
+    "percent": "Double",
+    "date": "Date",
+    "datetime": "Datetime",
+}
+
+
+def column_metadata(org: OrgModel, soql: str) -> dict[str, Any]:
+    """``query?q=...&columns=true``: the columns a query selects, without running it.
+
+    The shape the Salesforce CLI reads (columnName, displayName, aggregate, joinColumns):
+    a relationship column holds its parent's fields in ``joinColumns``.
+    """
+    query = _Parser(org, soql).parse()
+    sobject = query.sobject
+    columns: list[dict[str, Any]] = []
+    joins: dict[str, dict[str, Any]] = {}
+    for path in [] if query.count_only else query.fields:
+        relationship, dot, name = path.partition(".")
+        if not dot:
+            columns.append(_column(sobject.fields[path], path, path))
+            continue
+        ref = sobject.relationship(relationship)
+        parent = joins.get(relationship)
+        if parent is None:
+            parent = {
+                **_column(None, relationship, relationship),
+                "foreignKeyName": ref.name if ref else None,
+            }
+            joins[relationship] = parent
+            columns.append(parent)
+        target = org.sobject(ref.reference_to[0]) if ref and not ref.polymorphic else None
+        fdef = target.field(name) if target else None
+        parent["joinColumns"].append(_column(fdef, name, path))
+    return {
+        "columnMetadata": columns,
+        "entityName": sobject.name,
+        "groupBy": False,
+        "idSelected": "Id" in query.fields,
+        "keyPrefix": sobject.key_prefix,
+    }
+
+
+def _column(fdef: FieldDef | None, name: str, display: str) -> dict[str, Any]:
+    ftype = fdef.type if fdef else None
+    return {
+        "aggregate": False,
+        "apexType": _APEX_TYPES.get(ftype or "", "String") if fdef else None,
+        "booleanType": ftype == "boolean",
+        "columnName": name,
+        "custom": name.endswith("__c") or name.endswith("__r"),
+        "displayName": display,
+        "foreignKeyName": None,
+        "insertable": bool(fdef and fdef.createable),
+        "joinColumns": [],
+        "numberType": ftype in {"int", "double", "currency", "percent"},
+        "textType": ftype in TEXT_TYPES,
+        "updatable": bool(fdef and fdef.updateable),
+    }

@@ -78,9 +78,16 @@ def test_collections_same_external_id_twice_fails_both(sf: Salesforce) -> None:
         sf,
         [contact("C-1", LastName="A"), contact("c-1", LastName="B"), contact("C-2", LastName="C")],
     )
-    # External ids are case-insensitive, as in Salesforce.
-    assert results[0]["errors"][0]["message"] == "Duplicate external id specified: C-1"
+    # External ids are case-insensitive, as in Salesforce; every record sharing one fails.
+    assert results[0]["errors"] == [
+        {
+            "statusCode": "DUPLICATE_VALUE",
+            "message": "Duplicate external id specified: C-1",
+            "fields": ["External_Id__c"],
+        }
+    ]
     assert results[1]["errors"][0]["message"] == "Duplicate external id specified: c-1"
+    assert results[1]["errors"][0]["fields"] == ["External_Id__c"]
     assert results[2]["success"] is True
 
 
@@ -156,7 +163,15 @@ def test_single_upsert_on_a_shared_external_id_is_300(
         f"/services/data/v{VERSION}/sobjects/Contact/{i}" for i in ids
     )
     results = upsert_contacts(sf, [contact("DUP", LastName="C")])
-    assert results[0]["errors"][0]["statusCode"] == "DUPLICATE_EXTERNAL_ID"
+    # The field's label, then the ids as a Java list: no Python repr.
+    assert results[0]["errors"] == [
+        {
+            "statusCode": "DUPLICATE_EXTERNAL_ID",
+            "message": f"External ID: more than one record found for external id field: "
+            f"[{ids[0]}, {ids[1]}]",
+            "fields": ["External_Id__c"],
+        }
+    ]
 
 
 def test_single_upsert_unknown_object_or_external_field_is_404(sf: Salesforce) -> None:
@@ -233,6 +248,9 @@ def test_malformed_and_invalid_queries_are_400(sf: Salesforce) -> None:
     with pytest.raises(SalesforceMalformedRequest) as malformed:
         sf.query("SELECT FROM Contact")
     assert malformed.value.content[0]["errorCode"] == "MALFORMED_QUERY"
+    with pytest.raises(SalesforceMalformedRequest) as stray:
+        sf.query("SELECT Id FROM Contact WHERE LastName = 'x' #")
+    assert stray.value.content[0]["message"] == "unexpected token: '#'"
     with pytest.raises(SalesforceMalformedRequest) as bad_field:
         sf.query("SELECT Nope__c FROM Contact")
     assert bad_field.value.content[0]["errorCode"] == "INVALID_FIELD"

@@ -255,10 +255,10 @@ def test_lookup_by_the_accounts_external_id(sandbox: SandboxHandle, sf: Salesfor
 
     missing = only_error(sf, LastName="Kid", Account={"External_Id__c": "A-404"})
     assert missing == {
-        "statusCode": "INVALID_CROSS_REFERENCE_KEY",
+        "statusCode": "INVALID_FIELD",
         "message": "Foreign key external ID: A-404 not found for field External_Id__c in entity "
         "Account",
-        "fields": ["AccountId"],
+        "fields": [],
     }
 
 
