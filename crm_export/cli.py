@@ -51,8 +51,8 @@ def load(args: argparse.Namespace, *, secrets: bool = True) -> Config:
 
 def cmd_job(args: argparse.Namespace) -> int:
     from crm_export.jobs import JOBS
-    from crm_export.runtime import check_sources
     from crm_export.store import runner_lock
+    from crm_export.wiring import check_sources
 
     config = load(args)
     check_sources(config)
@@ -110,13 +110,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _open_store(config: Config) -> Any:
-    from crm_export.runtime import open_store
+    from crm_export.wiring import open_store
 
     return open_store(config.database.url)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from crm_export.runtime import stream_plan
+    from crm_export.wiring import stream_plan
 
     config = load(args, secrets=False)
     with _open_store(config) as store:

@@ -43,10 +43,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from crm_export.config import Config, load_config
 from crm_export.errors import ConfigError, CrmExportError
 from crm_export.ports import JobId
-from crm_export.runtime import check_sources
 from crm_export.store import RunnerLock, holder_id, runner_lock
 from crm_export.store import migrations as migrate
 from crm_export.store.urls import is_sqlite
+from crm_export.wiring import check_sources
 
 EXIT_STOPPED, EXIT_START_FAILED, EXIT_CONFIG, EXIT_LOCK_LOST = 0, 1, 2, 3
 

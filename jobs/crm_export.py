@@ -6,7 +6,7 @@ import threading
 
 from crm_export.config import Config
 from crm_export.export import StreamResult
-from crm_export.runtime import open_runtime
+from crm_export.wiring import open_runtime
 
 
 def run(config: Config, stop: threading.Event | None = None) -> list[StreamResult]:

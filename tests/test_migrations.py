@@ -16,9 +16,9 @@ from sqlalchemy.engine import make_url
 
 from crm_export.errors import SchemaOutdatedError
 from crm_export.ports import BatchAck, RecordError, RecordFailure
-from crm_export.runtime import open_store
 from crm_export.store import SqlStore, migrations
 from crm_export.store.schema import VERSION_TABLE, metadata
+from crm_export.wiring import open_store
 
 CRM_EXPORT_TABLES = {"export_runs", "exporterrors", "stream_state"}
 EXPORT_ERRORS_COLUMNS = [

@@ -18,8 +18,8 @@ from harness import Stream, job_env, run_cli, sqlite_url, write_contacts
 from store_kit import failure
 
 from crm_export.ports import BatchAck, Position
-from crm_export.runtime import open_store
 from crm_export.store import runner_lock
+from crm_export.wiring import open_store
 
 
 def mode(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""Builds the export core's collaborators from a validated config.
+"""The composition root: a validated config in, the export core's collaborators out.
 
 The one place that turns config into a store, a sink and stream plans, so that ``jobs/`` and
 the daemon only wire; it also starts the embedded sandbox org when ``[sandbox] enabled``.
