@@ -35,7 +35,7 @@ SAMPLE = [
 CONFIG = """\
 # The embedded defaults: a SQLite state database, the sample source table in app.db, and the
 # local sandbox org, started in-process (its records are kept in sandbox-records.db).
-# Every key is documented in config.example.toml at the root of the repository.
+# Every key is documented in the example config: crm-export config example.
 
 [database]
 url = "sqlite:///state.db"

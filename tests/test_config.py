@@ -410,6 +410,8 @@ def test_a_missing_file_is_a_clear_problem(tmp_path: Path) -> None:
         load_config(None, {"CRM_EXPORT_CONFIG": str(missing)})
     assert caught.value.path == str(missing)
     assert caught.value.problems[0].startswith("file not found (named by CRM_EXPORT_CONFIG)")
+    # The hint names what an installed copy has, not a file only the repository holds.
+    assert "crm-export config example > crm-export.toml" in caught.value.problems[0]
 
 
 def test_relative_paths_resolve_next_to_the_config_file(

@@ -84,7 +84,10 @@ def _read_toml(path: Path, *, from_env: bool) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        problem = f"file not found{origin}; config.example.toml is a starting point"
+        problem = (
+            f"file not found{origin}; to start one from the documented example, run "
+            "`crm-export config example > crm-export.toml`"
+        )
     except IsADirectoryError:
         problem = f"is a directory, not a config file{origin}"
     except PermissionError:
