@@ -1,0 +1,59 @@
+"""The ``crm-export`` command line: one module per group of commands, each registering its
+parsers here.
+
+Exit codes: 0 the command did its work (a run that paused or logged record errors included),
+1 a run failed or the state database needs attention, 2 the config or the command line is
+invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from crm_export import __version__
+from crm_export.errors import ConfigError, CrmExportError
+
+from . import config_commands, db_commands, job_commands, status_commands
+from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_option
+from .config_commands import example_config
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "build_parser", "example_config", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crm-export",
+        description="Export SQL records into Salesforce, pausing or skipping on record errors.",
+    )
+    parser.add_argument("--version", action="version", version=f"crm-export {__version__}")
+    config_option(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (job_commands, status_commands, db_commands, config_commands):
+        group.register(commands)
+
+    from crm_export.sandbox.cli import add_commands as add_sandbox_commands
+
+    add_sandbox_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        print(f"crm-export: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CrmExportError as exc:
+        print(f"crm-export: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `crm-export errors --json | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        return EXIT_OK
