@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -20,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 from crm_export.sandbox import admin, rest
 from crm_export.sandbox.dml import RequestError
 from crm_export.sandbox.state import SandboxState
 from crm_export.sandbox.tls import make_server_tls
+from crm_export.sandbox.transport import ResetByFault, SandboxHTTPServer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -150,17 +149,11 @@ def _injected_error(status: int, endpoint: str | None) -> Response:
     )
 
 
-class ResetByFault(ConnectionResetError):
-    """Raised after writing half a response, so the server resets the connection."""
-
-
 class SandboxApp:
     """The WSGI application."""
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
-        # Sockets to close with an RST instead of a FIN once their handler finishes.
-        self.reset_sockets: set[Any] = set()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
@@ -290,7 +283,6 @@ class SandboxApp:
         raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body[: len(body) // 2]
         with contextlib.suppress(OSError):
             sock.sendall(raw)
-        self.reset_sockets.add(sock)
         raise ResetByFault("connection reset by the sandbox's reset_rate fault")
 
 
@@ -300,78 +292,6 @@ def _bearer(request: Request) -> str:
     if scheme.lower() in {"bearer", "oauth"}:
         return value.strip()
     return ""
-
-
-class _QuietHandler(WSGIRequestHandler):
-    # A stalled client must not hold a handler thread forever.
-    timeout = 60
-    server: _SandboxHTTPServer
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        if self.server.verbose:
-            super().log_request(code, size)
-
-    def log_error(self, format: str, *args: Any) -> None:
-        if self.server.verbose:
-            super().log_error(format, *args)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def connection_dropped(
-        self, error: BaseException, environ: WSGIEnvironment | None = None
-    ) -> None:
-        self.close_connection = True
-
-
-class _SandboxHTTPServer(ThreadedWSGIServer):
-    verbose = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._handler_threads: set[threading.Thread] = set()
-        self._handler_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Track handler threads ourselves so stop() can wait for them.
-        thread = threading.Thread(target=self._handle, args=(request, client_address), daemon=True)
-        with self._handler_lock:
-            self._handler_threads.add(thread)
-        thread.start()
-
-    def _handle(self, request: Any, client_address: Any) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            with self._handler_lock:
-                self._handler_threads.discard(threading.current_thread())
-
-    def shutdown_request(self, request: Any) -> None:
-        app = self.app
-        if isinstance(app, SandboxApp) and request in app.reset_sockets:
-            app.reset_sockets.discard(request)
-            # Let the client read the headers and half the body first; an RST discards
-            # whatever is still unread, and then the client would see no response at all.
-            time.sleep(0.05)
-            # SO_LINGER 0 makes close() send an RST: the client sees a reset, not a clean end.
-            with contextlib.suppress(OSError):
-                request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            request.close()
-            return
-        super().shutdown_request(request)
-
-    def join_handlers(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._handler_lock:
-                threads = list(self._handler_threads)
-            if not threads:
-                return
-            for thread in threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
-            if time.monotonic() >= deadline:
-                return
 
 
 class SandboxServer:
@@ -398,17 +318,19 @@ class SandboxServer:
             self.state_dir = state_dir
             tls = make_server_tls(state_dir)
             self.app = SandboxApp(self.state)
+            injector = self.state.faults
             # Bind ourselves: werkzeug exits the process on a bind error, we want an OSError.
             with socket.create_server((HOST, port)) as listener:
-                self._httpd = _SandboxHTTPServer(
+                self._httpd = SandboxHTTPServer(
                     HOST,
                     port,
                     self.app,
-                    handler=_QuietHandler,
                     ssl_context=tls.context,
                     fd=listener.fileno(),
+                    activity=self.state.activity,
+                    idle_timeout=lambda: injector.config.idle_timeout_seconds,
+                    verbose=verbose,
                 )
-            self._httpd.verbose = verbose
             # Handshake in the handler thread, so one silent client cannot block accept().
             self._httpd.socket.do_handshake_on_connect = False  # type: ignore[attr-defined]
         except BaseException:
@@ -448,6 +370,7 @@ class SandboxServer:
                 self._thread.join()
                 self._thread = None
             self._httpd.server_close()
+            self._httpd.end_idle_connections()
             self._httpd.join_handlers(timeout=5)
         finally:
             self.state.close()
