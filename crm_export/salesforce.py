@@ -10,6 +10,7 @@ SFType path loops forever on a persistent 401, issue #804); we re-authenticate h
 
 from __future__ import annotations
 
+import http.client
 import random
 import re
 import ssl
@@ -18,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import certifi
@@ -28,6 +30,8 @@ import structlog
 from requests.adapters import HTTPAdapter
 from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import SalesforceError
+from urllib3.exceptions import ProtocolError, SSLError
+from urllib3.util.retry import Retry
 
 from crm_export.classify import REQUEST_HINTS, request_error_class
 from crm_export.config import RetryConfig, SalesforceConfig
@@ -70,17 +74,91 @@ class HttpSession(requests.Session):
         return response
 
 
+# What a request meets on a kept-alive connection the server side has forgotten (a load
+# balancer's idle timeout): a reset, or an end of stream, before any byte of an answer. A
+# reset that lands while the request is still being written surfaces from the TLS layer as
+# an EOF in violation of the protocol.
+_DROPPED: tuple[type[BaseException], ...] = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+# requests' own default: every failure is raised at once.
+_NO_RETRY = Retry(0, read=False)
+
+
+def _dropped_before_answer(error: Exception | None) -> bool:
+    # urllib3 wraps what http.client raised before the answer's status line as
+    # ProtocolError("Connection aborted.", <error>), and a TLS error as SSLError(<error>).
+    if not isinstance(error, ProtocolError | SSLError):
+        return False
+    return any(isinstance(arg, _DROPPED) for arg in error.args)
+
+
+class _ResendOnDroppedConnection(Retry):
+    """Re-send a request once, at once, on a new connection, when the connection it went out
+    on was closed under it before any byte of the answer.
+
+    urllib3 already replaces a pooled connection that it can see was closed (readable at end
+    of stream) before reusing it. It cannot see one that a load balancer forgot: the request
+    goes out and meets a reset. Upserts by external ID are idempotent, so one immediate resend
+    is safe; it is not an outage, so it is neither a failed call nor a retry with backoff.
+    Every other failure is raised at once, as with requests' default, for the sink's own
+    retry policy to decide.
+    """
+
+    def __init__(self, **counters: Any) -> None:
+        # urllib3 builds each next Retry as type(self)(**counters), the counts decremented.
+        settings: dict[str, Any] = {
+            "total": 1,
+            "connect": 0,
+            "read": 1,
+            "redirect": 0,
+            "status": 0,
+            "other": 1,  # urllib3 counts a TLS-level EOF as an "other" error, not a read
+            "allowed_methods": None,  # PATCH and POST too: upserts and logins are idempotent
+            "backoff_factor": 0,
+            "respect_retry_after_header": False,  # the sink's backoff honours Retry-After
+            "raise_on_redirect": False,
+            "raise_on_status": False,
+        }
+        super().__init__(**{**settings, **counters})
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if not _dropped_before_answer(error):
+            return _NO_RETRY.increment(  # type: ignore[return-value]
+                method, url, response, error, _pool, _stacktrace
+            )
+        log.debug(
+            "salesforce_connection_dropped",
+            detail="the server closed a kept-alive connection before answering; "
+            "re-sending once on a new connection",
+            error=repr(error),
+        )
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 class _TrustAdapter(HTTPAdapter):
-    """Verifies every connection with one SSLContext, loaded once.
+    """Verifies every connection with one SSLContext, loaded once, and re-sends a request
+    once when its kept-alive connection was closed under it (see _ResendOnDroppedConnection).
 
     Left to itself, requests hands urllib3 the CA file's path, which loads it again for every
-    new connection: about 20 ms with the public bundle, on every call to a server that
-    closes connections.
+    new connection: about 20 ms with the public bundle.
     """
 
     def __init__(self, trust: ssl.SSLContext) -> None:
         self._trust = trust
-        super().__init__()
+        super().__init__(max_retries=_ResendOnDroppedConnection())
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = self._trust
