@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import tempfile
 import threading
@@ -21,7 +22,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from crm_export.sandbox import admin, rest
+from crm_export.sandbox import admin, rest, versions
+from crm_export.sandbox.auth import soap_fault
 from crm_export.sandbox.dml import RequestError
 from crm_export.sandbox.state import SandboxState
 from crm_export.sandbox.tls import make_server_tls
@@ -40,11 +42,13 @@ class _VersionConverter(BaseConverter):
 
 
 _DATA = "/services/data/v<version:version>"
+_DATA_VERSION = re.compile(r"/services/data/v(\d+\.\d+)(?:/|$)")
 URL_MAP = Map(
     [
         Rule("/services/oauth2/token", endpoint="token", methods=["POST"]),
         Rule("/services/Soap/u/<version:version>", endpoint="soap_login", methods=["POST"]),
         Rule("/services/data", endpoint="versions", methods=["GET"]),
+        Rule(_DATA, endpoint="resources", methods=["GET"]),
         Rule(f"{_DATA}/limits", endpoint="limits", methods=["GET"]),
         Rule(f"{_DATA}/sobjects", endpoint="describe_global", methods=["GET"]),
         Rule(f"{_DATA}/sobjects/<sobject>/describe", endpoint="describe", methods=["GET"]),
@@ -90,6 +94,7 @@ URL_MAP = Map(
 )
 
 _DATA_HANDLERS: dict[str, Callable[..., Response]] = {
+    "resources": lambda call: versions.resources_answer(call.version),
     "limits": rest.limits,
     "describe_global": rest.describe_global,
     "describe": rest.describe,
@@ -191,8 +196,9 @@ class SandboxApp:
         except Exception:
             log.exception("sandbox error on %s %s", request.method, request.path)
             response, reset = _injected_error(500, endpoint), False
-        limit = state.faults.config.daily_api_limit
-        response.headers["Sforce-Limit-Info"] = f"api-usage={state.activity.api_used}/{limit}"
+        if endpoint != "versions":  # the versions list is no API call, and says so
+            limit = state.faults.config.daily_api_limit
+            response.headers["Sforce-Limit-Info"] = f"api-usage={state.activity.api_used}/{limit}"
         return response, reset
 
     def _salesforce(
@@ -224,6 +230,14 @@ class SandboxApp:
             if reset:
                 activity.count_fault("reset")
 
+        version = _DATA_VERSION.match(path)
+        if version is not None:
+            refused = versions.refusal(
+                version.group(1), config.oldest_api_version, config.newest_api_version
+            )
+            if refused is not None:
+                activity.count_fault("api_version")
+                return refused, reset
         if not_allowed is not None:
             allowed = ",".join(sorted(not_allowed.valid_methods or []))
             return _request_error(
@@ -236,9 +250,17 @@ class SandboxApp:
         if endpoint == "token":
             return rest.oauth_token(state, request), reset
         if endpoint == "soap_login":
+            unsupported = versions.soap_unsupported_message(
+                args["version"], config.oldest_api_version
+            )
+            if unsupported is not None:
+                fault = soap_fault("UNSUPPORTED_API_VERSION", unsupported)
+                return Response(fault, 500, content_type="text/xml"), reset
             return rest.soap_login(state, request, args["version"]), reset
         if endpoint == "versions":
-            return rest.versions(state), reset
+            return versions.versions_answer(
+                config.oldest_api_version, config.newest_api_version
+            ), reset
 
         token, expired = state.tokens.check(
             _bearer(request), config.token_ttl_seconds, config.token_ttl_calls
