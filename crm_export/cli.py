@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from crm_export import __version__
 from crm_export import report as report_mod
 from crm_export.config import Config, Secret, load_config
-from crm_export.errors import ConfigError, CrmExportError
+from crm_export.errors import ConfigError, ConfigValueError, CrmExportError
 from crm_export.logs import configure_logging
 from crm_export.ports import JobId, RunOutcome
 
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except ConfigError as exc:
+    except (ConfigError, ConfigValueError) as exc:
         print(f"crm-export: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except CrmExportError as exc:

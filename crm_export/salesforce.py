@@ -36,6 +36,8 @@ from urllib3.util.retry import Retry
 from crm_export.classify import REQUEST_HINTS, request_error_class
 from crm_export.config import RetryConfig, SalesforceConfig
 from crm_export.errors import (
+    ConfigValueError,
+    CrmExportError,
     NetworkError,
     RequestLimitError,
     RetriesExhaustedError,
@@ -237,7 +239,10 @@ class Authenticator:
         except requests.RequestException as exc:
             raise network_error(exc, cfg.login_url) from exc
         if response.status_code >= 500 or response.status_code == 429:
-            raise ServerError(f"login at {cfg.login_url} answered {response.status_code}")
+            raise ServerError(
+                f"login at {cfg.login_url} answered {response.status_code}",
+                retry_after=_retry_after(response),
+            )
         body = _json(response)
         if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
             error = body.get("error", response.status_code) if isinstance(body, dict) else "?"
@@ -294,6 +299,7 @@ class SalesforceSink:
         self.session = HttpSession(cfg.timeout_seconds, trust_store(cfg.ca_bundle))
         self.auth = Authenticator(cfg, self.session)
         self._client: Salesforce | None = None
+        self._version_served = False
         self.api_usage: tuple[int, int] | None = None
 
     @property
@@ -302,6 +308,61 @@ class SalesforceSink:
 
     def close(self) -> None:
         self.session.close()
+
+    def connect(self) -> None:
+        """Log in and check that the org serves ``salesforce.api_version``, before any stream
+        runs, so a version it does not serve stops the command (exit 2) instead of failing
+        every stream. Any other trouble is left for the first call to retry and report."""
+        try:
+            self._login()
+        except ConfigValueError:
+            raise
+        except CrmExportError as exc:
+            log.info("salesforce_connect_deferred", error=str(exc))
+
+    def _login(self) -> Salesforce:
+        if self._client is None:
+            token = self.auth.login()
+            if not self._version_served:
+                self._check_api_version(token.instance_url)
+            self._client = Salesforce(
+                instance_url=token.instance_url,
+                session_id=token.access_token,
+                session=self.session,
+                version=self.cfg.api_version,
+            )
+        return self._client
+
+    def _check_api_version(self, instance_url: str) -> None:
+        """One call to the versions list, which Salesforce neither authenticates nor counts."""
+        url = instance_url.rstrip("/") + "/services/data/"
+        try:
+            response = self.session.get(url)
+        except requests.RequestException as exc:
+            raise network_error(exc, url) from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ServerError(
+                f"the versions list at {url} answered {response.status_code}",
+                retry_after=_retry_after(response),
+            )
+        listed = _json(response)
+        served = (
+            [str(v.get("version")) for v in listed if isinstance(v, Mapping)]
+            if (response.status_code == 200 and isinstance(listed, list))
+            else []
+        )
+        if not served:
+            log.warning(
+                "salesforce_versions_unreadable",
+                url=url,
+                status=response.status_code,
+                detail="cannot check salesforce.api_version; the calls will tell",
+            )
+        elif self.cfg.api_version not in served:
+            raise ConfigValueError(
+                "salesforce.api_version", _version_problem(self.cfg.api_version, served)
+            )
+        self._version_served = True
 
     def upsert(
         self,
@@ -348,15 +409,7 @@ class SalesforceSink:
 
     def _call(self, method: str, path: str, body: Any) -> Any:
         try:
-            if self._client is None:
-                token = self.auth.login()
-                self._client = Salesforce(
-                    instance_url=token.instance_url,
-                    session_id=token.access_token,
-                    session=self.session,
-                    version=self.cfg.api_version,
-                )
-            result = self._client.restful(path, method=method, json=body)
+            result = self._login().restful(path, method=method, json=body)
         except SalesforceError as exc:
             raise self._translate(exc) from exc
         except requests.RequestException as exc:
@@ -446,6 +499,16 @@ def _network_trouble(exc: requests.RequestException) -> str:
     if "refused" in text:
         return "connection refused"
     return "network error"
+
+
+def _version_problem(version: str, served: Sequence[str]) -> str:
+    ordered = sorted(served, key=float)
+    span = f"it serves {ordered[0]} to {ordered[-1]}"
+    if float(version) < float(ordered[0]):
+        return f"{version} is retired by this org; {span}"
+    if float(version) > float(ordered[-1]):
+        return f"{version} is not served by this org yet; {span}"
+    return f"{version} is not served by this org; it serves {', '.join(ordered)}"
 
 
 def _json(response: requests.Response) -> Any:
