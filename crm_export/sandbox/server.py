@@ -197,8 +197,7 @@ class SandboxApp:
             log.exception("sandbox error on %s %s", request.method, request.path)
             response, reset = _injected_error(500, endpoint), False
         if endpoint != "versions":  # the versions list is no API call, and says so
-            limit = state.faults.config.daily_api_limit
-            response.headers["Sforce-Limit-Info"] = f"api-usage={state.activity.api_used}/{limit}"
+            response.headers["Sforce-Limit-Info"] = _limit_info(state)
         return response, reset
 
     def _salesforce(
@@ -279,7 +278,7 @@ class SandboxApp:
             return _request_error(
                 403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded."
             ), reset
-        if not activity.use_api(config.daily_api_limit):
+        if not activity.use_api(config.daily_api_limit, config.daily_api_overrun):
             activity.count_fault("daily_api_limit")
             return _request_error(
                 403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."
@@ -306,6 +305,17 @@ class SandboxApp:
         with contextlib.suppress(OSError):
             sock.sendall(raw)
         raise ResetByFault("connection reset by the sandbox's reset_rate fault")
+
+
+def _limit_info(state: SandboxState) -> str:
+    """``api-usage=N/M``, and ``; api-bursts=B/E`` for an org entitled to bursts: B is 1 once
+    usage has run past the allocation, as it may before calls are refused."""
+    config = state.faults.config
+    used, limit = state.activity.api_used, config.daily_api_limit
+    info = f"api-usage={used}/{limit}"
+    if config.api_bursts:
+        info += f"; api-bursts={int(used > limit)}/{config.api_bursts}"
+    return info
 
 
 def _bearer(request: Request) -> str:
