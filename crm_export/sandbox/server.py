@@ -133,7 +133,14 @@ def _invalid_session() -> Response:
     return _request_error(401, "INVALID_SESSION_ID", "Session expired or invalid")
 
 
-def _injected_error(status: int, endpoint: str | None) -> Response:
+def _injected_error(status: int, endpoint: str | None, retry_after: int = 0) -> Response:
+    response = _injected_page(status, endpoint)
+    if retry_after and status in {429, 503}:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _injected_page(status: int, endpoint: str | None) -> Response:
     if status == 503:
         return Response(_MAINTENANCE_PAGE, 503, content_type="text/html;charset=UTF-8")
     if status in {502, 504}:
@@ -220,11 +227,11 @@ class SandboxApp:
                 time.sleep(config.latency_ms / 1000)
             if faults.outage_remaining() > 0:
                 activity.count_fault("outage")
-                return _injected_error(503, endpoint), False
+                return _injected_error(503, endpoint, config.retry_after_seconds), False
             status = faults.http_error()
             if status is not None:
                 activity.count_fault(f"http_{status}")
-                return _injected_error(status, endpoint), False
+                return _injected_error(status, endpoint, config.retry_after_seconds), False
             reset = faults.draw("reset", config.reset_rate)
             if reset:
                 activity.count_fault("reset")

@@ -41,3 +41,22 @@ def test_a_connection_dropped_while_idle_costs_no_failed_call(scenario: Scenario
     assert exporter_handshakes == 2
     assert scenario.export_errors() == []
     assert len(scenario.contacts()) == 1100
+
+
+def test_the_wait_after_a_503_honours_retry_after(scenario: Scenario) -> None:
+    scenario.add_many(range(1, 51))
+    # Without Retry-After, this scenario's backoff (10-50 ms) would spend its 6 attempts in
+    # a fraction of the outage and fail the run.
+    scenario.sandbox.set_faults(retry_after_seconds=1, outage_seconds=1.5)
+    started = time.monotonic()
+    with capture_logs() as logs:
+        result = scenario.run()
+    elapsed = time.monotonic() - started
+
+    assert (result.outcome, result.exported) == (RunOutcome.COMPLETED, 50)
+    waits = [e["wait_seconds"] for e in logs if e["event"] == "salesforce_retry"]
+    assert waits and all(wait >= 1.0 for wait in waits)
+    assert elapsed >= 1.5
+    # One refused login a second, not one every few milliseconds.
+    assert scenario.sandbox.counters()["faults"]["outage"] <= 4
+    assert scenario.export_errors() == []

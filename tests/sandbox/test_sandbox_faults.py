@@ -311,3 +311,18 @@ def test_invalid_fault_options_are_refused(sandbox: SandboxHandle) -> None:
     assert sandbox.faults()["reset_rate"] == 0
     with pytest.raises(FaultsError), running_sandbox(faults={"lock_rate": 0.1}):
         pass
+
+
+def test_retry_after_on_429_and_503(sandbox: SandboxHandle, session: requests.Session) -> None:
+    sandbox.set_faults(retry_after_seconds=7)
+    headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
+    url = f"{sandbox.base_url}/services/data/v{VERSION}/limits"
+    for status, expected in (("503", "7"), ("429", "7"), ("500", None), ("502", None)):
+        sandbox.set_faults(http_error_rate=None)
+        sandbox.set_faults(http_error_rate={status: 1.0})
+        answer = session.get(url, headers=headers)
+        assert answer.status_code == int(status)
+        assert answer.headers.get("Retry-After") == expected
+    sandbox.set_faults(http_error_rate=None, outage_seconds=5)
+    outage = session.get(url, headers=headers)
+    assert (outage.status_code, outage.headers.get("Retry-After")) == (503, "7")
