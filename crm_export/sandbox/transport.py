@@ -131,6 +131,12 @@ class KeepAliveHandler(WSGIRequestHandler):
         except TimeoutError as exc:
             self.connection_dropped(exc, environ)
             return
+        except Exception as exc:
+            # The application answers its own errors; this is a bug in the sandbox itself.
+            self.log_error("sandbox error on %s %s: %r", self.command, self.path, exc)
+            self.close_connection = True
+            started[:] = ["500 Internal Server Error", [("Content-Type", "text/plain")]]
+            payload = b"sandbox error"
         self._discard(body)
         status, headers = started
         self._answer(status, headers, payload)
