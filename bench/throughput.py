@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(_TESTS))
@@ -65,6 +66,7 @@ class Result:
     seconds: float
     calls: int
     note: str = ""
+    connections: int = 0  # TLS handshakes the scenario cost, login included
 
     @property
     def rate(self) -> float:
@@ -171,21 +173,29 @@ def crm_export_job(
         batch_size=batch_size,
         log_level="warning",
     )
-    before = _collection_calls(sandbox)
+    before = sandbox.admin.counters()
     started = time.perf_counter()
     done = run_cli("job", "CRMExport", "--config", str(config), env=job_env(SECRET))
     seconds = time.perf_counter() - started
+    after = sandbox.admin.counters()
     if done.returncode != 0 or ": completed" not in done.stdout:
         raise SystemExit(
             f"{name}: crm-export failed ({done.returncode}):\n{done.stdout}{done.stderr}"
         )
     mode = "pause" if pause_on_error else "skip"
     note = f"{mode}, batch {batch_size}"
-    return Result(name, records, seconds, _collection_calls(sandbox) - before, note)
+    calls = _collection_calls(after) - _collection_calls(before)
+    # The second counters call opened a connection of its own.
+    connections = _handshakes(after) - _handshakes(before) - 1
+    return Result(name, records, seconds, calls, note, connections)
 
 
-def _collection_calls(sandbox: SandboxProcess) -> int:
-    return int(sandbox.admin.counters()["calls"].get("composite_upsert", 0))
+def _collection_calls(counters: dict[str, Any]) -> int:
+    return int(counters["calls"].get("composite_upsert", 0))
+
+
+def _handshakes(counters: dict[str, Any]) -> int:
+    return int(counters["transport"]["tls_handshakes"])
 
 
 def _check_org(sandbox: SandboxProcess, expected: int, name: str) -> None:
@@ -243,6 +253,9 @@ def main() -> int:
             def measure(expected: int, run: Callable[[], Result]) -> None:
                 sandbox.admin.reset()
                 result = run()
+                if not result.name.startswith("crm-export"):
+                    # The counters call opens a connection of its own.
+                    result.connections = _handshakes(sandbox.admin.counters()) - 1
                 print(f"measured: {result.name} ({result.note})", file=sys.stderr, flush=True)
                 _check_org(sandbox, expected, result.name)
                 results.append(result)
@@ -280,7 +293,7 @@ def main() -> int:
         f"\nthroughput: {args.records} contacts, sandbox latency {args.latency_ms} ms per call, "
         f"{os.cpu_count()} CPUs\n"
     )
-    header = f"{'scenario':34} {'note':18} {'records':>8} {'calls':>6} {'seconds':>8} "
+    header = f"{'scenario':34} {'note':18} {'records':>8} {'calls':>6} {'conns':>6} {'seconds':>8} "
     header += f"{'rec/s':>8} {'vs floor':>9} {'vs 1/call':>10} {'steady vs floor':>16}"
     print(header)
     print("-" * len(header))
@@ -289,7 +302,8 @@ def main() -> int:
         if r.name.startswith("crm-export") and r.seconds > idle_seconds:
             steady = f"{r.records / (r.seconds - idle_seconds) / floor.rate:16.2f}"
         print(
-            f"{r.name:34} {r.note:18} {r.records:8d} {r.calls:6d} {r.seconds:8.2f} "
+            f"{r.name:34} {r.note:18} {r.records:8d} {r.calls:6d} {r.connections:6d} "
+            f"{r.seconds:8.2f} "
             f"{r.rate:8.0f} {r.rate / floor.rate:9.2f} {r.rate / single.rate:10.1f} {steady}"
         )
     print(
@@ -297,6 +311,7 @@ def main() -> int:
         f"read): {idle_seconds:.2f} s"
     )
     print(
+        "\nconns: TLS connections the scenario opened (the sandbox keeps them alive);"
         "\nvs floor: records/s as a share of the bare collections loop (1.00 = no overhead);"
         "\nvs 1/call: records/s as a multiple of one simple-salesforce upsert per record;"
         "\nsteady vs floor: like vs floor, with the fixed cost of a run taken out."

@@ -7,8 +7,9 @@ lets the in-flight batch be acknowledged and committed, then exits 0; a second s
 at once, which is safe because every acknowledgement is a single transaction.
 
 Exit codes: 0 stopped on request; 1 could not start (state database unreachable or
-outdated, runner lock file impossible to create); 2 invalid config at start; 3 lost the
-runner lock while active. 128 + the signal number after a second signal.
+outdated, runner lock file impossible to create); 2 invalid config at start, or a config
+value Salesforce refuses (an API version the org does not serve); 3 lost the runner lock
+while active. 128 + the signal number after a second signal.
 
 Log events an operator can watch for: ``standby`` / ``active`` (the runner lock),
 ``daemon_started``, ``job_started`` / ``job_finished`` (each stream's outcome),
@@ -41,7 +42,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm_export.config import Config, load_config
-from crm_export.errors import ConfigError, CrmExportError
+from crm_export.errors import ConfigError, ConfigValueError, CrmExportError
 from crm_export.ports import JobId
 from crm_export.store import RunnerLock, holder_id, runner_lock
 from crm_export.store import migrations as migrate
@@ -172,6 +173,18 @@ class Daemon:
                     seconds=round((finished - started).total_seconds(), 3),
                 )
                 self._last_jobs[job_id] = {"finished_at": _iso(finished), "outcomes": outcomes}
+            except ConfigValueError as exc:
+                # A value the other side refuses (an API version the org does not serve)
+                # fails every run alike until the file is fixed: exit 2, as at start.
+                log.error(
+                    "config_invalid",
+                    path=str(self.config.path) if self.config else None,
+                    key=exc.key,
+                    problems=[str(exc)],
+                    detail=f"stopping (exit code {EXIT_CONFIG}); fix the file and start again",
+                )
+                self.exit_code = EXIT_CONFIG
+                self._begin_stop()
             except Exception:
                 log.exception("job_crashed", job=job_id)
                 self._last_jobs[job_id] = {"finished_at": _iso(datetime.now(UTC)), "crashed": True}

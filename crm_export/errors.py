@@ -33,6 +33,17 @@ class ConfigError(TerminalError):
         super().__init__(f"invalid config {path}:\n{lines}")
 
 
+class ConfigValueError(TerminalError):
+    """A config value that is well formed but that the system it names refuses, found only at
+    run time: ``key`` names it, e.g. ``salesforce.api_version`` when the org does not serve
+    that version. A mistake in the config file all the same, so the command line exits 2."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")
+
+
 class SchemaOutdatedError(TerminalError):
     """The state database is behind the migrations shipped with this version."""
 

@@ -10,6 +10,7 @@ SFType path loops forever on a persistent 401, issue #804); we re-authenticate h
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import re
@@ -19,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import certifi
@@ -29,10 +31,14 @@ import structlog
 from requests.adapters import HTTPAdapter
 from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import SalesforceError
+from urllib3.exceptions import ProtocolError, SSLError
+from urllib3.util.retry import Retry
 
 from crm_export.classify import REQUEST_HINTS, request_error_class
 from crm_export.config import RetryConfig, SalesforceConfig
 from crm_export.errors import (
+    ConfigValueError,
+    CrmExportError,
     NetworkError,
     RequestLimitError,
     RequestPayloadError,
@@ -72,17 +78,91 @@ class HttpSession(requests.Session):
         return response
 
 
+# What a request meets on a kept-alive connection the server side has forgotten (a load
+# balancer's idle timeout): a reset, or an end of stream, before any byte of an answer. A
+# reset that lands while the request is still being written surfaces from the TLS layer as
+# an EOF in violation of the protocol.
+_DROPPED: tuple[type[BaseException], ...] = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+# requests' own default: every failure is raised at once.
+_NO_RETRY = Retry(0, read=False)
+
+
+def _dropped_before_answer(error: Exception | None) -> bool:
+    # urllib3 wraps what http.client raised before the answer's status line as
+    # ProtocolError("Connection aborted.", <error>), and a TLS error as SSLError(<error>).
+    if not isinstance(error, ProtocolError | SSLError):
+        return False
+    return any(isinstance(arg, _DROPPED) for arg in error.args)
+
+
+class _ResendOnDroppedConnection(Retry):
+    """Re-send a request once, at once, on a new connection, when the connection it went out
+    on was closed under it before any byte of the answer.
+
+    urllib3 already replaces a pooled connection that it can see was closed (readable at end
+    of stream) before reusing it. It cannot see one that a load balancer forgot: the request
+    goes out and meets a reset. Upserts by external ID are idempotent, so one immediate resend
+    is safe; it is not an outage, so it is neither a failed call nor a retry with backoff.
+    Every other failure is raised at once, as with requests' default, for the sink's own
+    retry policy to decide.
+    """
+
+    def __init__(self, **counters: Any) -> None:
+        # urllib3 builds each next Retry as type(self)(**counters), the counts decremented.
+        settings: dict[str, Any] = {
+            "total": 1,
+            "connect": 0,
+            "read": 1,
+            "redirect": 0,
+            "status": 0,
+            "other": 1,  # urllib3 counts a TLS-level EOF as an "other" error, not a read
+            "allowed_methods": None,  # PATCH and POST too: upserts and logins are idempotent
+            "backoff_factor": 0,
+            "respect_retry_after_header": False,  # the sink's backoff honours Retry-After
+            "raise_on_redirect": False,
+            "raise_on_status": False,
+        }
+        super().__init__(**{**settings, **counters})
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if not _dropped_before_answer(error):
+            return _NO_RETRY.increment(  # type: ignore[return-value]
+                method, url, response, error, _pool, _stacktrace
+            )
+        log.debug(
+            "salesforce_connection_dropped",
+            detail="the server closed a kept-alive connection before answering; "
+            "re-sending once on a new connection",
+            error=repr(error),
+        )
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 class _TrustAdapter(HTTPAdapter):
-    """Verifies every connection with one SSLContext, loaded once.
+    """Verifies every connection with one SSLContext, loaded once, and re-sends a request
+    once when its kept-alive connection was closed under it (see _ResendOnDroppedConnection).
 
     Left to itself, requests hands urllib3 the CA file's path, which loads it again for every
-    new connection: about 20 ms with the public bundle, on every call to a server that
-    closes connections.
+    new connection: about 20 ms with the public bundle.
     """
 
     def __init__(self, trust: ssl.SSLContext) -> None:
         self._trust = trust
-        super().__init__()
+        super().__init__(max_retries=_ResendOnDroppedConnection())
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = self._trust
@@ -161,7 +241,10 @@ class Authenticator:
         except requests.RequestException as exc:
             raise network_error(exc, cfg.login_url) from exc
         if response.status_code >= 500 or response.status_code == 429:
-            raise ServerError(f"login at {cfg.login_url} answered {response.status_code}")
+            raise ServerError(
+                f"login at {cfg.login_url} answered {response.status_code}",
+                retry_after=_retry_after(response),
+            )
         body = _json(response)
         if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
             error = body.get("error", response.status_code) if isinstance(body, dict) else "?"
@@ -218,6 +301,7 @@ class SalesforceSink:
         self.session = HttpSession(cfg.timeout_seconds, trust_store(cfg.ca_bundle))
         self.auth = Authenticator(cfg, self.session)
         self._client: Salesforce | None = None
+        self._version_served = False
         self.api_usage: tuple[int, int] | None = None
 
     @property
@@ -226,6 +310,61 @@ class SalesforceSink:
 
     def close(self) -> None:
         self.session.close()
+
+    def connect(self) -> None:
+        """Log in and check that the org serves ``salesforce.api_version``, before any stream
+        runs, so a version it does not serve stops the command (exit 2) instead of failing
+        every stream. Any other trouble is left for the first call to retry and report."""
+        try:
+            self._login()
+        except ConfigValueError:
+            raise
+        except CrmExportError as exc:
+            log.info("salesforce_connect_deferred", error=str(exc))
+
+    def _login(self) -> Salesforce:
+        if self._client is None:
+            token = self.auth.login()
+            if not self._version_served:
+                self._check_api_version(token.instance_url)
+            self._client = Salesforce(
+                instance_url=token.instance_url,
+                session_id=token.access_token,
+                session=self.session,
+                version=self.cfg.api_version,
+            )
+        return self._client
+
+    def _check_api_version(self, instance_url: str) -> None:
+        """One call to the versions list, which Salesforce neither authenticates nor counts."""
+        url = instance_url.rstrip("/") + "/services/data/"
+        try:
+            response = self.session.get(url)
+        except requests.RequestException as exc:
+            raise network_error(exc, url) from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ServerError(
+                f"the versions list at {url} answered {response.status_code}",
+                retry_after=_retry_after(response),
+            )
+        listed = _json(response)
+        served = (
+            [str(v.get("version")) for v in listed if isinstance(v, Mapping)]
+            if (response.status_code == 200 and isinstance(listed, list))
+            else []
+        )
+        if not served:
+            log.warning(
+                "salesforce_versions_unreadable",
+                url=url,
+                status=response.status_code,
+                detail="cannot check salesforce.api_version; the calls will tell",
+            )
+        elif self.cfg.api_version not in served:
+            raise ConfigValueError(
+                "salesforce.api_version", _version_problem(self.cfg.api_version, served)
+            )
+        self._version_served = True
 
     def upsert(
         self,
@@ -272,15 +411,7 @@ class SalesforceSink:
 
     def _call(self, method: str, path: str, body: Any) -> Any:
         try:
-            if self._client is None:
-                token = self.auth.login()
-                self._client = Salesforce(
-                    instance_url=token.instance_url,
-                    session_id=token.access_token,
-                    session=self.session,
-                    version=self.cfg.api_version,
-                )
-            result = self._client.restful(path, method=method, json=body)
+            result = self._login().restful(path, method=method, json=body)
         except SalesforceError as exc:
             raise self._translate(exc) from exc
         except requests.RequestException as exc:
@@ -376,6 +507,16 @@ def _network_trouble(exc: requests.RequestException) -> str:
     if "refused" in text:
         return "connection refused"
     return "network error"
+
+
+def _version_problem(version: str, served: Sequence[str]) -> str:
+    ordered = sorted(served, key=float)
+    span = f"it serves {ordered[0]} to {ordered[-1]}"
+    if float(version) < float(ordered[0]):
+        return f"{version} is retired by this org; {span}"
+    if float(version) > float(ordered[-1]):
+        return f"{version} is not served by this org yet; {span}"
+    return f"{version} is not served by this org; it serves {', '.join(ordered)}"
 
 
 def _json(response: requests.Response) -> Any:

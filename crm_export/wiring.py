@@ -154,5 +154,7 @@ def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterato
         clock = SystemClock(stop)
         sink = SalesforceSink(config.salesforce, config.retry, clock)
         stack.callback(sink.close)
+        # Before any stream: an API version the org does not serve is the config's fault.
+        sink.connect()
         exporter = Exporter(store, sink, export_policy(config), clock, should_stop=stop.is_set)
         yield Runtime(config, store, sink, exporter, [stream_plan(s) for s in config.streams])

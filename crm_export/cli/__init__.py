@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from crm_export import __version__
-from crm_export.errors import ConfigError, CrmExportError
+from crm_export.errors import ConfigError, ConfigValueError, CrmExportError
 
 from . import config_commands, db_commands, job_commands, status_commands
 from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_option
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except ConfigError as exc:
+    except (ConfigError, ConfigValueError) as exc:
         print(f"crm-export: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except CrmExportError as exc:

@@ -1,4 +1,5 @@
-"""What the sandbox saw: call and fault counters, API usage, the write log and rejections."""
+"""What the sandbox saw: call and fault counters, API usage, connections, the write log and
+rejections."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from typing import Any
 # The logs keep the newest entries only, so a long benchmark cannot exhaust memory;
 # the counters stay exact.
 LOG_LIMIT = 100_000
+
+# What happened to connections: accepted, TLS handshakes completed, requests served and how
+# many of them came on a connection that had served one before, connections dropped for
+# idleness, and requests then refused on a dropped connection with a reset.
+TRANSPORT_COUNTERS = (
+    "connections",
+    "tls_handshakes",
+    "requests",
+    "reused",
+    "idle_dropped",
+    "idle_resets",
+)
 
 
 def now_iso() -> str:
@@ -28,6 +41,7 @@ class Activity:
             self.faults: Counter[str] = Counter()
             self.records: Counter[str] = Counter()
             self.by_sobject: dict[str, Counter[str]] = {}
+            self.transport: Counter[str] = Counter()
             self._writes: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
             self._rejections: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
             self._seq = 0
@@ -46,10 +60,15 @@ class Activity:
         with self._lock:
             self.faults[kind] += 1
 
-    def use_api(self, limit: int) -> bool:
-        """Count one API call against ``limit``; False (and not counted) if it is spent."""
+    def count_transport(self, kind: str) -> None:
         with self._lock:
-            if self.api_used >= limit:
+            self.transport[kind] += 1
+
+    def use_api(self, limit: int, overrun: float = 0.0) -> bool:
+        """Count one API call against ``limit``; False (and not counted) once usage has
+        reached ``limit`` plus the ``overrun`` share of it that the org tolerates."""
+        with self._lock:
+            if self.api_used >= limit + int(limit * overrun):
                 return False
             self.api_used += 1
             return True
@@ -90,4 +109,5 @@ class Activity:
                 "by_sobject": {
                     name: dict(counts) for name, counts in sorted(self.by_sobject.items())
                 },
+                "transport": {key: self.transport.get(key, 0) for key in TRANSPORT_COUNTERS},
             }

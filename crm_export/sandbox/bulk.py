@@ -1,8 +1,11 @@
 """Bulk API 2.0 ingest jobs: create, upload CSV, close, process, and the result CSVs.
 
-A closed job is processed by the first request the sandbox handles once the job is due
-(at once, or ``bulk_job_seconds`` after UploadComplete), so no worker thread is needed
-and a given sequence of calls always processes jobs at the same point.
+A job takes one upload. A closed job is processed in internal batches of
+``bulk_batch_records`` rows (10,000, as Salesforce cuts them), one batch per request the
+sandbox handles once the job is due (at once, or ``bulk_job_seconds`` after UploadComplete):
+no worker thread is needed, ``numberRecordsProcessed`` grows while the job is InProgress,
+and a given sequence of calls always processes the same rows at the same point. Results
+are served once the job is in a final state.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ DELIMITERS = {
 OPEN, UPLOAD_COMPLETE, IN_PROGRESS = "Open", "UploadComplete", "InProgress"
 JOB_COMPLETE, FAILED, ABORTED = "JobComplete", "Failed", "Aborted"
 TERMINAL = frozenset({JOB_COMPLETE, FAILED, ABORTED})
+RESULT_KINDS = frozenset({"successfulresults", "failedresults", "unprocessedrecords"})
 MAX_UPLOAD_BYTES = 150 * 1024 * 1024
 # Bulk CSV conventions: an empty cell leaves the field alone, #N/A sets it to null.
 NULL_CELL = "#N/A"
@@ -67,6 +71,12 @@ class IngestJob:
     error_message: str | None = None
     due_at: float | None = None
     processing_ms: int = 0
+    # Set when processing starts: the parsed rows, how far processing got, and how often
+    # each upsert key occurs in the whole job.
+    rows: list[list[str]] | None = None
+    cursor: int = 0
+    key_counts: dict[Any, int] = field(default_factory=dict)
+    busy: bool = False  # a request thread is running its next batch
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -197,6 +207,7 @@ class BulkJobs:
             raise RequestError(413, "FILE_SIZE_LIMIT_EXCEEDED", "the upload exceeds 150 MB")
         text = data.decode("utf-8-sig", errors="replace")
         with self._lock:
+            # A second upload is accepted here; closing the job then fails.
             job.uploads.append(text)
 
     def set_state(self, job_id: str, body: Any, delay_seconds: float) -> IngestJob:
@@ -208,6 +219,15 @@ class BulkJobs:
                     raise RequestError(
                         400, "INVALIDJOBSTATE", f"Job {job_id} is {job.state}; it cannot be closed"
                     )
+                if len(job.uploads) > 1:
+                    # Salesforce's words, typo and 15-character id included.
+                    raise RequestError(
+                        400,
+                        "INVALIDJOB",
+                        f"Found multipe contents for job: <{job_id[:15]}>, please 'Close' / "
+                        "'Abort' / 'Delete' the current Job then create a new Job and make "
+                        "sure you only do 'PUT' once on a given Job.",
+                    )
                 job.state = UPLOAD_COMPLETE
                 job.due_at = time.monotonic() + delay_seconds
             elif state == ABORTED:
@@ -217,8 +237,9 @@ class BulkJobs:
                     )
                 job.state = ABORTED
                 job.due_at = None
-                job.header, rows = _parse_uploads(job)
-                job.unprocessed = rows
+                if job.rows is None:
+                    job.header, job.rows = _parse_uploads(job)
+                job.unprocessed = job.rows[job.cursor :]
             else:
                 raise RequestError(
                     400,
@@ -229,31 +250,41 @@ class BulkJobs:
         return job
 
     def due_jobs(self) -> list[IngestJob]:
-        """Move closed jobs along: to InProgress, and return those due to be processed."""
+        """Move closed jobs along: to InProgress, and return those due for their next batch."""
         now = time.monotonic()
         due = []
         with self._lock:
             for job in self._jobs.values():
                 if job.state not in {UPLOAD_COMPLETE, IN_PROGRESS} or job.due_at is None:
                     continue
-                if now >= job.due_at:
-                    job.due_at = None
+                if now >= job.due_at and not job.busy:
+                    job.busy = True
                     due.append(job)
-                elif job.state == UPLOAD_COMPLETE:
-                    job.state = IN_PROGRESS
+                job.state = IN_PROGRESS
         return due
+
+    def release(self, job: IngestJob) -> None:
+        with self._lock:
+            job.busy = False
 
     def results_csv(self, job_id: str, kind: str) -> str:
         job = self.get(job_id)
+        if kind not in RESULT_KINDS:
+            raise RequestError(404, "NOT_FOUND", "The requested resource does not exist")
+        if job.state not in TERMINAL:
+            raise RequestError(
+                400,
+                "INVALIDJOBSTATE",
+                f"Job {job_id} is {job.state}: its results are available once it is "
+                "JobComplete, Failed or Aborted",
+            )
         with self._lock:
             header = job.header or _peek_header(job)
             if kind == "successfulresults":
                 return _csv_text(["sf__Id", "sf__Created", *header], job.successful)
             if kind == "failedresults":
                 return _csv_text(["sf__Id", "sf__Error", *header], job.failed)
-            if kind == "unprocessedrecords":
-                return _csv_text(header, job.unprocessed)
-        raise RequestError(404, "NOT_FOUND", "The requested resource does not exist")
+            return _csv_text(header, job.unprocessed)
 
 
 def _peek_header(job: IngestJob) -> list[str]:
@@ -262,24 +293,16 @@ def _peek_header(job: IngestJob) -> list[str]:
 
 
 def _parse_uploads(job: IngestJob) -> tuple[list[str], list[list[str]]]:
-    delimiter = DELIMITERS[job.column_delimiter]
-    header: list[str] = []
-    rows: list[list[str]] = []
-    for text in job.uploads:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-        part = list(reader)
-        if not part:
-            continue
-        if not header:
-            header = part[0]
-        elif part[0] != header:
-            raise _InvalidBatch("all uploads of a job must have the same header")
-        rows.extend(row for row in part[1:] if row)
-    return header, rows
-
-
-class _InvalidBatch(Exception):
-    pass
+    """The header and the rows of the job's upload (a job that closed has one at most)."""
+    if not job.uploads:
+        return [], []
+    reader = csv.reader(
+        io.StringIO(job.uploads[0], newline=""), delimiter=DELIMITERS[job.column_delimiter]
+    )
+    parsed = list(reader)
+    if not parsed:
+        return [], []
+    return parsed[0], [row for row in parsed[1:] if row]
 
 
 @dataclass(frozen=True)
@@ -294,42 +317,37 @@ def process_job(
     store: RecordStore,
     faults: FaultInjector,
     lock_faults: bool,
+    batch_records: int,
     on_result: Callable[[IngestJob, SaveResult, dict[str, str], Transaction], None],
     on_done: Callable[[Transaction], None],
 ) -> None:
-    """Run a due job: every row commits or fails on its own, as in Bulk API 2.0."""
+    """Run the next internal batch of a due job: each row commits or fails on its own, as in
+    Bulk API 2.0; the job is JobComplete after its last batch."""
     started = time.monotonic()
-    try:
-        header, rows = _parse_uploads(job)
-    except _InvalidBatch as exc:
-        job.state, job.error_message = FAILED, f"InvalidBatch : {exc}"
-        return
-    job.header = header
     sobject = org.sobject(job.object)
-    problem = _check_header(job, org, sobject, header)
-    if problem is not None or sobject is None:
-        job.state = FAILED
-        job.error_message = problem or f"InvalidBatch : sObject type '{job.object}' is gone"
-        job.unprocessed = rows
+    if job.rows is None:
+        job.header, job.rows = _parse_uploads(job)
+        problem = _check_header(job, org, sobject, job.header)
+        if problem is None and sobject is not None:
+            job.key_counts = _key_counts(job, sobject, job.header, job.rows)
+        else:
+            _fail(job, problem)
+            return
+    if sobject is None:
+        _fail(job, None)
         return
+    header = job.header
     columns = [_column(org, sobject, name) for name in header]
     match_name = (
         "Id" if job.operation in {"update", "delete", "hardDelete"} else job.external_id_field
     )
-    match_index = next(
-        (i for i, name in enumerate(header) if name.lower() == (match_name or "").lower()), None
-    )
+    match_index = _index_of(header, match_name)
     match_field = sobject.field(match_name) if match_name else None
-    key_counts: dict[Any, int] = {}
-    if job.operation in {"upsert", "insert"} and match_index is not None and match_field:
-        for row in rows:
-            key = _fold_key(row, match_index, match_field.case_sensitive)
-            if key:
-                key_counts[key] = key_counts.get(key, 0) + 1
+    batch = job.rows[job.cursor : job.cursor + batch_records]
 
     with store.transaction() as tx:
         saver = Saver(org, sobject, tx, faults if lock_faults else None)
-        for row in rows:
+        for row in batch:
             cells = dict(zip(header, row + [""] * (len(header) - len(row)), strict=False))
             match_value = (
                 row[match_index] if match_index is not None and match_index < len(row) else ""
@@ -338,7 +356,8 @@ def process_job(
                 match_field is not None
                 and match_index is not None
                 and job.operation == "upsert"
-                and key_counts.get(_fold_key(row, match_index, match_field.case_sensitive), 0) > 1
+                and job.key_counts.get(_fold_key(row, match_index, match_field.case_sensitive), 0)
+                > 1
             )
             if duplicate:
                 result = SaveResult(
@@ -376,9 +395,41 @@ def process_job(
                 job.failed.append([result.id or "", error, *row])
             on_result(job, result, cells, tx)
         on_done(tx)
-    job.state = JOB_COMPLETE
+    job.cursor += len(batch)
+    job.processing_ms += int((time.monotonic() - started) * 1000)
+    if job.cursor >= len(job.rows):
+        job.state = JOB_COMPLETE
+        job.due_at = None
     job.modstamp = sf_datetime()
-    job.processing_ms = int((time.monotonic() - started) * 1000)
+
+
+def _fail(job: IngestJob, problem: str | None) -> None:
+    job.state = FAILED
+    job.due_at = None
+    job.error_message = problem or f"InvalidBatch : sObject type '{job.object}' is gone"
+    job.unprocessed = (job.rows or [])[job.cursor :]
+    job.modstamp = sf_datetime()
+
+
+def _index_of(header: list[str], name: str | None) -> int | None:
+    return next(
+        (i for i, column in enumerate(header) if column.lower() == (name or "").lower()), None
+    )
+
+
+def _key_counts(
+    job: IngestJob, sobject: SObjectDef, header: list[str], rows: list[list[str]]
+) -> dict[Any, int]:
+    """How often each upsert or insert key occurs in the whole job, for duplicate keys."""
+    match_index = _index_of(header, job.external_id_field)
+    match_field = sobject.field(job.external_id_field) if job.external_id_field else None
+    counts: dict[Any, int] = {}
+    if job.operation in {"upsert", "insert"} and match_index is not None and match_field:
+        for row in rows:
+            key = _fold_key(row, match_index, match_field.case_sensitive)
+            if key:
+                counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _fold_key(row: list[str], index: int, case_sensitive: bool) -> str:

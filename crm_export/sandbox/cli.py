@@ -265,6 +265,9 @@ def render_report(
     out.append("Records: " + ", ".join(f"{k}={v}" for k, v in record_counts.items()))
     faults = counters.get("faults", {})
     out.append("Faults injected: " + (", ".join(f"{k}={v}" for k, v in faults.items()) or "none"))
+    transport = counters.get("transport")
+    if transport:
+        out.append("Connections: " + ", ".join(f"{k}={v}" for k, v in transport.items()))
     return "\n".join(out)
 
 

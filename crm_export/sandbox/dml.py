@@ -314,10 +314,6 @@ class Saver:
     tx: Transaction
     faults: FaultInjector | None = None
     now: str = field(default_factory=sf_datetime)
-    # The code of "Foreign key external ID: X not found ...". Salesforce answers INVALID_FIELD
-    # (REST passes it); Bulk 2.0 keeps the old INVALID_CROSS_REFERENCE_KEY until bulk.py is
-    # aligned (see docs/sandbox.md).
-    missing_parent_code: str = "INVALID_CROSS_REFERENCE_KEY"
 
     @property
     def store(self) -> RecordStore:
@@ -563,12 +559,12 @@ class Saver:
                 if _same_key(r.get(value.field.name), value.value, value.field.case_sensitive)
             ]
             if not found:
-                legacy = self.missing_parent_code != "INVALID_FIELD"
+                # Salesforce names no field (REST and Bulk 2.0 alike): docs/sandbox.md.
                 return None, RecordError(
-                    self.missing_parent_code,
+                    "INVALID_FIELD",
                     f"Foreign key external ID: {json_text(value.value)} not found for field "
                     f"{value.field.name} in entity {value.target.name}",
-                    (fdef.name,) if legacy else (),
+                    (),
                 )
             if len(found) > 1:
                 return None, RecordError(

@@ -21,6 +21,15 @@ from crm_export.sandbox.org import merge_patch
 
 DEFAULT_DAILY_API_LIMIT = 5_000_000
 HTTP_ERROR_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Load balancers commonly drop a connection idle for 60 s (AWS ELB's default); Salesforce does
+# not document its edge's figure. See docs/sandbox.md, "Connections".
+DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
+# 21.0-30.0 were retired in Summer '25; Spring '26 (66.0) is the newest generally available.
+DEFAULT_OLDEST_API_VERSION = "31.0"
+DEFAULT_NEWEST_API_VERSION = "66.0"
+# Bulk API 2.0 cuts a job into internal batches of 10,000 records.
+DEFAULT_BULK_BATCH_RECORDS = 10_000
+_VERSION = re.compile(r"\d+\.\d")
 
 
 class FaultsError(Exception):
@@ -42,15 +51,37 @@ class FaultConfig:
     token_ttl_seconds: float = 0.0
     token_ttl_calls: int = 0
     bulk_job_seconds: float = 0.0
+    bulk_batch_records: int = DEFAULT_BULK_BATCH_RECORDS
     paths: str | None = None
+    idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    retry_after_seconds: int = 0
+    daily_api_overrun: float = 0.1
+    api_bursts: int = 0
+    oldest_api_version: str = DEFAULT_OLDEST_API_VERSION
+    newest_api_version: str = DEFAULT_NEWEST_API_VERSION
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 _RATES = ("reset_rate", "lock_row_rate", "request_limit_rate")
-_NON_NEGATIVE = ("latency_ms", "outage_seconds", "token_ttl_seconds", "bulk_job_seconds")
-_COUNTS = ("daily_api_limit", "max_concurrent_requests", "token_ttl_calls")
+_NON_NEGATIVE = (
+    "latency_ms",
+    "outage_seconds",
+    "token_ttl_seconds",
+    "bulk_job_seconds",
+    "idle_timeout_seconds",
+    "daily_api_overrun",
+)
+_COUNTS = (
+    "daily_api_limit",
+    "max_concurrent_requests",
+    "token_ttl_calls",
+    "retry_after_seconds",
+    "api_bursts",
+    "bulk_batch_records",
+)
+_VERSIONS = ("oldest_api_version", "newest_api_version")
 
 
 def parse_faults(data: Mapping[str, Any]) -> FaultConfig:
@@ -77,8 +108,22 @@ def parse_faults(data: Mapping[str, Any]) -> FaultConfig:
                 problems.append(f"{key}: an integer >= 0, got {value!r}")
             else:
                 values[key] = value
-    if "daily_api_limit" in values and values["daily_api_limit"] == 0:
-        problems.append("daily_api_limit: must be at least 1")
+    for key in ("daily_api_limit", "bulk_batch_records"):
+        if values.get(key) == 0:
+            problems.append(f"{key}: must be at least 1")
+    for key in _VERSIONS:
+        if key in data:
+            value = data[key]
+            if not isinstance(value, str) or not _VERSION.fullmatch(value):
+                problems.append(f'{key}: an API version such as "66.0", got {value!r}')
+            else:
+                values[key] = value
+    oldest = float(values.get("oldest_api_version", DEFAULT_OLDEST_API_VERSION))
+    newest = float(values.get("newest_api_version", DEFAULT_NEWEST_API_VERSION))
+    if oldest > newest:
+        problems.append(
+            f"oldest_api_version: {oldest:.1f} is newer than newest_api_version {newest:.1f}"
+        )
     if "http_error_rate" in data:
         rates = data["http_error_rate"]
         if not isinstance(rates, Mapping):

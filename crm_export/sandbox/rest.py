@@ -181,20 +181,6 @@ def soap_login(state: SandboxState, request: Request, version: str) -> Response:
 # ---- REST
 
 
-def versions(state: SandboxState) -> Response:
-    return json_response(
-        [
-            {"label": label, "url": f"/services/data/v{v}", "version": v}
-            for label, v in [
-                ("Winter '25", "62.0"),
-                ("Spring '25", "63.0"),
-                ("Summer '25", "64.0"),
-                ("Winter '26", "65.0"),
-            ]
-        ]
-    )
-
-
 def limits(call: Call) -> Response:
     used = call.state.activity.api_used
     daily = call.state.faults.config.daily_api_limit
@@ -345,7 +331,7 @@ def _lock_faults(call: Call) -> bool:
 def saver_for(call: Call, sobj: SObjectDef, tx: Transaction) -> Saver:
     faults = call.state.faults if _lock_faults(call) else None
     # Salesforce reports a parent that is not found as INVALID_FIELD (docs/sandbox.md).
-    return Saver(call.state.org, sobj, tx, faults, missing_parent_code="INVALID_FIELD")
+    return Saver(call.state.org, sobj, tx, faults)
 
 
 def composite_upsert(call: Call, sobject: str, field: str) -> Response:

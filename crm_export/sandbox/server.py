@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import BaseConverter, Map, Rule
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
-from crm_export.sandbox import admin, records, rest
+from crm_export.sandbox import admin, records, rest, versions
+from crm_export.sandbox.auth import soap_fault
 from crm_export.sandbox.dml import RequestError
 from crm_export.sandbox.state import SandboxState
 from crm_export.sandbox.tls import make_server_tls
+from crm_export.sandbox.transport import ResetByFault, SandboxHTTPServer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -41,6 +42,7 @@ class _VersionConverter(BaseConverter):
 
 
 _DATA = "/services/data/v<version:version>"
+_DATA_VERSION = re.compile(r"/services/data/v(\d+\.\d+)(?:/|$)")
 URL_MAP = Map(
     [
         Rule("/services/oauth2/token", endpoint="token", methods=["POST"]),
@@ -156,7 +158,14 @@ def _invalid_session() -> Response:
     return _request_error(401, "INVALID_SESSION_ID", "Session expired or invalid")
 
 
-def _injected_error(status: int, endpoint: str | None) -> Response:
+def _injected_error(status: int, endpoint: str | None, retry_after: int = 0) -> Response:
+    response = _injected_page(status, endpoint)
+    if retry_after and status in {429, 503}:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _injected_page(status: int, endpoint: str | None) -> Response:
     if status == 503:
         return Response(_MAINTENANCE_PAGE, 503, content_type="text/html;charset=UTF-8")
     if status in {502, 504}:
@@ -177,17 +186,11 @@ def _injected_error(status: int, endpoint: str | None) -> Response:
     )
 
 
-class ResetByFault(ConnectionResetError):
-    """Raised after writing half a response, so the server resets the connection."""
-
-
 class SandboxApp:
     """The WSGI application."""
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
-        # Sockets to close with an RST instead of a FIN once their handler finishes.
-        self.reset_sockets: set[Any] = set()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
@@ -225,8 +228,8 @@ class SandboxApp:
         except Exception:
             log.exception("sandbox error on %s %s", request.method, request.path)
             response, reset = _injected_error(500, endpoint), False
-        limit = state.faults.config.daily_api_limit
-        response.headers["Sforce-Limit-Info"] = f"api-usage={state.activity.api_used}/{limit}"
+        if endpoint != "versions":  # the versions list is no API call, and says so
+            response.headers["Sforce-Limit-Info"] = _limit_info(state)
         return response, reset
 
     def _salesforce(
@@ -249,15 +252,23 @@ class SandboxApp:
                 time.sleep(config.latency_ms / 1000)
             if faults.outage_remaining() > 0:
                 activity.count_fault("outage")
-                return _injected_error(503, endpoint), False
+                return _injected_error(503, endpoint, config.retry_after_seconds), False
             status = faults.http_error()
             if status is not None:
                 activity.count_fault(f"http_{status}")
-                return _injected_error(status, endpoint), False
+                return _injected_error(status, endpoint, config.retry_after_seconds), False
             reset = faults.draw("reset", config.reset_rate)
             if reset:
                 activity.count_fault("reset")
 
+        version = _DATA_VERSION.match(path)
+        if version is not None:
+            refused = versions.refusal(
+                version.group(1), config.oldest_api_version, config.newest_api_version
+            )
+            if refused is not None:
+                activity.count_fault("api_version")
+                return refused, reset
         if not_allowed is not None:
             allowed = ",".join(sorted(not_allowed.valid_methods or []))
             return _request_error(
@@ -270,9 +281,17 @@ class SandboxApp:
         if endpoint == "token":
             return rest.oauth_token(state, request), reset
         if endpoint == "soap_login":
+            unsupported = versions.soap_unsupported_message(
+                args["version"], config.oldest_api_version
+            )
+            if unsupported is not None:
+                fault = soap_fault("UNSUPPORTED_API_VERSION", unsupported)
+                return Response(fault, 500, content_type="text/xml"), reset
             return rest.soap_login(state, request, args["version"]), reset
         if endpoint == "versions":
-            return rest.versions(state), reset
+            return versions.versions_answer(
+                config.oldest_api_version, config.newest_api_version
+            ), reset
 
         token, expired = state.tokens.check(
             _bearer(request), config.token_ttl_seconds, config.token_ttl_calls
@@ -291,7 +310,7 @@ class SandboxApp:
             return _request_error(
                 403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded."
             ), reset
-        if not activity.use_api(config.daily_api_limit):
+        if not activity.use_api(config.daily_api_limit, config.daily_api_overrun):
             activity.count_fault("daily_api_limit")
             return _request_error(
                 403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."
@@ -317,8 +336,18 @@ class SandboxApp:
         raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body[: len(body) // 2]
         with contextlib.suppress(OSError):
             sock.sendall(raw)
-        self.reset_sockets.add(sock)
         raise ResetByFault("connection reset by the sandbox's reset_rate fault")
+
+
+def _limit_info(state: SandboxState) -> str:
+    """``api-usage=N/M``, and ``; api-bursts=B/E`` for an org entitled to bursts: B is 1 once
+    usage has run past the allocation, as it may before calls are refused."""
+    config = state.faults.config
+    used, limit = state.activity.api_used, config.daily_api_limit
+    info = f"api-usage={used}/{limit}"
+    if config.api_bursts:
+        info += f"; api-bursts={int(used > limit)}/{config.api_bursts}"
+    return info
 
 
 def _bearer(request: Request) -> str:
@@ -327,78 +356,6 @@ def _bearer(request: Request) -> str:
     if scheme.lower() in {"bearer", "oauth"}:
         return value.strip()
     return ""
-
-
-class _QuietHandler(WSGIRequestHandler):
-    # A stalled client must not hold a handler thread forever.
-    timeout = 60
-    server: _SandboxHTTPServer
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        if self.server.verbose:
-            super().log_request(code, size)
-
-    def log_error(self, format: str, *args: Any) -> None:
-        if self.server.verbose:
-            super().log_error(format, *args)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def connection_dropped(
-        self, error: BaseException, environ: WSGIEnvironment | None = None
-    ) -> None:
-        self.close_connection = True
-
-
-class _SandboxHTTPServer(ThreadedWSGIServer):
-    verbose = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._handler_threads: set[threading.Thread] = set()
-        self._handler_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        # Track handler threads ourselves so stop() can wait for them.
-        thread = threading.Thread(target=self._handle, args=(request, client_address), daemon=True)
-        with self._handler_lock:
-            self._handler_threads.add(thread)
-        thread.start()
-
-    def _handle(self, request: Any, client_address: Any) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            with self._handler_lock:
-                self._handler_threads.discard(threading.current_thread())
-
-    def shutdown_request(self, request: Any) -> None:
-        app = self.app
-        if isinstance(app, SandboxApp) and request in app.reset_sockets:
-            app.reset_sockets.discard(request)
-            # Let the client read the headers and half the body first; an RST discards
-            # whatever is still unread, and then the client would see no response at all.
-            time.sleep(0.05)
-            # SO_LINGER 0 makes close() send an RST: the client sees a reset, not a clean end.
-            with contextlib.suppress(OSError):
-                request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            request.close()
-            return
-        super().shutdown_request(request)
-
-    def join_handlers(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._handler_lock:
-                threads = list(self._handler_threads)
-            if not threads:
-                return
-            for thread in threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
-            if time.monotonic() >= deadline:
-                return
 
 
 class SandboxServer:
@@ -425,17 +382,19 @@ class SandboxServer:
             self.state_dir = state_dir
             tls = make_server_tls(state_dir)
             self.app = SandboxApp(self.state)
+            injector = self.state.faults
             # Bind ourselves: werkzeug exits the process on a bind error, we want an OSError.
             with socket.create_server((HOST, port)) as listener:
-                self._httpd = _SandboxHTTPServer(
+                self._httpd = SandboxHTTPServer(
                     HOST,
                     port,
                     self.app,
-                    handler=_QuietHandler,
                     ssl_context=tls.context,
                     fd=listener.fileno(),
+                    activity=self.state.activity,
+                    idle_timeout=lambda: injector.config.idle_timeout_seconds,
+                    verbose=verbose,
                 )
-            self._httpd.verbose = verbose
             # Handshake in the handler thread, so one silent client cannot block accept().
             self._httpd.socket.do_handshake_on_connect = False  # type: ignore[attr-defined]
         except BaseException:
@@ -475,6 +434,7 @@ class SandboxServer:
                 self._thread.join()
                 self._thread = None
             self._httpd.server_close()
+            self._httpd.end_idle_connections()
             self._httpd.join_handlers(timeout=5)
         finally:
             self.state.close()

@@ -77,16 +77,21 @@ class SandboxState:
     # ---- bulk
 
     def advance_jobs(self) -> None:
+        """Run the next internal batch of every due Bulk job."""
         for job in self.jobs.due_jobs():
-            process_job(
-                job,
-                self.org,
-                self.store,
-                self.faults,
-                self.faults.applies_to(f"/jobs/ingest/{job.id}"),
-                self._bulk_result,
-                self.publish,
-            )
+            try:
+                process_job(
+                    job,
+                    self.org,
+                    self.store,
+                    self.faults,
+                    self.faults.applies_to(f"/jobs/ingest/{job.id}"),
+                    self.faults.config.bulk_batch_records,
+                    self._bulk_result,
+                    self.publish,
+                )
+            finally:
+                self.jobs.release(job)
 
     def _bulk_result(
         self, job: IngestJob, result: SaveResult, cells: dict[str, str], tx: Transaction

@@ -12,9 +12,11 @@ Admin calls go over HTTPS to the sandbox's admin API, the same way another proce
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from crm_export.sandbox.admin_client import AdminClient, verified_session
 from crm_export.sandbox.server import SandboxServer
 
 __all__ = ["LoopbackSession", "SandboxHandle", "running_sandbox"]
+
+STORE_ENV = "CRM_EXPORT_TEST_SANDBOX_STORE"
 
 
 class LoopbackSession(requests.Session):
@@ -97,12 +101,19 @@ def running_sandbox(
     state_dir: Path | None = None,
     verbose: bool = False,
 ) -> Iterator[SandboxHandle]:
-    """Serve a sandbox org on a free port in a background thread; stop it on exit."""
-    server = SandboxServer(
-        org=org, faults=faults, seed=seed, data=data, state_dir=state_dir, verbose=verbose
-    )
-    server.start()
-    try:
+    """Serve a sandbox org on a free port in a background thread; stop it on exit.
+
+    With ``$CRM_EXPORT_TEST_SANDBOX_STORE=sqlite``, a sandbox given no ``data`` file keeps its
+    records in a temporary SQLite file instead of memory, so a whole test suite can run on
+    the file-backed store.
+    """
+    with ExitStack() as stack:
+        if data is None and os.environ.get(STORE_ENV) == "sqlite":
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="crm-sandbox-"))
+            data = Path(scratch) / "records.sqlite"
+        server = SandboxServer(
+            org=org, faults=faults, seed=seed, data=data, state_dir=state_dir, verbose=verbose
+        )
+        server.start()
+        stack.callback(server.stop)
         yield SandboxHandle(server)
-    finally:
-        server.stop()

@@ -108,7 +108,7 @@ def test_bulk_lookup_column_by_parent_external_id(sandbox: SandboxHandle, sf: Sa
     [stored] = sandbox.records("Contact")
     assert stored["AccountId"] == account["id"]
     [rejected] = sandbox.rejections()
-    assert rejected["errors"][0]["statusCode"] == "INVALID_CROSS_REFERENCE_KEY"
+    assert rejected["errors"][0]["statusCode"] == "INVALID_FIELD"
 
 
 def test_a_job_with_an_unknown_column_fails_and_leaves_rows_unprocessed(sf: Salesforce) -> None:
@@ -169,3 +169,113 @@ def test_slow_bulk_jobs_stay_in_progress(sandbox: SandboxHandle, session: reques
     time.sleep(0.5)
     done = session.get(f"{base}/{job_id}", headers=headers).json()
     assert done["state"] == "JobComplete" and done["numberRecordsProcessed"] == 1
+
+
+def _open_job(base: str, session: requests.Session, headers: dict[str, str]) -> str:
+    job = session.post(base, json={"object": "Contact", "operation": "insert"}, headers=headers)
+    return str(job.json()["id"])
+
+
+def test_a_job_takes_one_upload(sandbox: SandboxHandle, session: requests.Session) -> None:
+    base = f"{sandbox.base_url}/services/data/v{VERSION}/jobs/ingest"
+    headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
+    job_id = _open_job(base, session, headers)
+    for data in (b"LastName\nA\n", b"LastName\nB\n"):
+        assert (
+            session.put(f"{base}/{job_id}/batches", data=data, headers=headers).status_code == 201
+        )
+    closed = session.patch(f"{base}/{job_id}", json={"state": "UploadComplete"}, headers=headers)
+    assert closed.status_code == 400
+    assert closed.json() == [
+        {
+            "message": f"Found multipe contents for job: <{job_id[:15]}>, please 'Close' / "
+            "'Abort' / 'Delete' the current Job then create a new Job and make sure you only "
+            "do 'PUT' once on a given Job.",
+            "errorCode": "INVALIDJOB",
+        }
+    ]
+    assert session.get(f"{base}/{job_id}", headers=headers).json()["state"] == "Open"
+    aborted = session.patch(f"{base}/{job_id}", json={"state": "Aborted"}, headers=headers)
+    assert aborted.json()["state"] == "Aborted"
+    assert sandbox.records("Contact") == []
+
+
+def test_results_only_once_the_job_is_final(
+    sandbox: SandboxHandle, session: requests.Session
+) -> None:
+    sandbox.set_faults(bulk_job_seconds=30)
+    base = f"{sandbox.base_url}/services/data/v{VERSION}/jobs/ingest"
+    headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
+    job_id = _open_job(base, session, headers)
+    session.put(f"{base}/{job_id}/batches", data=b"LastName\nA\n", headers=headers)
+    session.patch(f"{base}/{job_id}", json={"state": "UploadComplete"}, headers=headers)
+    for kind in ("successfulResults", "failedResults", "unprocessedrecords"):
+        early = session.get(f"{base}/{job_id}/{kind}", headers=headers)
+        assert early.status_code == 400
+        assert early.json()[0]["errorCode"] == "INVALIDJOBSTATE"
+    aborted = session.patch(f"{base}/{job_id}", json={"state": "Aborted"}, headers=headers)
+    assert aborted.json()["state"] == "Aborted"
+    late = session.get(f"{base}/{job_id}/unprocessedrecords", headers=headers)
+    assert late.text.splitlines() == ['"LastName"', '"A"']
+
+
+def test_records_processed_grow_one_internal_batch_per_poll(
+    sandbox: SandboxHandle, session: requests.Session
+) -> None:
+    sandbox.set_faults(bulk_batch_records=2)
+    base = f"{sandbox.base_url}/services/data/v{VERSION}/jobs/ingest"
+    headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
+    job_id = _open_job(base, session, headers)
+    session.put(f"{base}/{job_id}/batches", data=b"LastName\nA\nB\nC\nD\nE\n", headers=headers)
+    session.patch(f"{base}/{job_id}", json={"state": "UploadComplete"}, headers=headers)
+    polls = [session.get(f"{base}/{job_id}", headers=headers).json() for _ in range(4)]
+    assert [(p["state"], p["numberRecordsProcessed"]) for p in polls] == [
+        ("InProgress", 2),
+        ("InProgress", 4),
+        ("JobComplete", 5),
+        ("JobComplete", 5),
+    ]
+    assert sorted(r["LastName"] for r in sandbox.records("Contact")) == ["A", "B", "C", "D", "E"]
+
+
+def test_a_job_in_several_internal_batches_through_simple_salesforce(
+    sandbox: SandboxHandle, sf: Salesforce
+) -> None:
+    sandbox.set_faults(bulk_batch_records=3)
+    records = [{"External_Id__c": f"B-{i}", "LastName": f"L{i}"} for i in range(7)]
+    records[4]["LastName"] = ""
+    [result] = sf.bulk2.Contact.upsert(records=records, external_id_field="External_Id__c", wait=0)
+    assert (result["numberRecordsProcessed"], result["numberRecordsFailed"]) == (7, 1)
+    assert len(rows(sf.bulk2.Contact.get_successful_records(result["job_id"]))) == 6
+    assert len(sandbox.records("Contact")) == 6
+
+
+def test_a_missing_parent_fails_alike_in_bulk_and_in_collections(
+    sandbox: SandboxHandle, sf: Salesforce
+) -> None:
+    [collections] = sf.restful(
+        "composite/sobjects/Contact/External_Id__c",
+        method="PATCH",
+        json={
+            "allOrNone": False,
+            "records": [
+                {
+                    "attributes": {"type": "Contact"},
+                    "External_Id__c": "C-1",
+                    "LastName": "K",
+                    "Account": {"External_Id__c": "A-9"},
+                }
+            ],
+        },
+    )
+    [error] = collections["errors"]
+    [result] = sf.bulk2.Contact.upsert(
+        records=[{"External_Id__c": "C-2", "LastName": "K", "Account.External_Id__c": "A-9"}],
+        external_id_field="External_Id__c",
+        wait=0,
+    )
+    [failed] = rows(sf.bulk2.Contact.get_failed_records(result["job_id"]))
+    # CODE:message:fields -- , or CODE:message:-- when no field is named (reference B6).
+    fields = "".join(f"{f} " for f in error["fields"])
+    assert failed["sf__Error"] == f"{error['statusCode']}:{error['message']}:{fields}--"
+    assert "Foreign key external ID: A-9 not found for field External_Id__c" in failed["sf__Error"]

@@ -85,6 +85,9 @@ def test_serve_accepts_a_script_and_records_shows_the_rejected_record(tmp_path: 
         rejected_line = next(line for line in shown.stdout.splitlines() if "C-2" in line)
         assert "REQUIRED_FIELD_MISSING: Required fields are missing: [LastName]" in rejected_line
         assert "composite_upsert=1" in shown.stdout
+        # The client script's token and upsert went over one kept-alive connection.
+        connections = next(line for line in shown.stdout.splitlines() if "Connections:" in line)
+        assert "reused=" in connections and "idle_dropped=0" in connections
 
         raw = run_cli("records", "--url", base_url, "--ca", ca_path, "--json")
         data = json.loads(raw.stdout)

@@ -130,8 +130,46 @@ def test_lock_row_fails_records_in_every_write_endpoint(
     assert sandbox.counters()["faults"]["lock_row"] == 3
 
 
+def test_usage_runs_slightly_past_the_allocation_before_calls_are_refused(
+    sandbox: SandboxHandle, sf: Salesforce
+) -> None:
+    sandbox.set_faults(daily_api_limit=20)  # the default overrun: 10 %
+    for _ in range(22):
+        sf.limits()
+    assert sf.api_usage["api-usage"].used == 22 and sf.api_usage["api-usage"].total == 20
+    with pytest.raises(SalesforceRefusedRequest):
+        sf.limits()
+    counters = sandbox.counters()
+    assert counters["api_usage"] == {"used": 22, "max": 20}
+    assert counters["faults"]["daily_api_limit"] == 1
+
+
+def test_limits_say_nothing_remains_while_usage_is_over(
+    sandbox: SandboxHandle, sf: Salesforce
+) -> None:
+    sandbox.set_faults(daily_api_limit=2, daily_api_overrun=1.0)
+    sf.limits()
+    assert sf.limits()["DailyApiRequests"] == {"Max": 2, "Remaining": 0}
+    assert sf.limits()["DailyApiRequests"] == {"Max": 2, "Remaining": 0}
+    assert sandbox.counters()["api_usage"] == {"used": 3, "max": 2}
+
+
+def test_api_bursts_in_the_limit_header(sandbox: SandboxHandle, session: requests.Session) -> None:
+    sandbox.set_faults(daily_api_limit=2, daily_api_overrun=0.5, api_bursts=750)
+    headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
+    url = f"{sandbox.base_url}/services/data/v{VERSION}/limits"
+    seen = [session.get(url, headers=headers).headers["Sforce-Limit-Info"] for _ in range(3)]
+    assert seen == [
+        "api-usage=1/2; api-bursts=0/750",
+        "api-usage=2/2; api-bursts=0/750",
+        "api-usage=3/2; api-bursts=1/750",
+    ]
+    # simple-salesforce still reads the usage out of the longer header.
+    assert Salesforce.parse_api_usage(seen[-1])["api-usage"] == (3, 2)
+
+
 def test_daily_api_limit(sandbox: SandboxHandle, sf: Salesforce) -> None:
-    sandbox.set_faults(daily_api_limit=3)
+    sandbox.set_faults(daily_api_limit=3, daily_api_overrun=0)
     assert sf.limits()["DailyApiRequests"] == {"Max": 3, "Remaining": 2}
     sf.limits()
     sf.limits()
@@ -273,3 +311,18 @@ def test_invalid_fault_options_are_refused(sandbox: SandboxHandle) -> None:
     assert sandbox.faults()["reset_rate"] == 0
     with pytest.raises(FaultsError), running_sandbox(faults={"lock_rate": 0.1}):
         pass
+
+
+def test_retry_after_on_429_and_503(sandbox: SandboxHandle, session: requests.Session) -> None:
+    sandbox.set_faults(retry_after_seconds=7)
+    headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
+    url = f"{sandbox.base_url}/services/data/v{VERSION}/limits"
+    for status, expected in (("503", "7"), ("429", "7"), ("500", None), ("502", None)):
+        sandbox.set_faults(http_error_rate=None)
+        sandbox.set_faults(http_error_rate={status: 1.0})
+        answer = session.get(url, headers=headers)
+        assert answer.status_code == int(status)
+        assert answer.headers.get("Retry-After") == expected
+    sandbox.set_faults(http_error_rate=None, outage_seconds=5)
+    outage = session.get(url, headers=headers)
+    assert (outage.status_code, outage.headers.get("Retry-After")) == (503, "7")
