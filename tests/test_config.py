@@ -122,6 +122,13 @@ def test_the_shipped_example_loads() -> None:
         ("LastName", "last_name"),
         ("Email", "email"),
     )
+    [(field, account)] = contacts.lookups.items()
+    assert (field, account.sobject, account.external_id_field, account.column) == (
+        "AccountId",
+        "Account",
+        "External_Id__c",
+        "account_id",
+    )
     assert contacts.pause_on_error is True  # from [export]
     assert accounts.pause_on_error is False  # the stream's own override
     assert accounts.table is None

@@ -67,11 +67,13 @@ class Problems:
     def add(self, error: PydanticCustomError, *loc: str | int) -> None:
         self.errors.append(InitErrorDetails(type=error, loc=loc, input=None))
 
-    def add_all(self, exc: ValidationError) -> None:
-        """Keep pydantic's own entries, with their types and inputs, beside ours."""
+    def add_all(self, exc: ValidationError, *under: str | int) -> None:
+        """Keep pydantic's own entries, with their types and inputs, beside ours (their
+        locations put ``under`` the given keys)."""
         for e in exc.errors(include_url=False):
             error = PydanticCustomError(e["type"], e["msg"], e.get("ctx"))
-            self.errors.append(InitErrorDetails(type=error, loc=e["loc"], input=e["input"]))
+            loc = (*under, *e["loc"])
+            self.errors.append(InitErrorDetails(type=error, loc=loc, input=e["input"]))
 
     def raise_if_any(self) -> None:
         if self.errors:

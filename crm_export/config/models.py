@@ -53,6 +53,11 @@ from crm_export.config.checks import (
     problem,
     zone_of,
 )
+from crm_export.config.relations import (
+    dependency_problems,
+    lookups_table,
+    stream_names,
+)
 from crm_export.config.secret import EnvOrFile, Secret, SecretKeys, usable_private_key
 from crm_export.store.urls import redact_url
 
@@ -323,6 +328,16 @@ class SandboxConfig(_Section):
         return value
 
 
+class LookupConfig(_Section):
+    """One ``[streams.lookups]`` entry: a lookup field set through its parent's external ID."""
+
+    sobject: SalesforceName  # the parent's object
+    external_id_field: ExternalIdField  # the parent's external ID field
+    column: ColumnName  # the source column holding the parent's key
+    # Derived when absent, as Salesforce derives it: AccountId -> Account, Foo__c -> Foo__r.
+    relationship: SalesforceName | None = None
+
+
 class StreamConfig(_Section):
     name: StreamName
     key: ColumnName
@@ -337,6 +352,27 @@ class StreamConfig(_Section):
     source_url: DatabaseUrl = DEFAULT_DATABASE_URL
     table: TableName | None = None
     query: ReadOnlyQuery | None = None
+    # Lookup field -> its parent, in file order, from the [streams.lookups] table.
+    lookups: dict[SalesforceName, LookupConfig] = Field(default_factory=dict)
+    # Streams to export first; those whose object a lookup points at are added by themselves.
+    depends_on: tuple[StreamName, ...] = ()
+
+    @field_validator("lookups", mode="before")
+    @classmethod
+    def _lookups_table(cls, value: object, info: ValidationInfo) -> object:
+        # fields and external_id_field come first in the model, so they are read by now.
+        return lookups_table(
+            value,
+            LookupConfig,
+            info.context,
+            fields=info.data.get("fields", ()),
+            external_id=info.data.get("external_id_field"),
+        )
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_on_list(cls, value: object) -> object:
+        return stream_names(value)
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -418,6 +454,7 @@ class Config(BaseModel):
             problems.add_all(exc)
         _report_duplicate_names(value, problems)
         problems.raise_if_any()
+        dependency_problems(streams, value).raise_if_any()
 
         database, export = info.data.get("database"), info.data.get("export")
         filled = []
@@ -479,6 +516,8 @@ def _file_keys(model: type[BaseModel]) -> frozenset[str]:
 SECTIONS: Final[Mapping[str, type[BaseModel]]] = {
     name: _section_model(field.annotation) for name, field in Config.model_fields.items()
 }
+# The keys of one [streams.lookups] entry.
+LOOKUP_KEYS: Final = _file_keys(LookupConfig)
 # Every key the file may hold, by section. Anything else is an error: a misspelt key must
 # never silently fall back to a default (pause mode off).
 CONFIG_KEYS: Final[Mapping[str, frozenset[str]]] = {

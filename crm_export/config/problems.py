@@ -17,7 +17,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from crm_export.config.checks import STREAM_NAME
-from crm_export.config.models import CONFIG_KEYS, SECTIONS
+from crm_export.config.models import CONFIG_KEYS, LOOKUP_KEYS, SECTIONS
 from crm_export.config.wording import kind, show, stream_key_path, suggest
 
 
@@ -126,6 +126,8 @@ def _unknown(error: ErrorDetails, field: FieldInfo | None) -> str:
     loc = error["loc"]
     if len(loc) == 1:
         return _unknown_key(str(loc[0]), "", CONFIG_KEYS.keys())
+    if loc[0] == "streams" and len(loc) == 5 and loc[2] == "lookups":
+        return "unknown key" + suggest(str(loc[-1]), LOOKUP_KEYS)
     section = str(loc[0])
     return _unknown_key(str(loc[-1]), section, CONFIG_KEYS[section])
 
