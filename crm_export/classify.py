@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 
 from crm_export import errors
@@ -79,6 +80,34 @@ RECORD_MESSAGE_OVERRIDES: tuple[tuple[str, str, ErrorClass], ...] = (
     ("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY", "UNABLE_TO_LOCK_ROW", ErrorClass.TRANSIENT),
     ("INVALID_FIELD", "Foreign key external ID: ", ErrorClass.RECORD),
 )
+
+
+@dataclass(frozen=True)
+class MissingParent:
+    """The parent a record's lookup names, which Salesforce did not find."""
+
+    sobject: str
+    external_id_field: str
+    external_id: str
+
+
+_MISSING_PARENT = re.compile(
+    r"^Foreign key external ID: (?P<value>.*) not found for field (?P<field>\S+) "
+    r"in entity (?P<sobject>\S+?)\.?$"
+)
+
+
+def missing_parent(error: RecordError) -> MissingParent | None:
+    """The parent a record waits for, when its error is Salesforce's "Foreign key external
+    ID: A-9 not found for field External_Id__c in entity Account": the parent is not in
+    Salesforce (yet). A record error, never a configuration one: it clears by itself once
+    the parent arrives, so it is retried every run and never counts as a flood."""
+    if error.code != "INVALID_FIELD":
+        return None
+    match = _MISSING_PARENT.match(error.message)
+    if match is None:
+        return None
+    return MissingParent(match["sobject"], match["field"], match["value"])
 
 
 def classify_record_error(error: RecordError) -> ErrorClass:

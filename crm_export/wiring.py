@@ -13,25 +13,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
+from crm_export.config.relations import dependencies
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
 from crm_export.export import Exporter, ExportPolicy, StreamPlan
-from crm_export.mapping import FieldMap
+from crm_export.mapping import FieldMap, Lookup
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
 from crm_export.store import SqlStore, migrations, preflight_source
+from crm_export.stream_order import dependency_order
 
 
 def stream_plan(stream: StreamConfig) -> StreamPlan:
-    columns = tuple(dict.fromkeys(column for _, column in stream.fields))
+    lookups = tuple(
+        Lookup.derive(field, p.sobject, p.external_id_field, p.column, p.relationship)
+        for field, p in stream.lookups.items()
+    )
+    fmap = FieldMap(stream.sobject, stream.external_id_field, stream.key, stream.fields, lookups)
     return StreamPlan(
         name=stream.name,
-        fmap=FieldMap(stream.sobject, stream.external_id_field, stream.key, stream.fields),
+        fmap=fmap,
         source=StreamSource(
             name=stream.name,
             key=stream.key,
             order_by=stream.order_by,
-            columns=columns,
+            columns=fmap.columns,
             source_url=stream.source_url,
             table=stream.table,
             query=stream.query,
@@ -71,13 +77,24 @@ def _reason(stream: StreamConfig, exc: Exception) -> str:
 
 
 def _setting_of(stream: StreamConfig, column: str) -> str:
-    """The config key that names ``column``: key, order_by, or a fields entry."""
+    """The config key that names ``column``: key, order_by, a fields or a lookups entry."""
     if column == stream.key:
         return "key"
     if column == stream.order_by:
         return "order_by"
     field = next((sf for sf, col in stream.fields if col == column), None)
-    return f"fields.{field}" if field else "fields"
+    if field is not None:
+        return f"fields.{field}"
+    lookup = next((f for f, p in stream.lookups.items() if p.column == column), None)
+    return f"lookups.{lookup}.column" if lookup else "fields"
+
+
+def ordered_streams(config: Config) -> list[StreamConfig]:
+    """The streams in the order both jobs run them: parents before children (depends_on,
+    and lookups into an object another stream exports), otherwise as in the file."""
+    by_name = {s.name: s for s in config.streams}
+    order = dependency_order(list(by_name), dependencies(config.streams))
+    return [by_name[name] for name in order]
 
 
 def export_policy(config: Config) -> ExportPolicy:
@@ -157,4 +174,6 @@ def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterato
         # Before any stream: an API version the org does not serve is the config's fault.
         sink.connect()
         exporter = Exporter(store, sink, export_policy(config), clock, should_stop=stop.is_set)
-        yield Runtime(config, store, sink, exporter, [stream_plan(s) for s in config.streams])
+        yield Runtime(
+            config, store, sink, exporter, [stream_plan(s) for s in ordered_streams(config)]
+        )

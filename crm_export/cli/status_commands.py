@@ -8,6 +8,9 @@ import sys
 from typing import Any
 
 from crm_export import report as report_mod
+from crm_export.classify import missing_parent
+from crm_export.config import Config
+from crm_export.ports import PausedRecord, RecordError
 
 from .common import EXIT_OK, Commands, config_option, load, open_store
 
@@ -42,6 +45,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "error_message": paused.error_message,
                     # The paused record itself is the first row after the position.
                     "waiting_behind": max(0, waiting - 1),
+                    "waiting_for": _parent_waited_for(config, paused),
                 }
             report.append(entry)
     if args.json:
@@ -62,7 +66,30 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{p['record_key']}: {p['error_code']}: {p['error_message']} "
                 f"({p['waiting_behind']} rows wait behind it)"
             )
+            parent = p["waiting_for"]
+            if parent is not None:
+                exported_by = " or ".join(parent["streams"]) or "no stream of this config"
+                print(
+                    f"  it waits for its parent {parent['sobject']} "
+                    f"{parent['external_id_field']} = {parent['external_id']}, which is not in "
+                    f"Salesforce yet (exported by {exported_by}); once the parent arrives, "
+                    "the next run sends it"
+                )
     return EXIT_OK
+
+
+def _parent_waited_for(config: Config, paused: PausedRecord) -> dict[str, Any] | None:
+    """The parent record a paused child waits for, when its error says which."""
+    parent = missing_parent(RecordError(paused.error_code, paused.error_message))
+    if parent is None:
+        return None
+    streams = [s.name for s in config.streams if s.sobject.lower() == parent.sobject.lower()]
+    return {
+        "sobject": parent.sobject,
+        "external_id_field": parent.external_id_field,
+        "external_id": parent.external_id,
+        "streams": streams,
+    }
 
 
 def _status_row(entry: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from crm_export.classify import missing_parent
 from crm_export.errors import SalesforceConfigurationError
 from crm_export.mapping import NULL_ORDER_BY
 from crm_export.ports import UNCHANGED, BatchAck, PausedRecord, RecordError, SourceRow
@@ -122,7 +123,9 @@ class FloodGuard:
 
     def note(self, error: RecordError | None) -> None:
         """The next record in source order: its error, or None when it went through."""
-        if error is None:
+        if error is None or missing_parent(error) is not None:
+            # A child whose parent is not in Salesforce yet (its stream may be paused) is a
+            # record problem, however many share it: it ends a streak and never starts one.
             self.signature, self.count = None, 0
             return
         signature = (error.code, error.fields)

@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from crm_export import errors
-from crm_export.classify import ErrorClass, classify_record_error, request_error_class
+from crm_export.classify import (
+    ErrorClass,
+    MissingParent,
+    classify_record_error,
+    missing_parent,
+    request_error_class,
+)
 from crm_export.ports import RecordError
 
 
@@ -111,3 +117,16 @@ def test_a_lookup_whose_parent_is_missing_is_a_record_error_not_configuration() 
     )
     assert classify_record_error(missing) is ErrorClass.RECORD
     assert classify_record_error(RecordError("JSON_PARSER_ERROR", NOT_A_DATE)) is ErrorClass.RECORD
+
+
+def test_a_missing_parent_is_read_from_salesforces_message() -> None:
+    error = RecordError(
+        "INVALID_FIELD",
+        "Foreign key external ID: A-9 not found for field External_Id__c in entity Account",
+    )
+    assert missing_parent(error) == MissingParent("Account", "External_Id__c", "A-9")
+    assert classify_record_error(error) is ErrorClass.RECORD
+    # An unknown field is INVALID_FIELD too, but names no parent: configuration.
+    unknown = RecordError("INVALID_FIELD", "No such column 'Foo__c' on sobject of type Contact")
+    assert missing_parent(unknown) is None
+    assert classify_record_error(unknown) is ErrorClass.CONFIGURATION
