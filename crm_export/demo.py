@@ -10,26 +10,33 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+ACCOUNTS = [
+    # id (the external ID), name
+    ("ACME", "Acme Corporation"),
+    ("GLOBEX", "Globex"),
+    ("INITECH", "Initech"),
+]
+
 SAMPLE = [
-    # id, first name, last name, email, title
-    (1, "Ada", "Lovelace", "ada@acme.test", "CTO"),
-    (2, "Grace", "Hopper", "grace@acme.test", "Rear Admiral"),
-    (3, "Alan", "Turing", "alan@acme.test", "Researcher"),
-    (4, "Katherine", "Johnson", "katherine@acme.test", "Mathematician"),
-    (5, "Edsger", "Dijkstra", "edsger@acme.test", "Professor"),
-    (6, "Barbara", "Liskov", "barbara@acme.test", "Professor"),
-    (7, "Donald", "Knuth", "don@acme.test", "Author"),
+    # id, first name, last name, email, title, account (by its external ID)
+    (1, "Ada", "Lovelace", "ada@acme.test", "CTO", "ACME"),
+    (2, "Grace", "Hopper", "grace@acme.test", "Rear Admiral", "GLOBEX"),
+    (3, "Alan", "Turing", "alan@acme.test", "Researcher", "ACME"),
+    (4, "Katherine", "Johnson", "katherine@acme.test", "Mathematician", "INITECH"),
+    (5, "Edsger", "Dijkstra", "edsger@acme.test", "Professor", None),
+    (6, "Barbara", "Liskov", "barbara@acme.test", "Professor", "GLOBEX"),
+    (7, "Donald", "Knuth", "don@acme.test", "Author", "ACME"),
     # The sandbox org's validation rule rejects example.invalid addresses.
-    (8, "Maria", "Garcia", "maria.garcia@example.invalid", "Buyer"),
-    (9, "Ken", "Thompson", "ken@acme.test", "Engineer"),
-    (10, "Dennis", "Ritchie", "dennis@acme.test", "Engineer"),
+    (8, "Maria", "Garcia", "maria.garcia@example.invalid", "Buyer", "INITECH"),
+    (9, "Ken", "Thompson", "ken@acme.test", "Engineer", "ACME"),
+    (10, "Dennis", "Ritchie", "dennis@acme.test", "Engineer", "ACME"),
     # Its Apex-like trigger fails on this last name.
-    (11, "Tess", "TriggerFail", "tess@acme.test", "Analyst"),
-    (12, "Margaret", "Hamilton", "margaret@acme.test", "Director"),
+    (11, "Tess", "TriggerFail", "tess@acme.test", "Analyst", "GLOBEX"),
+    (12, "Margaret", "Hamilton", "margaret@acme.test", "Director", None),
     # Not an email address at all.
-    (13, "Linus", "Torvalds", "linus-at-acme", "Maintainer"),
-    (14, "Frances", "Allen", "frances@acme.test", "Fellow"),
-    (15, "John", "Backus", "john@acme.test", "Engineer"),
+    (13, "Linus", "Torvalds", "linus-at-acme", "Maintainer", "INITECH"),
+    (14, "Frances", "Allen", "frances@acme.test", "Fellow", "ACME"),
+    (15, "John", "Backus", "john@acme.test", "Engineer", "GLOBEX"),
 ]
 
 CONFIG = """\
@@ -52,6 +59,8 @@ level = "warning"
 enabled = true
 data_file = "sandbox-records.db"
 
+# Contacts are written first here, yet run second: their AccountId lookup points at Account,
+# which the accounts stream exports, so Salesforce has each parent before its children.
 [[streams]]
 name = "contacts"
 table = "contacts"
@@ -66,6 +75,21 @@ FirstName = "first_name"
 LastName = "last_name"
 Email = "email"
 Title = "title"
+
+[streams.lookups]
+AccountId = { sobject = "Account", external_id_field = "External_Id__c", column = "account_id" }
+
+[[streams]]
+name = "accounts"
+table = "accounts"
+source_url = "sqlite:///app.db"
+key = "id"
+order_by = "updated_at"
+sobject = "Account"
+external_id_field = "External_Id__c"
+
+[streams.fields]
+Name = "name"
 """
 
 
@@ -77,11 +101,18 @@ def prepare(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(directory / "app.db") as db:
         db.execute(
-            "CREATE TABLE IF NOT EXISTS contacts (id INTEGER PRIMARY KEY, first_name TEXT, "
-            "last_name TEXT, email TEXT, title TEXT, updated_at TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, name TEXT, "
+            "updated_at TEXT NOT NULL)"
         )
         db.executemany(
-            "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO accounts VALUES (?, ?, '2026-01-01 08:00:00')", ACCOUNTS
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS contacts (id INTEGER PRIMARY KEY, first_name TEXT, "
+            "last_name TEXT, email TEXT, title TEXT, account_id TEXT, updated_at TEXT NOT NULL)"
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(*row, f"2026-01-01 09:00:{row[0]:02d}") for row in SAMPLE],
         )
     config.write_text(CONFIG)

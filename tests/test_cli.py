@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -152,8 +153,17 @@ def test_db_commands_and_the_outdated_database_message(
 def test_demo_runs_the_main_job_on_the_embedded_defaults(tmp_path: Path) -> None:
     done = crm_export("demo", "--dir", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr
-    assert "CRMExport contacts: paused - read 8, exported 7, failed 1" in done.stdout
+    # The accounts go first, though the file lists contacts first: contacts look them up.
+    accounts_line = done.stdout.index("CRMExport accounts: completed - read 3, exported 3")
+    assert accounts_line < done.stdout.index("CRMExport contacts: paused - read 8, exported 7")
     assert "paused at record 8 (FIELD_CUSTOM_VALIDATION_EXCEPTION" in done.stdout
+    # Each exported contact points at its account, found by the account's external ID.
+    with sqlite3.connect(tmp_path / "demo" / "sandbox-records.db") as org:
+        stored = [(s, json.loads(d)) for s, d in org.execute("SELECT sobject, data FROM records")]
+    account_ids = {r["External_Id__c"]: r["Id"] for s, r in stored if s == "Account"}
+    contacts = {r["External_Id__c"]: r.get("AccountId") for s, r in stored if s == "Contact"}
+    assert contacts["1"] == account_ids["ACME"] and contacts["2"] == account_ids["GLOBEX"]
+    assert contacts["5"] is None  # no account in the source
     assert "SELECT stream, record_key, error_code" in done.stdout
     with sqlite3.connect(tmp_path / "demo" / "state.db") as db:
         rows = db.execute("SELECT record_key, error_code FROM ExportErrors").fetchall()
