@@ -27,6 +27,10 @@ def test_one_runner_holds_the_advisory_lock(postgres_state_url: str) -> None:
                 conn.exec_driver_sql(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks"
                     " WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+                    # pg_locks is the whole server's: only this test's database, or the
+                    # runner of any other test session on the server would lose its lock.
+                    " AND database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())"
                 )
         finally:
             admin.dispose()
