@@ -15,7 +15,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -60,6 +60,8 @@ class HttpSession(requests.Session):
         self.timeout = timeout
         self.calls = 0
         self.last_response: requests.Response | None = None
+        # Told of every HTTP exchange: (method, url, seconds, status or None), for metrics.
+        self.on_call: Callable[[str, str, float, int | None], None] | None = None
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
@@ -70,6 +72,24 @@ class HttpSession(requests.Session):
         response = super().request(method, url, *args, **kwargs)
         self.last_response = response
         return response
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """Every exchange on the wire (each redirect too), timed for ``on_call``."""
+        if self.on_call is None:
+            return super().send(request, **kwargs)
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            response = super().send(request, **kwargs)
+            status = response.status_code
+            return response
+        finally:
+            try:
+                self.on_call(
+                    str(request.method), str(request.url), time.monotonic() - started, status
+                )
+            except Exception:
+                log.exception("call_observer_failed")
 
 
 class _TrustAdapter(HTTPAdapter):
@@ -205,6 +225,8 @@ class SalesforceSink:
         clock: Clock,
         *,
         rng: random.Random | None = None,
+        on_call: Callable[[str, str, float, int | None], None] | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
@@ -216,6 +238,9 @@ class SalesforceSink:
             retry.max_backoff_seconds,
         )
         self.session = HttpSession(cfg.timeout_seconds, trust_store(cfg.ca_bundle))
+        self.session.on_call = on_call
+        # Told the class name of each transient error a request is retried after.
+        self.on_retry = on_retry
         self.auth = Authenticator(cfg, self.session)
         self._client: Salesforce | None = None
         self.api_usage: tuple[int, int] | None = None
@@ -321,6 +346,8 @@ class SalesforceSink:
             error_class=type(exc).__name__,
             error=str(exc),
         )
+        if self.on_retry is not None:
+            self.on_retry(type(exc).__name__)
 
 
 # The kind of trouble an exhausted retry budget means, in an operator's words.
