@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from crm_export.config import Config, load_config
 from crm_export.logs import configure_logging
 from crm_export.ports import JobId, RunOutcome
 from crm_export.store.urls import is_sqlite
+from crm_export.watch import Watch
 
 from .common import (
     EXIT_FAILED,
@@ -50,13 +53,37 @@ def cmd_job(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         time.sleep(min(1.0, args.wait))
     try:
-        results = JOBS[JobId(args.job_id)](config, None)
+        with watching(config) as watch:
+            results = JOBS[JobId(args.job_id)](config, None, watch)
     finally:
         lock.release()
     for result in results:
         print(result.summary(), flush=True)
     failed = [r for r in results if r.outcome in (RunOutcome.FAILED, RunOutcome.INTERRUPTED)]
     return EXIT_FAILED if failed else EXIT_OK
+
+
+@contextmanager
+def watching(config: Config) -> Iterator[Watch]:
+    """A live progress display per stream when stderr is a terminal; otherwise a
+    ``progress`` log event per stream at most every 10 s."""
+    from crm_export.progress import ProgressLog, TerminalProgress
+
+    if not sys.stderr.isatty():
+        yield ProgressLog()
+        return
+    from rich.console import Console
+
+    logging = config.logging
+    with TerminalProgress(Console(stderr=True)) as display:
+        # Log lines print above the display, not through it (the proxy is no terminal, so
+        # the format is chosen here from the real stderr).
+        fmt = "console" if logging.format == "auto" else logging.format
+        configure_logging(fmt, logging.level, stream=display.log_stream, secrets=secrets_of(config))
+        try:
+            yield display
+        finally:
+            configure_logging(logging.format, logging.level, secrets=secrets_of(config))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

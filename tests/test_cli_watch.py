@@ -1,0 +1,118 @@
+"""Watching a job from the command line (issue 12 §1): a live display on a terminal, and the
+JSON log untouched without one. Real subprocesses, a real pseudo-terminal, the sandbox org."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxHandle]:
+    with running_sandbox() as handle:
+        yield handle
+
+
+def make_config(tmp: Path, sandbox: SandboxHandle, rows: int = 450) -> Path:
+    with sqlite3.connect(tmp / "app.db") as db:
+        db.execute(
+            "CREATE TABLE contacts (id INTEGER PRIMARY KEY, last_name TEXT, updated_at TEXT)"
+        )
+        db.executemany(
+            "INSERT INTO contacts VALUES (?, ?, ?)",
+            [(i, f"Last{i}", f"2026-01-01 00:{i // 60:02d}:{i % 60:02d}") for i in range(rows)],
+        )
+    db.close()
+    path = tmp / "crm-export.toml"
+    path.write_text(f"""
+[database]
+url = "sqlite:///state.db"
+
+[salesforce]
+login_url = "{sandbox.base_url}"
+client_id = "{sandbox.client_id}"
+client_secret_env = "SF_CLIENT_SECRET"
+ca_bundle = "{sandbox.ca_path}"
+
+[[streams]]
+name = "contacts"
+table = "contacts"
+source_url = "sqlite:///app.db"
+key = "id"
+order_by = "updated_at"
+sobject = "Contact"
+external_id_field = "External_Id__c"
+
+[streams.fields]
+LastName = "last_name"
+""")
+    return path
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """Run crm-export with stderr on a pseudo-terminal; (exit code, stdout, terminal text)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crm_export", *args],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "150", **env},
+        cwd=cwd,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    out, _ = proc.communicate(timeout=120)
+    stdout, code = out.decode(), proc.returncode
+    terminal = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    return code, stdout, terminal
+
+
+def test_job_on_a_terminal_shows_a_progress_line_per_stream(
+    tmp_path: Path, sandbox: SandboxHandle
+) -> None:
+    config = make_config(tmp_path, sandbox)
+    code, stdout, terminal = run_on_a_terminal(
+        ["job", "CRMExport", "--config", str(config)],
+        {"SF_CLIENT_SECRET": sandbox.client_secret},
+        tmp_path,
+    )
+    assert code == 0, terminal
+    assert stdout.startswith("CRMExport contacts: completed - read 450, exported 450")
+    assert "CRMExport contacts" in terminal
+    assert "450 of 450" in terminal and "records/s" in terminal and "completed" in terminal
+    # Log lines print above the display, in the console format, not as JSON.
+    assert "salesforce_login" in terminal and '"event"' not in terminal
+
+
+def test_job_without_a_terminal_keeps_stderr_json(tmp_path: Path, sandbox: SandboxHandle) -> None:
+    config = make_config(tmp_path, sandbox, rows=3)
+    done = subprocess.run(
+        [sys.executable, "-m", "crm_export", "job", "CRMExport", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SF_CLIENT_SECRET": sandbox.client_secret},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert all(line.startswith("{") for line in done.stderr.splitlines()), done.stderr
+    assert "records/s" not in done.stderr
