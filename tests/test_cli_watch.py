@@ -59,12 +59,15 @@ LastName = "last_name"
     return path
 
 
-def run_on_a_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """Run crm-export with stderr on a pseudo-terminal; (exit code, stdout, terminal text)."""
+def run_on_a_terminal(
+    args: list[str], env: dict[str, str], cwd: Path, *, stdout_too: bool = False
+) -> tuple[int, str, str]:
+    """Run crm-export with stderr (and ``stdout_too``) on a pseudo-terminal; (exit code,
+    stdout, terminal text)."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "crm_export", *args],
-        stdout=subprocess.PIPE,
+        stdout=follower if stdout_too else subprocess.PIPE,
         stderr=follower,
         env={**os.environ, "TERM": "xterm", "COLUMNS": "150", **env},
         cwd=cwd,
@@ -81,7 +84,7 @@ def run_on_a_terminal(args: list[str], env: dict[str, str], cwd: Path) -> tuple[
         chunks.append(chunk)
     os.close(leader)
     out, _ = proc.communicate(timeout=120)
-    stdout, code = out.decode(), proc.returncode
+    stdout, code = (out or b"").decode(), proc.returncode
     terminal = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
     return code, stdout, terminal
 
@@ -116,3 +119,104 @@ def test_job_without_a_terminal_keeps_stderr_json(tmp_path: Path, sandbox: Sandb
     assert done.returncode == 0, done.stderr
     assert all(line.startswith("{") for line in done.stderr.splitlines()), done.stderr
     assert "records/s" not in done.stderr
+
+
+def status_config(tmp: Path, rows: int) -> Path:
+    """A config whose org is never called: status and errors do not talk to Salesforce."""
+    with sqlite3.connect(tmp / "app.db") as db:
+        db.execute(
+            "CREATE TABLE contacts (id INTEGER PRIMARY KEY, last_name TEXT, updated_at TEXT)"
+        )
+        db.executemany(
+            "INSERT INTO contacts VALUES (?, ?, ?)",
+            [
+                (i, f"Last\t{i}", f"2026-01-01 {i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}")
+                for i in range(1, rows + 1)
+            ],
+        )
+    db.close()
+    path = tmp / "crm-export.toml"
+    path.write_text("""
+[database]
+url = "sqlite:///state.db"
+
+[salesforce]
+login_url = "https://login.example.test"
+client_id = "unused"
+client_secret_env = "SF_CLIENT_SECRET"
+
+[[streams]]
+name = "contacts"
+table = "contacts"
+source_url = "sqlite:///app.db"
+key = "id"
+order_by = "updated_at"
+sobject = "Contact"
+external_id_field = "External_Id__c"
+
+[streams.fields]
+LastName = "last_name"
+""")
+    return path
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crm_export", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "SF_CLIENT_SECRET"},
+        cwd=cwd,
+    )
+
+
+def a_run_in_progress(tmp: Path, done: int) -> int:
+    """What the state database holds while CRMExport is ``done`` rows into the stream: the
+    run's row, its counters and the position, as the runner commits them per batch."""
+    from crm_export.ports import BatchAck, JobId, Position
+    from crm_export.wiring import open_store
+
+    with open_store(f"sqlite:///{tmp / 'state.db'}") as store:
+        run_id = store.begin_run(JobId.EXPORT, "contacts")
+        last = f"2026-01-01 {done // 3600:02d}:{done // 60 % 60:02d}:{done % 60:02d}"
+        store.acknowledge(
+            BatchAck("contacts", run_id, position=Position(last, done), read=done, exported=done)
+        )
+        return run_id
+
+
+def test_tables_are_tab_separated_without_a_terminal(tmp_path: Path) -> None:
+    from crm_export.ports import BatchAck, RecordError, RecordFailure
+
+    config = status_config(tmp_path, rows=3)
+    run_id = a_run_in_progress(tmp_path, done=1)
+    from crm_export.wiring import open_store
+
+    message = "a long message " * 20 + "with\ta tab"
+    with open_store(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        store.acknowledge(
+            BatchAck(
+                "contacts",
+                run_id,
+                failures=[
+                    RecordFailure("2", "Contact", "2", RecordError("INVALID_X", message), None)
+                ],
+            )
+        )
+    shown = cli("errors", "--config", str(config), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert len(lines) == 2  # one header, one row, however long the row
+    assert lines[0].split("\t") == [
+        "id",
+        "stream",
+        "record_key",
+        "error_code",
+        "error_message",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+    ]
+    fields = lines[1].split("\t")
+    assert fields[1:5] == ["contacts", "2", "INVALID_X", message.replace("\t", "\\t")]
