@@ -3,6 +3,7 @@ JSON log untouched without one. Real subprocesses, a real pseudo-terminal, the s
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -184,6 +185,21 @@ def a_run_in_progress(tmp: Path, done: int) -> int:
             BatchAck("contacts", run_id, position=Position(last, done), read=done, exported=done)
         )
         return run_id
+
+
+def test_status_shows_how_far_a_running_stream_is(tmp_path: Path) -> None:
+    config = status_config(tmp_path, rows=50_000)
+    run_id = a_run_in_progress(tmp_path, done=12_200)
+    shown = cli("status", "--config", str(config), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    header, row = shown.stdout.splitlines()[:2]
+    assert header.split("\t")[:2] == ["stream", "state"]
+    assert row.split("\t")[:2] == ["contacts", "running: 12,200 of 50,000"]
+
+    as_json = json.loads(cli("status", "--json", "--config", str(config), cwd=tmp_path).stdout)
+    running = as_json[0]["running"]
+    assert (running["run_id"], running["done"], running["total"]) == (run_id, 12_200, 50_000)
+    assert running["counts"]["exported"] == 12_200
 
 
 def test_tables_are_tab_separated_without_a_terminal(tmp_path: Path) -> None:

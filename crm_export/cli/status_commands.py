@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm_export import report as report_mod
+from crm_export.counters import run_row_counts
+from crm_export.ports import JobId, Position, RunOutcome
 
 from .common import EXIT_OK, Commands, config_option, load, open_store
+
+if TYPE_CHECKING:
+    from crm_export.config import StreamConfig
+    from crm_export.store import SqlStore
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -23,6 +29,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             item = overview.get(stream.name, {})
             paused = item.get("paused")
             position = item.get("position")
+            run = item.get("last_run")
             entry: dict[str, Any] = {
                 "stream": stream.name,
                 "pause_on_error": stream.pause_on_error,
@@ -30,7 +37,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if position is None
                 else {"order_by": position.order_value, "key": position.key},
                 "paused": None,
-                "last_run": item.get("last_run"),
+                "last_run": run,
+                "running": _running(store, stream, run, position)
+                if run is not None and run["outcome"] == RunOutcome.RUNNING
+                else None,
                 "open_errors": item.get("open_errors", 0),
             }
             if paused is not None:
@@ -65,12 +75,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _running(
+    store: SqlStore, stream: StreamConfig, run: dict[str, Any], position: Position | None
+) -> dict[str, Any]:
+    """A run in progress, from its export_runs row: its counters are committed with every
+    batch, and what is left is counted from the position committed with them (for CRMExport;
+    the re-export works off ExportErrors, so it has no total)."""
+    from crm_export.wiring import stream_plan
+
+    counts = run_row_counts(run)
+    total = None
+    if run["job_id"] == JobId.EXPORT:
+        total = counts["read"] + store.count_after(stream_plan(stream).source, position)
+    return {
+        "run_id": run["id"],
+        "job_id": run["job_id"],
+        "started_at": run["started_at"],
+        "runner": run["runner"],
+        "done": counts["read"],
+        "total": total,
+        "counts": counts,
+    }
+
+
+def _state(entry: dict[str, Any]) -> str:
+    running = entry["running"]
+    if running is None:
+        return "PAUSED" if entry["paused"] else "ok"
+    done, total = running["done"], running["total"]
+    progress = f"{done:,}" if total is None else f"{done:,} of {total:,}"
+    job = "" if running["job_id"] == JobId.EXPORT else f" {running['job_id']}"
+    return f"running{job}: {progress}" + (" (PAUSED)" if entry["paused"] else "")
+
+
 def _status_row(entry: dict[str, Any]) -> dict[str, Any]:
     run = entry["last_run"]
     position = entry["position"]
     return {
         "stream": entry["stream"],
-        "state": "PAUSED" if entry["paused"] else "ok",
+        "state": _state(entry),
         "position": "-" if position is None else f"{position['order_by']} / {position['key']}",
         "last run": "never"
         if run is None
