@@ -236,3 +236,22 @@ def test_tables_are_tab_separated_without_a_terminal(tmp_path: Path) -> None:
     ]
     fields = lines[1].split("\t")
     assert fields[1:5] == ["contacts", "2", "INVALID_X", message.replace("\t", "\\t")]
+
+
+def test_errors_for_an_unknown_stream_names_it_and_exits_2(tmp_path: Path) -> None:
+    config = status_config(tmp_path, rows=3)
+    a_run_in_progress(tmp_path, done=1)
+    shown = cli("errors", "--stream", "nosuch", "--config", str(config), cwd=tmp_path)
+    assert shown.returncode == 2
+    assert shown.stdout == ""
+    assert "errors --stream nosuch: no such stream" in shown.stderr
+    assert "(streams: contacts)" in shown.stderr
+    # A known stream with nothing open: a header only, for scripts.
+    none = cli("errors", "--stream", "contacts", "--config", str(config), cwd=tmp_path)
+    assert none.returncode == 0 and none.stdout.splitlines()[0].startswith("id\tstream")
+    assert len(none.stdout.splitlines()) == 1
+    # At a terminal, a sentence instead of an empty table.
+    code, _, terminal = run_on_a_terminal(
+        ["errors", "--stream", "contacts", "--config", str(config)], {}, tmp_path, stdout_too=True
+    )
+    assert code == 0 and terminal.strip() == "No open ExportErrors for stream contacts."

@@ -11,7 +11,7 @@ from crm_export import report as report_mod
 from crm_export.counters import run_row_counts
 from crm_export.ports import JobId, Position, RunOutcome
 
-from .common import EXIT_OK, Commands, config_option, load, open_store
+from .common import EXIT_CONFIG, EXIT_OK, Commands, config_option, load, open_store
 
 if TYPE_CHECKING:
     from crm_export.config import StreamConfig
@@ -148,6 +148,18 @@ def cmd_errors(args: argparse.Namespace) -> int:
         print(report_mod.operator_queries(config.database.url), end="")
         return EXIT_OK
     with open_store(config) as store:
+        if args.stream is not None:
+            known = {s.name for s in config.streams} | {
+                o["stream"] for o in store.stream_overview()
+            }
+            if args.stream not in known:
+                print(
+                    f"crm-export: errors --stream {args.stream}: no such stream in "
+                    f"{config.path} or the state database (streams: "
+                    f"{', '.join(sorted(known)) or 'none'})",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
         rows = store.list_errors(
             stream=args.stream, code=args.code, include_resolved=args.all, limit=args.limit
         )
@@ -160,6 +172,15 @@ def cmd_errors(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} rows to {args.csv}")
     elif args.json:
         print(report_mod.to_json(rows))
+    elif not rows and sys.stdout.isatty():
+        which = " ".join(
+            f"{name} {value}"
+            for name, value in (("stream", args.stream), ("code", args.code))
+            if value is not None
+        )
+        print(
+            f"No {'' if args.all else 'open '}ExportErrors" + (f" for {which}." if which else ".")
+        )
     else:
         title = "ExportErrors" + ("" if args.all else " (open)")
         columns = ["id", "stream", "record_key", "error_code", "error_message", "attempts"]
