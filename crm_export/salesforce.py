@@ -31,7 +31,7 @@ from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
 from crm_export.classify import REQUEST_HINTS, request_error_class
-from crm_export.config import RetryConfig, SalesforceConfig
+from crm_export.config import AUTH_NEEDS, RetryConfig, SalesforceConfig, Secret
 from crm_export.errors import (
     NetworkError,
     RequestLimitError,
@@ -188,7 +188,7 @@ class Authenticator:
             detail = body.get("error_description", "") if isinstance(body, dict) else ""
             raise SalesforceConfigurationError(
                 f"Salesforce login at {cfg.login_url} failed ({cfg.auth}): {error}: {detail}. "
-                "Check salesforce.client_id, salesforce.username and the configured secrets."
+                f"Check {_credential_keys(cfg)}."
             )
         log.info("salesforce_login", login_url=cfg.login_url, instance_url=body["instance_url"])
         return Token(str(body["access_token"]), str(body["instance_url"]))
@@ -203,6 +203,17 @@ class Authenticator:
             "exp": int(time.time()) + 180,
         }
         return jwt.encode(claims, cfg.private_key.reveal(), algorithm="RS256")
+
+
+def _credential_keys(cfg: SalesforceConfig) -> str:
+    """The keys this auth mode logs in with (no other), each secret with where it was read."""
+    named = []
+    for key in AUTH_NEEDS[cfg.auth]:
+        value = getattr(cfg, key)
+        named.append(
+            f"salesforce.{key}" + (f" (from {value.source})" if isinstance(value, Secret) else "")
+        )
+    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
 
 
 def jwt_audience(login_url: str) -> str:

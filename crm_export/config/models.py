@@ -105,7 +105,7 @@ class DatabaseConfig(_Section):
 
 # What each auth mode needs; a credential that the chosen mode does not use is an error too,
 # because it usually means `auth` was forgotten and another flow would run than intended.
-_AUTH_NEEDS: Final[Mapping[str, tuple[str, ...]]] = {
+AUTH_NEEDS: Final[Mapping[str, tuple[str, ...]]] = {
     "client_credentials": ("client_id", "client_secret"),
     "password": ("client_id", "client_secret", "username", "password"),
     "jwt": ("client_id", "username", "private_key"),
@@ -132,13 +132,13 @@ def _mode_problem(
     credential = info.field_name
     if auth is None or credential is None:
         return None
-    needs = _AUTH_NEEDS[auth]
+    needs = AUTH_NEEDS[auth]
     if credential in needs and not given:
         return problem(
             "credential_missing", f'missing: auth = "{auth}" needs {how}', key=missing_key
         )
     if credential not in needs and given:
-        users = " or ".join(f'"{m}"' for m, n in _AUTH_NEEDS.items() if credential in n)
+        users = " or ".join(f'"{m}"' for m, n in AUTH_NEEDS.items() if credential in n)
         return problem(
             "credential_unused",
             f'not used with auth = "{auth}"; remove it, or set auth = {users} '
