@@ -39,6 +39,7 @@ from crm_export.config.checks import (
     DatabaseUrl,
     ExternalIdField,
     HttpsUrl,
+    ListenAddress,
     MayHoldPassword,
     NonBlank,
     Problems,
@@ -51,6 +52,7 @@ from crm_export.config.checks import (
     context_of,
     field_mapping,
     problem,
+    split_listen,
     zone_of,
 )
 from crm_export.config.secret import EnvOrFile, Secret, SecretKeys, usable_private_key
@@ -299,6 +301,18 @@ class LoggingConfig(_Section):
     level: LogLevel = "info"
 
 
+class MetricsConfig(_Section):
+    """The daemon's HTTP endpoints for monitoring: /metrics, /healthz, /readyz."""
+
+    # host:port, such as "127.0.0.1:9464"; unset (the default), nothing listens.
+    listen: ListenAddress | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when off."""
+        return None if self.listen is None else split_listen(self.listen)
+
+
 class SandboxConfig(_Section):
     """Start the local sandbox org in-process and export into it (the embedded default)."""
 
@@ -374,6 +388,7 @@ class Config(BaseModel):
     export: ExportConfig = Field(default_factory=ExportConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     streams: tuple[StreamConfig, ...] = Field((), validate_default=True)
 
     _path: Path = PrivateAttr()
