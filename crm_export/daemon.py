@@ -12,8 +12,9 @@ runner lock while active. 128 + the signal number after a second signal.
 
 Log events an operator can watch for: ``standby`` / ``active`` (the runner lock),
 ``daemon_started``, ``job_started`` / ``job_finished`` (each stream's outcome),
-``job_skipped`` / ``job_missed``, ``heartbeat`` (role, next runs, how each job last ended),
-``config_invalid`` / ``config_restart_required``, ``pause_mode_off``, ``stopping``,
+``progress`` (a stream's figures, at most every 10 s while it runs), ``job_skipped`` /
+``job_missed``, ``heartbeat`` (role, next runs, the running job's counts, how each job last
+ended), ``config_invalid`` / ``config_restart_required``, ``pause_mode_off``, ``stopping``,
 ``runner_lock_lost``, ``cannot_start`` and ``daemon_stopped``.
 """
 
@@ -42,17 +43,20 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from crm_export.config import Config, load_config
 from crm_export.errors import ConfigError, CrmExportError
+from crm_export.export import StreamProgress
 from crm_export.ports import JobId
+from crm_export.progress import ProgressLog, RunTimer, figures
 from crm_export.store import RunnerLock, holder_id, runner_lock
 from crm_export.store import migrations as migrate
 from crm_export.store.urls import is_sqlite
+from crm_export.watch import Watch, Watches
 from crm_export.wiring import check_sources
 
 EXIT_STOPPED, EXIT_START_FAILED, EXIT_CONFIG, EXIT_LOCK_LOST = 0, 1, 2, 3
 
 log = structlog.get_logger("crm_export.daemon")
 
-JobRunner = Callable[[str, Config, threading.Event], Any]
+JobRunner = Callable[[str, Config, threading.Event, Watch], Any]
 
 
 # The scheduled jobs users know; the daemon's own housekeeping jobs are left out of events.
@@ -66,10 +70,44 @@ class DaemonTuning:
     max_standby_poll_seconds: float = 5.0
 
 
-def _run_registered_job(job_id: str, config: Config, stop: threading.Event) -> Any:
+def _run_registered_job(job_id: str, config: Config, stop: threading.Event, watch: Watch) -> Any:
     from crm_export.jobs import JOBS
 
-    return JOBS[JobId(job_id)](config, stop)
+    return JOBS[JobId(job_id)](config, stop, watch)
+
+
+class RunningJob(Watch):
+    """The running job's figures per stream (those it has finished included), for the
+    heartbeat; None between jobs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._job: str | None = None
+        self._streams: dict[str, dict[str, Any]] = {}
+        self._timer = RunTimer(time.monotonic)
+
+    def begin(self, job_id: str) -> None:
+        with self._lock:
+            self._job, self._streams = job_id, {}
+
+    def end(self) -> None:
+        with self._lock:
+            self._job, self._streams = None, {}
+
+    def progress(self, progress: StreamProgress) -> None:
+        shown = figures(progress, self._timer.seconds(progress))
+        for key in ("job", "stream", "run_id"):
+            shown.pop(key)
+        if progress.finished:
+            shown["outcome"] = str(progress.result.outcome)
+        with self._lock:
+            self._streams[progress.result.stream] = shown
+
+    def snapshot(self) -> dict[str, Any] | None:
+        with self._lock:
+            if self._job is None:
+                return None
+            return {"job": self._job, "streams": {k: dict(v) for k, v in self._streams.items()}}
 
 
 class Daemon:
@@ -96,6 +134,8 @@ class Daemon:
         self._signals = 0
         # job id -> when it last finished and each stream's outcome, for the heartbeat.
         self._last_jobs: dict[str, dict[str, Any]] = {}
+        self._running = RunningJob()
+        self._progress_log = ProgressLog()
 
     # ---- config ----------------------------------------------------------------------
 
@@ -162,7 +202,9 @@ class Daemon:
                 config = self.reload()
                 started = datetime.now(UTC)
                 log.info("job_started", job=job_id)
-                results = self.run_job(job_id, config, self.stop)
+                self._running.begin(job_id)
+                watch = Watches([self._progress_log, self._running])
+                results = self.run_job(job_id, config, self.stop, watch)
                 outcomes = {r.stream: str(r.outcome) for r in results or ()}
                 finished = datetime.now(UTC)
                 log.info(
@@ -175,6 +217,8 @@ class Daemon:
             except Exception:
                 log.exception("job_crashed", job=job_id)
                 self._last_jobs[job_id] = {"finished_at": _iso(datetime.now(UTC)), "crashed": True}
+            finally:
+                self._running.end()
 
     def _on_scheduler_event(self, event: JobEvent) -> None:
         if event.job_id not in JOB_IDS:
@@ -223,6 +267,7 @@ class Daemon:
             role="active",
             runner=holder_id(),
             busy=self._job_running.locked(),
+            running=self._running.snapshot(),
             next_runs={j.id: _iso(j.next_run_time) for j in jobs if j.id in JOB_IDS},
             last_jobs=dict(self._last_jobs),
         )

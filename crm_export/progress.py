@@ -54,8 +54,8 @@ def figures(progress: StreamProgress, elapsed: float) -> dict[str, Any]:
     }
 
 
-class _Elapsed:
-    """When each run was first seen, by run id (one run per stream at a time)."""
+class RunTimer:
+    """Seconds since each run's first report, by run id (forgotten at its last)."""
 
     def __init__(self, monotonic: Callable[[], float]) -> None:
         self.monotonic = monotonic
@@ -81,7 +81,7 @@ class ProgressLog(Watch):
         self, every: float = LOG_EVERY_SECONDS, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
         self.every = every
-        self._elapsed = _Elapsed(monotonic)
+        self._elapsed = RunTimer(monotonic)
         self._last: dict[int, float] = {}
 
     def progress(self, progress: StreamProgress) -> None:
@@ -113,7 +113,7 @@ class TerminalProgress(Watch):
             TextColumn("{task.fields[eta_text]}"),
             console=console,
         )
-        self._elapsed = _Elapsed(monotonic)
+        self._elapsed = RunTimer(monotonic)
         self._tasks: dict[int, TaskID] = {}
 
     @property
