@@ -6,16 +6,23 @@ every run; a bad edit is logged and the last good config stays in force. SIGTERM
 lets the in-flight batch be acknowledged and committed, then exits 0; a second signal exits
 at once, which is safe because every acknowledgement is a single transaction.
 
+With ``[metrics] listen`` it also serves ``/metrics``, ``/healthz`` and ``/readyz`` on a
+thread of their own (crm_export/metrics.py), from the start, standby included: ``/healthz``
+is 200 while the daemon is waiting as a standby or its scheduler runs, 503 once it stops;
+``/readyz`` is 200 only on the active runner.
+
 Exit codes: 0 stopped on request; 1 could not start (state database unreachable or
-outdated, runner lock file impossible to create); 2 invalid config at start; 3 lost the
-runner lock while active. 128 + the signal number after a second signal.
+outdated, runner lock file impossible to create, metrics.listen address taken); 2 invalid
+config at start; 3 lost the runner lock while active. 128 + the signal number after a
+second signal.
 
 Log events an operator can watch for: ``standby`` / ``active`` (the runner lock),
-``daemon_started``, ``job_started`` / ``job_finished`` (each stream's outcome),
-``progress`` (a stream's figures, at most every 10 s while it runs), ``job_skipped`` /
-``job_missed``, ``heartbeat`` (role, next runs, the running job's counts, how each job last
-ended), ``config_invalid`` / ``config_restart_required``, ``pause_mode_off``, ``stopping``,
-``runner_lock_lost``, ``cannot_start`` and ``daemon_stopped``.
+``metrics_listening``, ``daemon_started``, ``job_started`` / ``job_finished`` (each
+stream's outcome), ``progress`` (a stream's figures, at most every 10 s while it runs),
+``job_skipped`` / ``job_missed``, ``heartbeat`` (role, next runs, the running job's counts,
+how each job last ended), ``config_invalid`` / ``config_restart_required``,
+``pause_mode_off``, ``stopping``, ``runner_lock_lost``, ``cannot_start`` and
+``daemon_stopped``.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from crm_export.config import Config, load_config
 from crm_export.errors import ConfigError, CrmExportError
 from crm_export.export import StreamProgress
+from crm_export.metrics import Health, Metrics, MetricsServer
 from crm_export.ports import JobId
 from crm_export.progress import ProgressLog, RunTimer, figures
 from crm_export.store import RunnerLock, holder_id, runner_lock
@@ -134,6 +142,10 @@ class Daemon:
         self._signals = 0
         # job id -> when it last finished and each stream's outcome, for the heartbeat.
         self._last_jobs: dict[str, dict[str, Any]] = {}
+        # "starting", then "standby" while another runner holds the lock, then "active".
+        self.role = "starting"
+        self.metrics = Metrics()
+        self._metrics_server: MetricsServer | None = None
         self._running = RunningJob()
         self._progress_log = ProgressLog()
 
@@ -163,7 +175,16 @@ class Daemon:
                 "the last good config until then",
             )
             return self.config
+        if new.metrics != self.config.metrics:
+            log.warning(
+                "config_restart_required",
+                path=str(new.path),
+                key="metrics.listen",
+                detail="the metrics endpoints move when the daemon restarts; the rest of the "
+                "edit is in force now",
+            )
         self._announce_changes(self.config, new)
+        self.metrics.know_streams(s.name for s in new.streams)
         self.config = new
         if self.on_config is not None:
             self.on_config(new)
@@ -203,7 +224,7 @@ class Daemon:
                 started = datetime.now(UTC)
                 log.info("job_started", job=job_id)
                 self._running.begin(job_id)
-                watch = Watches([self._progress_log, self._running])
+                watch = Watches([self._progress_log, self._running, self.metrics])
                 results = self.run_job(job_id, config, self.stop, watch)
                 outcomes = {r.stream: str(r.outcome) for r in results or ()}
                 finished = datetime.now(UTC)
@@ -320,6 +341,7 @@ class Daemon:
 
     def _begin_stop(self) -> None:
         self.stop.set()
+        self.metrics.active.set(0)
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
@@ -332,6 +354,7 @@ class Daemon:
         announced = False
         last_beat = time.monotonic()
         while not lock.acquire():
+            self.role = "standby"
             if not announced:
                 log.info(
                     "standby",
@@ -347,6 +370,8 @@ class Daemon:
             if self.stop.wait(poll):
                 return False
         log.info("active", lock=lock.description, runner=holder_id())
+        self.role = "active"
+        self.metrics.active.set(1)
         return True
 
     def _state_database_ready(self, *, holding_lock: bool) -> bool:
@@ -372,6 +397,58 @@ class Daemon:
             return False
         return True
 
+    # ---- health, for /healthz and /readyz -----------------------------------------------
+
+    def health(self) -> Health:
+        """Alive and doing its job: waiting as a standby, or running its scheduler."""
+        if self.stop.is_set():
+            return Health(False, {"status": "stopping", "role": self.role})
+        if self.role == "standby":
+            return Health(True, {"status": "waiting for the runner lock", "role": self.role})
+        scheduler = self.scheduler
+        if self.role == "active" and scheduler is not None and scheduler.running:
+            busy = self._job_running.locked()
+            return Health(True, {"status": "running", "role": self.role, "busy": busy})
+        return Health(False, {"status": "starting", "role": self.role})
+
+    def readiness(self) -> Health:
+        """Healthy and the active runner: the one exporting."""
+        health = self.health()
+        return Health(health.ok and self.role == "active", health.detail)
+
+    def _start_metrics(self, config: Config) -> bool:
+        self.metrics.know_streams(s.name for s in config.streams)
+        address = config.metrics.address
+        if address is None:
+            return True
+        host, port = address
+        try:
+            server = MetricsServer(host, port, self.metrics.registry, self.health, self.readiness)
+        except OSError as exc:
+            log.error(
+                "cannot_start",
+                key="metrics.listen",
+                error=f"cannot listen on {config.metrics.listen}: {exc.strerror or exc}",
+                detail="another process has that address, or this host does not have it; "
+                "change metrics.listen or stop the other process",
+            )
+            return False
+        server.start()
+        self._metrics_server = server
+        shown = f"[{host}]" if ":" in host else host
+        log.info(
+            "metrics_listening",
+            url=f"http://{shown}:{server.port}",
+            endpoints=["/metrics", "/healthz", "/readyz"],
+        )
+        return True
+
+    def _stop_metrics(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            server.stop()
+        self.metrics.state.close()
+
     def run(self) -> int:
         self.config = load_config(self.config_path)
         # A table or column that does not exist is a mistake in the file: exit 2 at start.
@@ -380,6 +457,15 @@ class Daemon:
             self.on_config(self.config)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        if not self._start_metrics(self.config):
+            return EXIT_START_FAILED
+        try:
+            return self._run()
+        finally:
+            self._stop_metrics()
+
+    def _run(self) -> int:
+        assert self.config is not None
         if not self._state_database_ready(holding_lock=False):
             return EXIT_START_FAILED
         self.lock = runner_lock(self.config.database.url)
@@ -394,6 +480,10 @@ class Daemon:
         if not self._state_database_ready(holding_lock=True):
             self.lock.release()
             return EXIT_START_FAILED
+        self.metrics.state.watch(
+            self.config.database.url,
+            lambda: [s.name for s in self.config.streams] if self.config else [],
+        )
         try:
             self.scheduler = BlockingScheduler(
                 timezone=UTC,
