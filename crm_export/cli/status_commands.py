@@ -11,7 +11,16 @@ from crm_export import report as report_mod
 from crm_export.counters import run_row_counts
 from crm_export.ports import JobId, Position, RunOutcome
 
-from .common import EXIT_CONFIG, EXIT_OK, Commands, config_option, load, open_store
+from .common import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    STATE_CODES,
+    Commands,
+    config_option,
+    documented,
+    load,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from crm_export.config import StreamConfig
@@ -190,12 +199,38 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    status = commands.add_parser("status", help="each stream: position, pause, last run, errors")
+    status = commands.add_parser(
+        "status",
+        **documented(
+            "each stream: position, pause, last run, errors",
+            [
+                "crm-export status --config crm-export.toml",
+                "crm-export status --json | jq '.[] | select(.paused)'",
+            ],
+            STATE_CODES,
+        ),
+    )
     config_option(status, top=False)
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(func=cmd_status)
 
-    errors = commands.add_parser("errors", help="list ExportErrors rows (open ones by default)")
+    errors = commands.add_parser(
+        "errors",
+        **documented(
+            "list ExportErrors rows (open ones by default)",
+            [
+                "crm-export errors --stream contacts",
+                "crm-export errors --code REQUIRED_FIELD_MISSING --all",
+                "crm-export errors --csv errors.csv  # for a spreadsheet",
+                "crm-export errors --sql             # the same questions as SQL",
+            ],
+            {
+                **STATE_CODES,
+                EXIT_CONFIG: "the config or the command line is invalid, or --stream names "
+                "a stream that is neither in the config nor in the state database",
+            },
+        ),
+    )
     config_option(errors, top=False)
     errors.add_argument("--stream", help="only this stream")
     errors.add_argument("--code", help="only this error code, e.g. REQUIRED_FIELD_MISSING")

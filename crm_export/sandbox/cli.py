@@ -29,6 +29,20 @@ MAX_CELL = 32
 DEFAULT_RECORDS_LIMIT = 20
 
 
+SERVE_CODES = {
+    0: "stopped with Ctrl+C or SIGTERM",
+    2: "an invalid org file, faults or --data file, or the port is taken",
+}
+
+
+def _epilog(examples: list[str], codes: dict[int, str]) -> dict[str, Any]:
+    """``add_parser`` keywords for a --help that ends with examples and exit codes (as the
+    main CLI's commands do; this module stays importable without it)."""
+    lines = ["examples:", *(f"  {e}" for e in examples), "", "exit codes:"]
+    lines += [f"  {code}  {meaning}" for code, meaning in codes.items()]
+    return {"epilog": "\n".join(lines), "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def _whole_number(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"a whole number >= 0, not {text!r}")
@@ -40,11 +54,25 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "sandbox",
         help="run a local Salesforce sandbox org to rehearse a mapping",
         description="A local HTTPS emulator of the Salesforce APIs crm-export uses.",
+        **_epilog(
+            ["crm-export sandbox serve --port 8443", "crm-export sandbox records --limit 50"],
+            SERVE_CODES,
+        ),
     )
     commands = sandbox.add_subparsers(dest="sandbox_command", metavar="COMMAND", required=True)
 
     serve_parser = commands.add_parser(
-        "serve", help="serve a sandbox org in the foreground until Ctrl+C"
+        "serve",
+        help="serve a sandbox org in the foreground until Ctrl+C",
+        description="Serve a sandbox org in the foreground until Ctrl+C.",
+        **_epilog(
+            [
+                "crm-export sandbox serve",
+                "crm-export sandbox serve --port 0 --data records.db --org my-org.toml",
+                'crm-export sandbox serve --faults \'{"http_error_rate": {"503": 0.1}}\'',
+            ],
+            SERVE_CODES,
+        ),
     )
     serve_parser.add_argument(
         "--port",
@@ -73,7 +101,21 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     serve_parser.set_defaults(func=serve)
 
     records_parser = commands.add_parser(
-        "records", help="show a running sandbox's records, rejected records and counters"
+        "records",
+        help="show a running sandbox's records, rejected records and counters",
+        description="Show a running sandbox's records, rejected records and counters.",
+        **_epilog(
+            [
+                "crm-export sandbox records",
+                "crm-export sandbox records --sobject Contact --limit 100",
+                "crm-export sandbox records --json --limit 0 > everything.json",
+            ],
+            {
+                0: "shown",
+                1: "no sandbox is running there, or it can not be reached",
+                2: "the command line is invalid (--url without --ca, a bad --limit)",
+            },
+        ),
     )
     records_parser.add_argument(
         "--url", help="base URL of the sandbox (default: from the state dir)"
