@@ -6,16 +6,23 @@ every run; a bad edit is logged and the last good config stays in force. SIGTERM
 lets the in-flight batch be acknowledged and committed, then exits 0; a second signal exits
 at once, which is safe because every acknowledgement is a single transaction.
 
+With ``[metrics] listen`` it also serves ``/metrics``, ``/healthz`` and ``/readyz`` on a
+thread of their own (crm_export/metrics.py), from the start, standby included: ``/healthz``
+is 200 while the daemon is waiting as a standby or its scheduler runs, 503 once it stops;
+``/readyz`` is 200 only on the active runner.
+
 Exit codes: 0 stopped on request; 1 could not start (state database unreachable or
-outdated, runner lock file impossible to create); 2 invalid config at start, or a config
-value Salesforce refuses (an API version the org does not serve); 3 lost the runner lock
-while active. 128 + the signal number after a second signal.
+outdated, runner lock file impossible to create, metrics.listen address taken); 2 invalid
+config at start, or a config value Salesforce refuses (an API version the org does not
+serve); 3 lost the runner lock while active. 128 + the signal number after a second signal.
 
 Log events an operator can watch for: ``standby`` / ``active`` (the runner lock),
-``daemon_started``, ``job_started`` / ``job_finished`` (each stream's outcome),
-``job_skipped`` / ``job_missed``, ``heartbeat`` (role, next runs, how each job last ended),
-``config_invalid`` / ``config_restart_required``, ``pause_mode_off``, ``stopping``,
-``runner_lock_lost``, ``cannot_start`` and ``daemon_stopped``.
+``metrics_listening``, ``daemon_started``, ``job_started`` / ``job_finished`` (each
+stream's outcome), ``progress`` (a stream's figures, at most every 10 s while it runs),
+``job_skipped`` / ``job_missed``, ``heartbeat`` (role, next runs, the running job's counts,
+how each job last ended), ``config_invalid`` / ``config_restart_required``,
+``pause_mode_off``, ``stopping``, ``runner_lock_lost``, ``cannot_start`` and
+``daemon_stopped``.
 """
 
 from __future__ import annotations
@@ -43,17 +50,21 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from crm_export.config import Config, load_config
 from crm_export.errors import ConfigError, ConfigValueError, CrmExportError
+from crm_export.export import StreamProgress
+from crm_export.metrics import Health, Metrics, MetricsServer
 from crm_export.ports import JobId
+from crm_export.progress import ProgressLog, RunTimer, figures
 from crm_export.store import RunnerLock, holder_id, runner_lock
 from crm_export.store import migrations as migrate
 from crm_export.store.urls import is_sqlite
+from crm_export.watch import Watch, Watches
 from crm_export.wiring import check_sources
 
 EXIT_STOPPED, EXIT_START_FAILED, EXIT_CONFIG, EXIT_LOCK_LOST = 0, 1, 2, 3
 
 log = structlog.get_logger("crm_export.daemon")
 
-JobRunner = Callable[[str, Config, threading.Event], Any]
+JobRunner = Callable[[str, Config, threading.Event, Watch], Any]
 
 
 # The scheduled jobs users know; the daemon's own housekeeping jobs are left out of events.
@@ -67,10 +78,44 @@ class DaemonTuning:
     max_standby_poll_seconds: float = 5.0
 
 
-def _run_registered_job(job_id: str, config: Config, stop: threading.Event) -> Any:
+def _run_registered_job(job_id: str, config: Config, stop: threading.Event, watch: Watch) -> Any:
     from crm_export.jobs import JOBS
 
-    return JOBS[JobId(job_id)](config, stop)
+    return JOBS[JobId(job_id)](config, stop, watch)
+
+
+class RunningJob(Watch):
+    """The running job's figures per stream (those it has finished included), for the
+    heartbeat; None between jobs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._job: str | None = None
+        self._streams: dict[str, dict[str, Any]] = {}
+        self._timer = RunTimer(time.monotonic)
+
+    def begin(self, job_id: str) -> None:
+        with self._lock:
+            self._job, self._streams = job_id, {}
+
+    def end(self) -> None:
+        with self._lock:
+            self._job, self._streams = None, {}
+
+    def progress(self, progress: StreamProgress) -> None:
+        shown = figures(progress, self._timer.seconds(progress))
+        for key in ("job", "stream", "run_id"):
+            shown.pop(key)
+        if progress.finished:
+            shown["outcome"] = str(progress.result.outcome)
+        with self._lock:
+            self._streams[progress.result.stream] = shown
+
+    def snapshot(self) -> dict[str, Any] | None:
+        with self._lock:
+            if self._job is None:
+                return None
+            return {"job": self._job, "streams": {k: dict(v) for k, v in self._streams.items()}}
 
 
 class Daemon:
@@ -97,6 +142,12 @@ class Daemon:
         self._signals = 0
         # job id -> when it last finished and each stream's outcome, for the heartbeat.
         self._last_jobs: dict[str, dict[str, Any]] = {}
+        # "starting", then "standby" while another runner holds the lock, then "active".
+        self.role = "starting"
+        self.metrics = Metrics()
+        self._metrics_server: MetricsServer | None = None
+        self._running = RunningJob()
+        self._progress_log = ProgressLog()
 
     # ---- config ----------------------------------------------------------------------
 
@@ -124,7 +175,16 @@ class Daemon:
                 "the last good config until then",
             )
             return self.config
+        if new.metrics != self.config.metrics:
+            log.warning(
+                "config_restart_required",
+                path=str(new.path),
+                key="metrics.listen",
+                detail="the metrics endpoints move when the daemon restarts; the rest of the "
+                "edit is in force now",
+            )
         self._announce_changes(self.config, new)
+        self.metrics.know_streams(s.name for s in new.streams)
         self.config = new
         if self.on_config is not None:
             self.on_config(new)
@@ -163,7 +223,9 @@ class Daemon:
                 config = self.reload()
                 started = datetime.now(UTC)
                 log.info("job_started", job=job_id)
-                results = self.run_job(job_id, config, self.stop)
+                self._running.begin(job_id)
+                watch = Watches([self._progress_log, self._running, self.metrics])
+                results = self.run_job(job_id, config, self.stop, watch)
                 outcomes = {r.stream: str(r.outcome) for r in results or ()}
                 finished = datetime.now(UTC)
                 log.info(
@@ -188,6 +250,8 @@ class Daemon:
             except Exception:
                 log.exception("job_crashed", job=job_id)
                 self._last_jobs[job_id] = {"finished_at": _iso(datetime.now(UTC)), "crashed": True}
+            finally:
+                self._running.end()
 
     def _on_scheduler_event(self, event: JobEvent) -> None:
         if event.job_id not in JOB_IDS:
@@ -236,6 +300,7 @@ class Daemon:
             role="active",
             runner=holder_id(),
             busy=self._job_running.locked(),
+            running=self._running.snapshot(),
             next_runs={j.id: _iso(j.next_run_time) for j in jobs if j.id in JOB_IDS},
             last_jobs=dict(self._last_jobs),
         )
@@ -288,6 +353,7 @@ class Daemon:
 
     def _begin_stop(self) -> None:
         self.stop.set()
+        self.metrics.active.set(0)
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
@@ -300,6 +366,7 @@ class Daemon:
         announced = False
         last_beat = time.monotonic()
         while not lock.acquire():
+            self.role = "standby"
             if not announced:
                 log.info(
                     "standby",
@@ -315,6 +382,8 @@ class Daemon:
             if self.stop.wait(poll):
                 return False
         log.info("active", lock=lock.description, runner=holder_id())
+        self.role = "active"
+        self.metrics.active.set(1)
         return True
 
     def _state_database_ready(self, *, holding_lock: bool) -> bool:
@@ -340,6 +409,58 @@ class Daemon:
             return False
         return True
 
+    # ---- health, for /healthz and /readyz -----------------------------------------------
+
+    def health(self) -> Health:
+        """Alive and doing its job: waiting as a standby, or running its scheduler."""
+        if self.stop.is_set():
+            return Health(False, {"status": "stopping", "role": self.role})
+        if self.role == "standby":
+            return Health(True, {"status": "waiting for the runner lock", "role": self.role})
+        scheduler = self.scheduler
+        if self.role == "active" and scheduler is not None and scheduler.running:
+            busy = self._job_running.locked()
+            return Health(True, {"status": "running", "role": self.role, "busy": busy})
+        return Health(False, {"status": "starting", "role": self.role})
+
+    def readiness(self) -> Health:
+        """Healthy and the active runner: the one exporting."""
+        health = self.health()
+        return Health(health.ok and self.role == "active", health.detail)
+
+    def _start_metrics(self, config: Config) -> bool:
+        self.metrics.know_streams(s.name for s in config.streams)
+        address = config.metrics.address
+        if address is None:
+            return True
+        host, port = address
+        try:
+            server = MetricsServer(host, port, self.metrics.registry, self.health, self.readiness)
+        except OSError as exc:
+            log.error(
+                "cannot_start",
+                key="metrics.listen",
+                error=f"cannot listen on {config.metrics.listen}: {exc.strerror or exc}",
+                detail="another process has that address, or this host does not have it; "
+                "change metrics.listen or stop the other process",
+            )
+            return False
+        server.start()
+        self._metrics_server = server
+        shown = f"[{host}]" if ":" in host else host
+        log.info(
+            "metrics_listening",
+            url=f"http://{shown}:{server.port}",
+            endpoints=["/metrics", "/healthz", "/readyz"],
+        )
+        return True
+
+    def _stop_metrics(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            server.stop()
+        self.metrics.state.close()
+
     def run(self) -> int:
         self.config = load_config(self.config_path)
         # A table or column that does not exist is a mistake in the file: exit 2 at start.
@@ -348,6 +469,15 @@ class Daemon:
             self.on_config(self.config)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        if not self._start_metrics(self.config):
+            return EXIT_START_FAILED
+        try:
+            return self._run()
+        finally:
+            self._stop_metrics()
+
+    def _run(self) -> int:
+        assert self.config is not None
         if not self._state_database_ready(holding_lock=False):
             return EXIT_START_FAILED
         self.lock = runner_lock(self.config.database.url)
@@ -362,6 +492,10 @@ class Daemon:
         if not self._state_database_ready(holding_lock=True):
             self.lock.release()
             return EXIT_START_FAILED
+        self.metrics.state.watch(
+            self.config.database.url,
+            lambda: [s.name for s in self.config.streams] if self.config else [],
+        )
         try:
             self.scheduler = BlockingScheduler(
                 timezone=UTC,

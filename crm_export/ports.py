@@ -180,6 +180,10 @@ class Store(Protocol):
 
     def read_by_keys(self, source: StreamSource, keys: Sequence[str]) -> dict[str, SourceRow]: ...
 
+    def count_after(self, source: StreamSource, position: Position | None) -> int:
+        """How many source rows ``read_batch`` would still return after ``position``: one
+        statement (a full scan where order_by has no index), so call it once per run."""
+
     def source_snapshot(self, source: StreamSource) -> str | None:
         """A marker of what the source has committed so far, where it can tell (else None)."""
 

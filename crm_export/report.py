@@ -56,12 +56,37 @@ def render_table(
     columns: Sequence[str],
     out: IO[str],
 ) -> None:
+    """A table for a person at a terminal; tab-separated values anywhere else.
+
+    A terminal gets a rich table as wide as the terminal (long cells fold). A pipe or a file
+    gets one header line and one line per row, never wrapped, so ``grep``, ``cut`` and
+    ``awk`` see whole rows (a fixed-width table there wrapped headers at 100 columns).
+    """
+    if not out.isatty():
+        write_tsv(rows, out, columns)
+        return
     table = Table(title=title, show_lines=False)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(_plain(row.get(c))) for c in columns))
-    Console(file=out, width=max(100, Console(file=out).width)).print(table)
+    Console(file=out).print(table)
+
+
+# A tab, a line break or a backslash inside a value, as PostgreSQL's COPY text format writes them.
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def write_tsv(rows: Iterable[Mapping[str, Any]], out: IO[str], columns: Sequence[str]) -> None:
+    """A header line, then a line per row; NULL is an empty field."""
+    out.write("\t".join(columns) + "\n")
+    for row in rows:
+        out.write("\t".join(_tsv_field(row.get(c)) for c in columns) + "\n")
+
+
+def _tsv_field(value: Any) -> str:
+    value = _text(value)
+    return "" if value is None else str(value).translate(_TSV_ESCAPES)
 
 
 def operator_queries(dialect: str) -> str:

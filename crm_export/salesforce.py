@@ -16,7 +16,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -35,7 +35,7 @@ from urllib3.exceptions import ProtocolError, SSLError
 from urllib3.util.retry import Retry
 
 from crm_export.classify import REQUEST_HINTS, request_error_class
-from crm_export.config import RetryConfig, SalesforceConfig
+from crm_export.config import AUTH_NEEDS, RetryConfig, SalesforceConfig, Secret
 from crm_export.errors import (
     ConfigValueError,
     CrmExportError,
@@ -66,6 +66,8 @@ class HttpSession(requests.Session):
         self.timeout = timeout
         self.calls = 0
         self.last_response: requests.Response | None = None
+        # Told of every HTTP exchange: (method, url, seconds, status or None), for metrics.
+        self.on_call: Callable[[str, str, float, int | None], None] | None = None
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
@@ -76,6 +78,24 @@ class HttpSession(requests.Session):
         response = super().request(method, url, *args, **kwargs)
         self.last_response = response
         return response
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        """Every exchange on the wire (each redirect too), timed for ``on_call``."""
+        if self.on_call is None:
+            return super().send(request, **kwargs)
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            response = super().send(request, **kwargs)
+            status = response.status_code
+            return response
+        finally:
+            try:
+                self.on_call(
+                    str(request.method), str(request.url), time.monotonic() - started, status
+                )
+            except Exception:
+                log.exception("call_observer_failed")
 
 
 # What a request meets on a kept-alive connection the server side has forgotten (a load
@@ -251,7 +271,7 @@ class Authenticator:
             detail = body.get("error_description", "") if isinstance(body, dict) else ""
             raise SalesforceConfigurationError(
                 f"Salesforce login at {cfg.login_url} failed ({cfg.auth}): {error}: {detail}. "
-                "Check salesforce.client_id, salesforce.username and the configured secrets."
+                f"Check {_credential_keys(cfg)}."
             )
         log.info("salesforce_login", login_url=cfg.login_url, instance_url=body["instance_url"])
         return Token(str(body["access_token"]), str(body["instance_url"]))
@@ -266,6 +286,17 @@ class Authenticator:
             "exp": int(time.time()) + 180,
         }
         return jwt.encode(claims, cfg.private_key.reveal(), algorithm="RS256")
+
+
+def _credential_keys(cfg: SalesforceConfig) -> str:
+    """The keys this auth mode logs in with (no other), each secret with where it was read."""
+    named = []
+    for key in AUTH_NEEDS[cfg.auth]:
+        value = getattr(cfg, key)
+        named.append(
+            f"salesforce.{key}" + (f" (from {value.source})" if isinstance(value, Secret) else "")
+        )
+    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
 
 
 def jwt_audience(login_url: str) -> str:
@@ -288,6 +319,8 @@ class SalesforceSink:
         clock: Clock,
         *,
         rng: random.Random | None = None,
+        on_call: Callable[[str, str, float, int | None], None] | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
@@ -299,6 +332,9 @@ class SalesforceSink:
             retry.max_backoff_seconds,
         )
         self.session = HttpSession(cfg.timeout_seconds, trust_store(cfg.ca_bundle))
+        self.session.on_call = on_call
+        # Told the class name of each transient error a request is retried after.
+        self.on_retry = on_retry
         self.auth = Authenticator(cfg, self.session)
         self._client: Salesforce | None = None
         self._version_served = False
@@ -452,6 +488,8 @@ class SalesforceSink:
             error_class=type(exc).__name__,
             error=str(exc),
         )
+        if self.on_retry is not None:
+            self.on_retry(type(exc).__name__)
 
 
 # The kind of trouble an exhausted retry budget means, in an operator's words.

@@ -122,6 +122,9 @@ class InMemoryStore:
             rows = [r for r in rows if _sort_key(r) > _order(after.order_value, after.key)]
         return rows[:limit]
 
+    def count_after(self, source: StreamSource, position: Position | None) -> int:
+        return len(self.read_batch(source, position, len(self.rows.get(source.name, []))))
+
     def source_snapshot(self, source: StreamSource) -> str | None:
         return None
 

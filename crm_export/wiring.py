@@ -22,6 +22,7 @@ from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
 from crm_export.store import SqlStore, migrations, preflight_source
 from crm_export.stream_order import dependency_order
+from crm_export.watch import Watch
 
 
 def stream_plan(stream: StreamConfig) -> StreamPlan:
@@ -159,7 +160,11 @@ def open_store(url: str) -> SqlStore:
 
 
 @contextmanager
-def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterator[Runtime]:
+def open_runtime(
+    config: Config, stop: threading.Event | None = None, watch: Watch | None = None
+) -> Iterator[Runtime]:
+    """Everything one job run needs; ``watch`` is told the run's progress, its calls to
+    Salesforce and their retries (without one, no progress is counted or reported)."""
     stop = stop or threading.Event()
     with ExitStack() as stack:
         if config.sandbox.enabled:
@@ -169,11 +174,25 @@ def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterato
         # runner (on PostgreSQL the store also checks each run's own lock: see the method).
         store.mark_interrupted_runs()
         clock = SystemClock(stop)
-        sink = SalesforceSink(config.salesforce, config.retry, clock)
+        sink = SalesforceSink(
+            config.salesforce,
+            config.retry,
+            clock,
+            on_call=watch.salesforce_call if watch else None,
+            on_retry=watch.salesforce_retry if watch else None,
+        )
         stack.callback(sink.close)
+        if watch is not None:
+            watch.sink_opened(sink)
         # Before any stream: an API version the org does not serve is the config's fault.
         sink.connect()
-        exporter = Exporter(store, sink, export_policy(config), clock, should_stop=stop.is_set)
-        yield Runtime(
-            config, store, sink, exporter, [stream_plan(s) for s in ordered_streams(config)]
+        exporter = Exporter(
+            store,
+            sink,
+            export_policy(config),
+            clock,
+            should_stop=stop.is_set,
+            on_progress=watch.progress if watch else None,
         )
+        plans = [stream_plan(s) for s in ordered_streams(config)]
+        yield Runtime(config, store, sink, exporter, plans)

@@ -6,9 +6,12 @@ import threading
 
 from crm_export.config import Config
 from crm_export.export import StreamResult
+from crm_export.watch import Watch
 from crm_export.wiring import open_runtime
 
 
-def run(config: Config, stop: threading.Event | None = None) -> list[StreamResult]:
-    with open_runtime(config, stop) as runtime:
+def run(
+    config: Config, stop: threading.Event | None = None, watch: Watch | None = None
+) -> list[StreamResult]:
+    with open_runtime(config, stop, watch) as runtime:
         return [runtime.exporter.export_stream(plan) for plan in runtime.plans]

@@ -16,17 +16,36 @@ from crm_export import __version__
 from crm_export.errors import ConfigError, ConfigValueError, CrmExportError
 
 from . import config_commands, db_commands, job_commands, status_commands
-from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_option
+from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_option, documented
 from .config_commands import example_config
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "build_parser", "example_config", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="crm-export",
-        description="Export SQL records into Salesforce, pausing or skipping on record errors.",
+    help_text = documented(
+        "export SQL records into Salesforce, pausing or skipping on record errors",
+        [
+            "crm-export demo                                   # try it: SQLite + the sandbox org",
+            "crm-export config example > crm-export.toml       # then edit it",
+            "crm-export job CRMExport --config crm-export.toml # one run, now",
+            "crm-export run --config crm-export.toml           # the daemon, on its schedule",
+            "crm-export status                                 # config from $CRM_EXPORT_CONFIG",
+            "crm-export errors --stream contacts",
+            "crm-export COMMAND --help                         # each command's own examples",
+        ],
+        {
+            EXIT_OK: "the command did its work (a run that paused or logged record errors "
+            "included)",
+            EXIT_FAILED: "a run failed, another runner is active, or the state database "
+            "needs attention",
+            EXIT_CONFIG: "the config file or the command line is invalid",
+            3: "(run) the daemon lost the runner lock",
+            130: "interrupted (Ctrl+C)",
+        },
     )
+    del help_text["help"]
+    parser = argparse.ArgumentParser(prog="crm-export", **help_text)
     parser.add_argument("--version", action="version", version=f"crm-export {__version__}")
     config_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -4,6 +4,7 @@ logging set up and its secrets scrubbed), and opening the state database."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 from crm_export.config import Config, Secret, load_config
@@ -12,6 +13,26 @@ from crm_export.logs import configure_logging
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+# What most commands that read the config and the state database exit with.
+STATE_CODES: Mapping[int, str] = {
+    EXIT_OK: "done",
+    EXIT_FAILED: "the state database is unreachable or needs `crm-export db upgrade`",
+    EXIT_CONFIG: "the config file or the command line is invalid (the message names the key)",
+}
+
+
+def documented(summary: str, examples: Sequence[str], codes: Mapping[int, str]) -> dict[str, Any]:
+    """``add_parser`` keywords: the one-line help, and a --help that ends with examples
+    and the exit codes."""
+    lines = ["examples:", *(f"  {e}" for e in examples), "", "exit codes:"]
+    lines += [f"  {code}  {meaning}" for code, meaning in codes.items()]
+    return {
+        "help": summary,
+        "description": summary[0].upper() + summary[1:] + ".",
+        "epilog": "\n".join(lines),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
 
 
 def config_option(parser: argparse.ArgumentParser, *, top: bool) -> None:

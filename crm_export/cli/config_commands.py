@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import EXIT_OK, Commands
+from .common import EXIT_OK, Commands, documented
+
+CONFIG_CODES = {EXIT_OK: "printed", 2: "the command line is invalid"}
 
 
 def example_config() -> str:
@@ -21,12 +23,23 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    config = commands.add_parser("config", help="print an example config file to start from")
+    config = commands.add_parser(
+        "config",
+        **documented(
+            "print an example config file to start from",
+            ["crm-export config example > crm-export.toml"],
+            CONFIG_CODES,
+        ),
+    )
     config_commands = config.add_subparsers(
         dest="config_command", required=True, metavar="CONFIG_COMMAND"
     )
     example = config_commands.add_parser(
         "example",
-        help="print the documented example config: crm-export config example > crm-export.toml",
+        **documented(
+            "print the documented example config",
+            ["crm-export config example > crm-export.toml"],
+            CONFIG_CODES,
+        ),
     )
     example.set_defaults(func=cmd_config)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from .common import EXIT_OK, Commands, config_option, load
+from .common import EXIT_OK, STATE_CODES, Commands, config_option, documented, load
+
+DB_CODES = {
+    **STATE_CODES,
+    1: "the state database is unreachable, or a migration failed (nothing of it is applied)",
+}
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -31,15 +36,42 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    db = commands.add_parser("db", help="manage the state database schema (Alembic)")
+    db = commands.add_parser(
+        "db",
+        **documented(
+            "manage the state database schema (Alembic)",
+            ["crm-export db upgrade", "crm-export db current"],
+            DB_CODES,
+        ),
+    )
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    upgrade = db_commands.add_parser("upgrade", help="apply the migrations")
+    upgrade = db_commands.add_parser(
+        "upgrade",
+        **documented(
+            "apply the migrations",
+            [
+                "crm-export db upgrade --config crm-export.toml",
+                "crm-export db upgrade --sql > upgrade.sql  # for a DBA to review and run",
+            ],
+            DB_CODES,
+        ),
+    )
     upgrade.add_argument("revision", nargs="?", default="head")
-    downgrade = db_commands.add_parser("downgrade", help="revert migrations")
+    downgrade = db_commands.add_parser(
+        "downgrade",
+        **documented(
+            "revert migrations",
+            ["crm-export db downgrade 0001", "crm-export db downgrade base --sql"],
+            DB_CODES,
+        ),
+    )
     downgrade.add_argument("revision")
     for sub in (upgrade, downgrade):
         sub.add_argument("--sql", action="store_true", help="print the SQL instead (for DBAs)")
-    current = db_commands.add_parser("current", help="print the schema revision")
+    current = db_commands.add_parser(
+        "current",
+        **documented("print the schema revision", ["crm-export db current"], DB_CODES),
+    )
     for sub in (upgrade, downgrade, current):
         config_option(sub, top=False)
         sub.set_defaults(func=cmd_db)

@@ -6,22 +6,35 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from crm_export.config import Config, load_config
 from crm_export.logs import configure_logging
 from crm_export.ports import JobId, RunOutcome
 from crm_export.store.urls import is_sqlite
+from crm_export.watch import Watch
 
 from .common import (
+    EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
     Commands,
     config_option,
+    documented,
     load,
     open_store,
     secrets_of,
 )
+
+JOB_CODES = {
+    EXIT_OK: "every stream's run completed or paused (record errors are in ExportErrors)",
+    EXIT_FAILED: "a run failed or was interrupted, another runner is active, or the state "
+    "database needs attention",
+    EXIT_CONFIG: "the config file or the command line is invalid, or a stream's table or "
+    "column does not exist",
+}
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -50,13 +63,37 @@ def cmd_job(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         time.sleep(min(1.0, args.wait))
     try:
-        results = JOBS[JobId(args.job_id)](config, None)
+        with watching(config) as watch:
+            results = JOBS[JobId(args.job_id)](config, None, watch)
     finally:
         lock.release()
     for result in results:
         print(result.summary(), flush=True)
     failed = [r for r in results if r.outcome in (RunOutcome.FAILED, RunOutcome.INTERRUPTED)]
     return EXIT_FAILED if failed else EXIT_OK
+
+
+@contextmanager
+def watching(config: Config) -> Iterator[Watch]:
+    """A live progress display per stream when stderr is a terminal; otherwise a
+    ``progress`` log event per stream at most every 10 s."""
+    from crm_export.progress import ProgressLog, TerminalProgress
+
+    if not sys.stderr.isatty():
+        yield ProgressLog()
+        return
+    from rich.console import Console
+
+    logging = config.logging
+    with TerminalProgress(Console(stderr=True)) as display:
+        # Log lines print above the display, not through it (the proxy is no terminal, so
+        # the format is chosen here from the real stderr).
+        fmt = "console" if logging.format == "auto" else logging.format
+        configure_logging(fmt, logging.level, stream=display.log_stream, secrets=secrets_of(config))
+        try:
+            yield display
+        finally:
+            configure_logging(logging.format, logging.level, secrets=secrets_of(config))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -85,7 +122,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    job = commands.add_parser("job", help="run one job once, now, and print a line per stream")
+    job = commands.add_parser(
+        "job",
+        **documented(
+            "run one job once, now, and print a line per stream",
+            [
+                "crm-export job CRMExport --config crm-export.toml",
+                "crm-export job CRMExport_ExportError --wait 600  # after the daemon's run",
+            ],
+            JOB_CODES,
+        ),
+    )
     config_option(job, top=False)
     job.add_argument("job_id", choices=[j.value for j in JobId])
     job.add_argument(
@@ -98,11 +145,36 @@ def register(commands: Commands) -> None:
     job.set_defaults(func=cmd_job)
 
     demo = commands.add_parser(
-        "demo", help="try crm-export: sample data, SQLite and the sandbox org, one export"
+        "demo",
+        **documented(
+            "try crm-export: sample data, SQLite and the sandbox org, one export",
+            ["crm-export demo", "crm-export demo --dir /tmp/try-crm-export"],
+            JOB_CODES,
+        ),
     )
     demo.add_argument("--dir", default="crm-export-demo", help="where the demo files go")
     demo.set_defaults(func=cmd_demo, config=None)
 
-    run = commands.add_parser("run", help="run the daemon: both jobs on their schedules")
+    run = commands.add_parser(
+        "run",
+        **documented(
+            "run the daemon: both jobs on their schedules",
+            [
+                "crm-export run --config /etc/crm-export/crm-export.toml",
+                "CRM_EXPORT_CONFIG=crm-export.toml crm-export run",
+            ],
+            # daemon.py's EXIT_* (not imported here: every command builds these parsers, and
+            # the daemon's imports are slow).
+            {
+                0: "stopped on request (SIGTERM or SIGINT), after the batch in flight",
+                1: "could not start: the state database is unusable, "
+                "the runner lock can not be taken, or metrics.listen is taken",
+                2: "the config file is invalid at start (a bad edit later is "
+                "logged and the last good config kept)",
+                3: "lost the runner lock while active",
+                128: "+ the signal number: a second signal, exit at once",
+            },
+        ),
+    )
     config_option(run, top=False)
     run.set_defaults(func=cmd_run)

@@ -5,14 +5,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm_export import report as report_mod
 from crm_export.classify import missing_parent
 from crm_export.config import Config
-from crm_export.ports import PausedRecord, RecordError
+from crm_export.counters import run_row_counts
+from crm_export.ports import JobId, PausedRecord, Position, RecordError, RunOutcome
 
-from .common import EXIT_OK, Commands, config_option, load, open_store
+from .common import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    STATE_CODES,
+    Commands,
+    config_option,
+    documented,
+    load,
+    open_store,
+)
+
+if TYPE_CHECKING:
+    from crm_export.config import StreamConfig
+    from crm_export.store import SqlStore
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -26,6 +40,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             item = overview.get(stream.name, {})
             paused = item.get("paused")
             position = item.get("position")
+            run = item.get("last_run")
             entry: dict[str, Any] = {
                 "stream": stream.name,
                 "pause_on_error": stream.pause_on_error,
@@ -33,7 +48,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if position is None
                 else {"order_by": position.order_value, "key": position.key},
                 "paused": None,
-                "last_run": item.get("last_run"),
+                "last_run": run,
+                "running": _running(store, stream, run, position)
+                if run is not None and run["outcome"] == RunOutcome.RUNNING
+                else None,
                 "open_errors": item.get("open_errors", 0),
             }
             if paused is not None:
@@ -92,12 +110,45 @@ def _parent_waited_for(config: Config, paused: PausedRecord) -> dict[str, Any] |
     }
 
 
+def _running(
+    store: SqlStore, stream: StreamConfig, run: dict[str, Any], position: Position | None
+) -> dict[str, Any]:
+    """A run in progress, from its export_runs row: its counters are committed with every
+    batch, and what is left is counted from the position committed with them (for CRMExport;
+    the re-export works off ExportErrors, so it has no total)."""
+    from crm_export.wiring import stream_plan
+
+    counts = run_row_counts(run)
+    total = None
+    if run["job_id"] == JobId.EXPORT:
+        total = counts["read"] + store.count_after(stream_plan(stream).source, position)
+    return {
+        "run_id": run["id"],
+        "job_id": run["job_id"],
+        "started_at": run["started_at"],
+        "runner": run["runner"],
+        "done": counts["read"],
+        "total": total,
+        "counts": counts,
+    }
+
+
+def _state(entry: dict[str, Any]) -> str:
+    running = entry["running"]
+    if running is None:
+        return "PAUSED" if entry["paused"] else "ok"
+    done, total = running["done"], running["total"]
+    progress = f"{done:,}" if total is None else f"{done:,} of {total:,}"
+    job = "" if running["job_id"] == JobId.EXPORT else f" {running['job_id']}"
+    return f"running{job}: {progress}" + (" (PAUSED)" if entry["paused"] else "")
+
+
 def _status_row(entry: dict[str, Any]) -> dict[str, Any]:
     run = entry["last_run"]
     position = entry["position"]
     return {
         "stream": entry["stream"],
-        "state": "PAUSED" if entry["paused"] else "ok",
+        "state": _state(entry),
         "position": "-" if position is None else f"{position['order_by']} / {position['key']}",
         "last run": "never"
         if run is None
@@ -132,6 +183,18 @@ def cmd_errors(args: argparse.Namespace) -> int:
         print(report_mod.operator_queries(config.database.url), end="")
         return EXIT_OK
     with open_store(config) as store:
+        if args.stream is not None:
+            known = {s.name for s in config.streams} | {
+                o["stream"] for o in store.stream_overview()
+            }
+            if args.stream not in known:
+                print(
+                    f"crm-export: errors --stream {args.stream}: no such stream in "
+                    f"{config.path} or the state database (streams: "
+                    f"{', '.join(sorted(known)) or 'none'})",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
         rows = store.list_errors(
             stream=args.stream, code=args.code, include_resolved=args.all, limit=args.limit
         )
@@ -144,6 +207,15 @@ def cmd_errors(args: argparse.Namespace) -> int:
         print(f"wrote {len(rows)} rows to {args.csv}")
     elif args.json:
         print(report_mod.to_json(rows))
+    elif not rows and sys.stdout.isatty():
+        which = " ".join(
+            f"{name} {value}"
+            for name, value in (("stream", args.stream), ("code", args.code))
+            if value is not None
+        )
+        print(
+            f"No {'' if args.all else 'open '}ExportErrors" + (f" for {which}." if which else ".")
+        )
     else:
         title = "ExportErrors" + ("" if args.all else " (open)")
         columns = ["id", "stream", "record_key", "error_code", "error_message", "attempts"]
@@ -153,12 +225,38 @@ def cmd_errors(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    status = commands.add_parser("status", help="each stream: position, pause, last run, errors")
+    status = commands.add_parser(
+        "status",
+        **documented(
+            "each stream: position, pause, last run, errors",
+            [
+                "crm-export status --config crm-export.toml",
+                "crm-export status --json | jq '.[] | select(.paused)'",
+            ],
+            STATE_CODES,
+        ),
+    )
     config_option(status, top=False)
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(func=cmd_status)
 
-    errors = commands.add_parser("errors", help="list ExportErrors rows (open ones by default)")
+    errors = commands.add_parser(
+        "errors",
+        **documented(
+            "list ExportErrors rows (open ones by default)",
+            [
+                "crm-export errors --stream contacts",
+                "crm-export errors --code REQUIRED_FIELD_MISSING --all",
+                "crm-export errors --csv errors.csv  # for a spreadsheet",
+                "crm-export errors --sql             # the same questions as SQL",
+            ],
+            {
+                **STATE_CODES,
+                EXIT_CONFIG: "the config or the command line is invalid, or --stream names "
+                "a stream that is neither in the config nor in the state database",
+            },
+        ),
+    )
     config_option(errors, top=False)
     errors.add_argument("--stream", help="only this stream")
     errors.add_argument("--code", help="only this error code, e.g. REQUIRED_FIELD_MISSING")

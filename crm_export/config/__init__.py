@@ -14,6 +14,7 @@ from crm_export.config.checks import MIN_API_VERSION
 from crm_export.config.loader import CONFIG_ENV_VAR, load_config, resolve_config_path
 from crm_export.config.models import (
     AUTH_MODES,
+    AUTH_NEEDS,
     CONFIG_KEYS,
     LOG_FORMATS,
     LOG_LEVELS,
@@ -26,6 +27,7 @@ from crm_export.config.models import (
     LogFormat,
     LoggingConfig,
     LogLevel,
+    MetricsConfig,
     RetryConfig,
     SalesforceConfig,
     SandboxConfig,
@@ -37,6 +39,7 @@ from crm_export.config.wording import stream_key_path
 
 __all__ = [
     "AUTH_MODES",
+    "AUTH_NEEDS",
     "CONFIG_ENV_VAR",
     "CONFIG_KEYS",
     "LOG_FORMATS",
@@ -51,6 +54,7 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "LoggingConfig",
+    "MetricsConfig",
     "RetryConfig",
     "SalesforceConfig",
     "SandboxConfig",

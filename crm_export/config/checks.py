@@ -383,6 +383,42 @@ def _https_url(raw: str) -> str:
 HttpsUrl = Annotated[NonBlank, AfterValidator(_https_url)]
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets) as (host without brackets, port)."""
+    host, _, port = value.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+_HOST_NAME: Final = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
+
+
+def _listen_address(raw: str) -> str:
+    import ipaddress
+
+    example = 'such as "127.0.0.1:9464", "0.0.0.0:9464" or "[::1]:9464"'
+    host, colon, port = raw.rpartition(":")
+    if not colon or not host or not port:
+        raise problem("listen", f"must be a host and a port, {example}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise problem("listen", f"port {port!r} is not a port number (0 to 65535)")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise problem("listen", f"{host} is not an IPv6 address") from None
+    elif ":" in host:
+        raise problem("listen", f"an IPv6 address goes in brackets, {example}")
+    elif not _HOST_NAME.fullmatch(host):
+        raise problem("listen", f"{host!r} is neither an IP address nor a host name, {example}")
+    return raw
+
+
+# host:port for a server of ours to listen on; port 0 takes any free port.
+ListenAddress = Annotated[NonBlank, AfterValidator(_listen_address)]
+
+
 class MayHoldPassword:
     """Marks a field whose value may carry a password: reprs show it redacted."""
 

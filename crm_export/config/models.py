@@ -39,6 +39,7 @@ from crm_export.config.checks import (
     DatabaseUrl,
     ExternalIdField,
     HttpsUrl,
+    ListenAddress,
     MayHoldPassword,
     NonBlank,
     Problems,
@@ -51,6 +52,7 @@ from crm_export.config.checks import (
     context_of,
     field_mapping,
     problem,
+    split_listen,
     zone_of,
 )
 from crm_export.config.relations import (
@@ -110,7 +112,7 @@ class DatabaseConfig(_Section):
 
 # What each auth mode needs; a credential that the chosen mode does not use is an error too,
 # because it usually means `auth` was forgotten and another flow would run than intended.
-_AUTH_NEEDS: Final[Mapping[str, tuple[str, ...]]] = {
+AUTH_NEEDS: Final[Mapping[str, tuple[str, ...]]] = {
     "client_credentials": ("client_id", "client_secret"),
     "password": ("client_id", "client_secret", "username", "password"),
     "jwt": ("client_id", "username", "private_key"),
@@ -137,13 +139,13 @@ def _mode_problem(
     credential = info.field_name
     if auth is None or credential is None:
         return None
-    needs = _AUTH_NEEDS[auth]
+    needs = AUTH_NEEDS[auth]
     if credential in needs and not given:
         return problem(
             "credential_missing", f'missing: auth = "{auth}" needs {how}', key=missing_key
         )
     if credential not in needs and given:
-        users = " or ".join(f'"{m}"' for m, n in _AUTH_NEEDS.items() if credential in n)
+        users = " or ".join(f'"{m}"' for m, n in AUTH_NEEDS.items() if credential in n)
         return problem(
             "credential_unused",
             f'not used with auth = "{auth}"; remove it, or set auth = {users} '
@@ -304,6 +306,18 @@ class LoggingConfig(_Section):
     level: LogLevel = "info"
 
 
+class MetricsConfig(_Section):
+    """The daemon's HTTP endpoints for monitoring: /metrics, /healthz, /readyz."""
+
+    # host:port, such as "127.0.0.1:9464"; unset (the default), nothing listens.
+    listen: ListenAddress | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when off."""
+        return None if self.listen is None else split_listen(self.listen)
+
+
 class SandboxConfig(_Section):
     """Start the local sandbox org in-process and export into it (the embedded default)."""
 
@@ -410,6 +424,7 @@ class Config(BaseModel):
     export: ExportConfig = Field(default_factory=ExportConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     streams: tuple[StreamConfig, ...] = Field((), validate_default=True)
 
     _path: Path = PrivateAttr()

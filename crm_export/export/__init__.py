@@ -6,7 +6,8 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
 - ``sending``: one batch to Salesforce, in pause mode (allOrNone, cut before the culprit) or
   skip mode, with record-level retries;
 - ``outcome``: a batch's outcome and the acknowledgement it commits; the flood rule;
-- ``stream_run``: what one run of one stream shares (acknowledging, counters, logs);
+- ``stream_run``: what one run of one stream shares (acknowledging, counters, logs, the
+  progress it reports to an observer);
 - ``incremental`` (CRMExport) and ``reexport`` (CRMExport_ExportError): the two jobs' loops;
 - ``exporter``: the entry points, and the run around them.
 """
@@ -14,14 +15,17 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
 from .exporter import Exporter
 from .outcome import BatchOutcome, FloodGuard, Rejected
 from .plan import ExportPolicy, StreamPlan, StreamResult, null_key_name
+from .stream_run import ProgressObserver, StreamProgress
 
 __all__ = [
     "BatchOutcome",
     "ExportPolicy",
     "Exporter",
     "FloodGuard",
+    "ProgressObserver",
     "Rejected",
     "StreamPlan",
+    "StreamProgress",
     "StreamResult",
     "null_key_name",
 ]

@@ -22,7 +22,7 @@ from crm_export.retry import Clock, StopRequested
 from . import incremental, reexport
 from .plan import ExportPolicy, StreamPlan, StreamResult
 from .sending import BatchSender
-from .stream_run import StreamRun
+from .stream_run import ProgressObserver, StreamRun
 
 log = structlog.get_logger("crm_export.export")
 
@@ -38,6 +38,7 @@ class Exporter:
         rng: random.Random | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         should_stop: Callable[[], bool] = lambda: False,
+        on_progress: ProgressObserver | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -45,6 +46,7 @@ class Exporter:
         self.clock = clock
         self.now = now
         self.should_stop = should_stop
+        self.on_progress = on_progress
         self.sender = BatchSender(sink, policy, clock, rng or random.Random())
 
     def export_stream(self, plan: StreamPlan) -> StreamResult:
@@ -70,9 +72,13 @@ class Exporter:
             self.now,
             self.should_stop,
             calls_acked=self.sink.api_calls,
+            on_progress=self.on_progress,
         )
         try:
             self.store.check_source(plan.source)
+            if self.on_progress is not None:
+                run.pending = self._pending(job_id, plan)
+                run.report()
             body(run)
             if result.outcome is RunOutcome.RUNNING:
                 result.outcome = RunOutcome.COMPLETED
@@ -104,4 +110,13 @@ class Exporter:
             api_calls=result.api_calls,
             error=result.error,
         )
+        run.report(finished=True)
         return result
+
+    def _pending(self, job_id: JobId, plan: StreamPlan) -> int | None:
+        """The source rows ahead of a CRMExport run, counted once at its start. None for
+        the re-export, whose work is the stream's open ExportErrors, not a range of rows."""
+        if job_id is not JobId.EXPORT:
+            return None
+        position = self.store.load_state(plan.name).position
+        return self.store.count_after(plan.source, position)

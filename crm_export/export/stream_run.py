@@ -1,14 +1,15 @@
 """One run of one stream: what both jobs share while they work on it.
 
 It acknowledges through the store (adding the API calls spent since the last
-acknowledgement, so a crash never counts a call twice), keeps the run's counters, and logs
-each record failure once.
+acknowledgement, so a crash never counts a call twice), keeps the run's counters, logs
+each record failure once, and reports its progress to an observer after every
+acknowledgement (``StreamProgress``: plain values; what shows them lives outside the core).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,25 @@ from .sending import BatchSender
 log = structlog.get_logger("crm_export.export")
 
 
+@dataclass(frozen=True)
+class StreamProgress:
+    """Where one run of one stream stands, for whoever watches it.
+
+    Reported once at the start (nothing done yet), after every acknowledged batch, and once
+    at the end (``finished``, with the run's outcome). ``result`` is a copy of the counters
+    at that moment. ``pending`` is how many source rows were ahead of the run when it began
+    (one count, at the start), or None when not counted (the re-export works off
+    ExportErrors, not a range of rows).
+    """
+
+    result: StreamResult
+    pending: int | None
+    finished: bool = False
+
+
+ProgressObserver = Callable[[StreamProgress], None]
+
+
 @dataclass
 class StreamRun:
     plan: StreamPlan
@@ -34,6 +54,8 @@ class StreamRun:
     now: Callable[[], datetime]
     should_stop: Callable[[], bool]
     calls_acked: int = 0
+    on_progress: ProgressObserver | None = None
+    pending: int | None = None
 
     def send(self, rows: Sequence[SourceRow], *, all_or_none: bool | None = None) -> BatchOutcome:
         return self.sender.send(self.plan, rows, all_or_none=all_or_none)
@@ -49,6 +71,17 @@ class StreamRun:
         r.failed += ack.failed
         r.skipped += ack.skipped
         r.api_calls += ack.api_calls
+        self.report()
+
+    def report(self, *, finished: bool = False) -> None:
+        """Tell the observer where the run stands. Its failure is logged and ignored: the
+        batch is already committed, and a display must never fail an export."""
+        if self.on_progress is None:
+            return
+        try:
+            self.on_progress(StreamProgress(replace(self.result), self.pending, finished))
+        except Exception:
+            log.exception("progress_observer_failed", stream=self.plan.name)
 
     def acknowledge(
         self,

@@ -40,6 +40,20 @@ def _since(request: Request) -> int:
         return 0
 
 
+def _limit(request: Request) -> int | None:
+    """``?limit=N``: at most N entries (None: all). Not a whole number >= 0 is a 400."""
+    value = request.args.get("limit")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise _BadQuery(f"limit must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+class _BadQuery(Exception):
+    pass
+
+
 def handle(
     state: SandboxState, request: Request, endpoint: str, args: Mapping[str, Any]
 ) -> Response:
@@ -51,6 +65,8 @@ def handle(
         return _error("invalid org", exc.problems)
     except FaultsError as exc:
         return _error("invalid faults", exc.problems)
+    except _BadQuery as exc:
+        return _error(str(exc))
 
 
 def _dispatch(
@@ -78,16 +94,22 @@ def _dispatch(
         sobject = args.get("sobject") or request.args.get("sobject")
         if method == "POST" and sobject:
             return _seed(state, sobject, _body(request))
+        limit = _limit(request)
         if sobject:
             sobj = state.org.sobject(sobject)
-            return _json(state.store.all(sobj.name if sobj else sobject))
-        return _json({name: state.store.all(name) for name in state.store.sobjects()})
+            return _json(state.store.all(sobj.name if sobj else sobject)[:limit])
+        return _json({name: state.store.all(name)[:limit] for name in state.store.sobjects()})
     if endpoint == "admin_counters":
-        return _json(state.activity.snapshot(state.faults.config.daily_api_limit))
+        counters = state.activity.snapshot(state.faults.config.daily_api_limit)
+        stored = {name: state.store.count(name) for name in state.store.sobjects()}
+        return _json({**counters, "stored": stored})
     if endpoint == "admin_writes":
         return _json(state.activity.writes(_since(request)))
     if endpoint == "admin_rejections":
-        return _json(state.activity.rejections(_since(request)))
+        rejections = state.activity.rejections(_since(request))
+        limit = _limit(request)
+        # The newest ones: the log's tail.
+        return _json(rejections if limit is None else rejections[len(rejections) - limit :])
     if endpoint == "admin_jobs":
         return _json([job.info() for job in state.jobs.all()])
     if endpoint == "admin_faults":

@@ -76,11 +76,13 @@ class AdminClient:
         result: dict[str, Any] = self.request("GET", "/info")
         return result
 
-    def records(self, sobject: str | None = None) -> Any:
-        """The stored records of ``sobject``, or ``{sobject: [records]}`` for all."""
+    def records(self, sobject: str | None = None, limit: int | None = None) -> Any:
+        """The stored records of ``sobject``, or ``{sobject: [records]}`` for all; at most
+        ``limit`` of each object, in the order they were created."""
+        query = "" if limit is None else f"?limit={limit}"
         if sobject is None:
-            return self.request("GET", "/records")
-        return self.request("GET", f"/records/{sobject}")
+            return self.request("GET", f"/records{query}")
+        return self.request("GET", f"/records/{sobject}{query}")
 
     def insert_records(self, sobject: str, records: list[Mapping[str, Any]]) -> list[str]:
         """Store records as given, bypassing every rule; returns their ids."""
@@ -94,8 +96,10 @@ class AdminClient:
     def writes(self, since: int = 0) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/writes?since={since}"))
 
-    def rejections(self, since: int = 0) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"/rejections?since={since}"))
+    def rejections(self, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Rejected records after ``since``; with ``limit``, only the newest ones."""
+        query = "" if limit is None else f"&limit={limit}"
+        return list(self.request("GET", f"/rejections?since={since}{query}"))
 
     def jobs(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/jobs"))

@@ -25,6 +25,28 @@ from crm_export.sandbox import DEFAULT_PORT, STATE_FILE_NAME, default_state_dir
 
 SYSTEM_COLUMNS = {"CreatedDate", "LastModifiedDate", "SystemModstamp"}
 MAX_CELL = 32
+# Enough to check a mapping by eye; an export of 50,000 rows is not a screen to scroll.
+DEFAULT_RECORDS_LIMIT = 20
+
+
+SERVE_CODES = {
+    0: "stopped with Ctrl+C or SIGTERM",
+    2: "an invalid org file, faults or --data file, or the port is taken",
+}
+
+
+def _epilog(examples: list[str], codes: dict[int, str]) -> dict[str, Any]:
+    """``add_parser`` keywords for a --help that ends with examples and exit codes (as the
+    main CLI's commands do; this module stays importable without it)."""
+    lines = ["examples:", *(f"  {e}" for e in examples), "", "exit codes:"]
+    lines += [f"  {code}  {meaning}" for code, meaning in codes.items()]
+    return {"epilog": "\n".join(lines), "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def _whole_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a whole number >= 0, not {text!r}")
+    return int(text)
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,11 +54,25 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "sandbox",
         help="run a local Salesforce sandbox org to rehearse a mapping",
         description="A local HTTPS emulator of the Salesforce APIs crm-export uses.",
+        **_epilog(
+            ["crm-export sandbox serve --port 8443", "crm-export sandbox records --limit 50"],
+            SERVE_CODES,
+        ),
     )
     commands = sandbox.add_subparsers(dest="sandbox_command", metavar="COMMAND", required=True)
 
     serve_parser = commands.add_parser(
-        "serve", help="serve a sandbox org in the foreground until Ctrl+C"
+        "serve",
+        help="serve a sandbox org in the foreground until Ctrl+C",
+        description="Serve a sandbox org in the foreground until Ctrl+C.",
+        **_epilog(
+            [
+                "crm-export sandbox serve",
+                "crm-export sandbox serve --port 0 --data records.db --org my-org.toml",
+                'crm-export sandbox serve --faults \'{"http_error_rate": {"503": 0.1}}\'',
+            ],
+            SERVE_CODES,
+        ),
     )
     serve_parser.add_argument(
         "--port",
@@ -65,13 +101,35 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     serve_parser.set_defaults(func=serve)
 
     records_parser = commands.add_parser(
-        "records", help="show a running sandbox's records, rejected records and counters"
+        "records",
+        help="show a running sandbox's records, rejected records and counters",
+        description="Show a running sandbox's records, rejected records and counters.",
+        **_epilog(
+            [
+                "crm-export sandbox records",
+                "crm-export sandbox records --sobject Contact --limit 100",
+                "crm-export sandbox records --json --limit 0 > everything.json",
+            ],
+            {
+                0: "shown",
+                1: "no sandbox is running there, or it can not be reached",
+                2: "the command line is invalid (--url without --ca, a bad --limit)",
+            },
+        ),
     )
     records_parser.add_argument(
         "--url", help="base URL of the sandbox (default: from the state dir)"
     )
     records_parser.add_argument("--ca", help="its CA certificate file (needed with --url)")
     records_parser.add_argument("--sobject", help="only this object")
+    records_parser.add_argument(
+        "--limit",
+        type=_whole_number,
+        default=DEFAULT_RECORDS_LIMIT,
+        metavar="N",
+        help=f"show the first N records of each object and the newest N rejected records "
+        f"(default {DEFAULT_RECORDS_LIMIT}; 0 shows all)",
+    )
     records_parser.add_argument("--json", action="store_true", help="print raw JSON")
     records_parser.add_argument("--state-dir", type=Path, help="state dir given to serve")
     records_parser.set_defaults(func=records)
@@ -179,12 +237,17 @@ def records(args: argparse.Namespace) -> int:
             client = AdminClient(args.url, args.ca)
         else:
             client = AdminClient.from_state_dir(args.state_dir)
-        stored = client.records(args.sobject)
+        limit = args.limit or None
+        stored = client.records(args.sobject, limit)
         if args.sobject:
             stored = {args.sobject: stored}
-        rejections = client.rejections()
         if args.sobject:
-            rejections = [r for r in rejections if r["sobject"].lower() == args.sobject.lower()]
+            rejections = [
+                r for r in client.rejections() if r["sobject"].lower() == args.sobject.lower()
+            ]
+            rejections = rejections[len(rejections) - limit :] if limit else rejections
+        else:
+            rejections = client.rejections(limit=limit)
         counters = client.counters()
     except (FileNotFoundError, SandboxAdminError) as exc:
         print(f"crm-export sandbox records: {exc}", file=sys.stderr)
@@ -199,8 +262,15 @@ def records(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(render_report(stored, rejections, counters))
+    print(render_report(stored, rejections, counters, _rejected_total(counters, args.sobject)))
     return 0
+
+
+def _rejected_total(counters: dict[str, Any], sobject: str | None) -> int:
+    if sobject is None:
+        return int(counters.get("records", {}).get("failed", 0))
+    by_sobject = {k.lower(): v for k, v in counters.get("by_sobject", {}).items()}
+    return int(by_sobject.get(sobject.lower(), {}).get("failed", 0))
 
 
 def _cell(value: Any) -> str:
@@ -225,10 +295,18 @@ def render_report(
     stored: dict[str, list[dict[str, Any]]],
     rejections: list[dict[str, Any]],
     counters: dict[str, Any],
+    rejected_total: int | None = None,
 ) -> str:
+    """What ``records`` prints. ``counters["stored"]`` and ``rejected_total`` say how many
+    there are, when only some were fetched."""
     out: list[str] = []
+    totals = {name.lower(): n for name, n in counters.get("stored", {}).items()}
     for sobject, rows in stored.items():
-        out.append(f"{sobject}: {len(rows)} record{'s' if len(rows) != 1 else ''}")
+        total = totals.get(sobject.lower(), len(rows))
+        line = f"{sobject}: {total} record{'s' if total != 1 else ''}"
+        if len(rows) < total:
+            line += f" (the first {len(rows)}; --limit N shows more, --limit 0 all)"
+        out.append(line)
         columns: list[str] = ["Id"]
         for row in rows:
             columns += [k for k in row if k not in columns and k not in SYSTEM_COLUMNS]
@@ -237,7 +315,11 @@ def render_report(
         out.append("")
     if not stored:
         out += ["No records stored.", ""]
-    out.append(f"Rejected records: {len(rejections)}")
+    total = len(rejections) if rejected_total is None else max(rejected_total, len(rejections))
+    line = f"Rejected records: {total}"
+    if len(rejections) < total:
+        line += f" (the newest {len(rejections)}; --limit N shows more, --limit 0 all)"
+    out.append(line)
     if rejections:
         table_rows = []
         for entry in rejections:

@@ -7,16 +7,30 @@ prints them).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from crm_export.ports import StreamState
+from crm_export.ports import RunOutcome, StreamState
 from crm_export.store.engines import StateDatabase
 from crm_export.store.schema import export_errors, export_runs, stream_state
 from crm_export.store.state import pause_columns, state_from_row
 
-__all__ = ["OperatorQueries"]
+__all__ = ["MonitoringSnapshot", "OperatorQueries"]
+
+
+@dataclass(frozen=True)
+class MonitoringSnapshot:
+    """What the daemon's metrics show of the state database, read in one transaction."""
+
+    # stream -> since when it is paused (paused streams only)
+    paused_since: dict[str, datetime]
+    # (stream, error_code) -> open ExportErrors rows
+    open_errors: dict[tuple[str, str], int]
+    # (job_id, stream) -> when its last completed run finished
+    last_completed: dict[tuple[str, str], datetime]
 
 
 class OperatorQueries:
@@ -86,6 +100,30 @@ class OperatorQueries:
                 }
             )
         return overview
+
+    def monitoring_snapshot(self) -> MonitoringSnapshot:
+        """Paused streams, open ExportErrors by stream and code, and each job's last
+        completed run per stream: three grouped reads (the open-errors index and the
+        export_runs primary key keep them cheap), for a metrics scrape."""
+        r, e, st = export_runs, export_errors, stream_state
+        with self._db.read() as conn:
+            paused = conn.execute(
+                sa.select(st.c.stream, st.c.paused_since).where(st.c.paused_record_key.is_not(None))
+            )
+            paused_since = {row[0]: row[1] for row in paused}
+            counts = conn.execute(
+                sa.select(e.c.stream, e.c.error_code, sa.func.count())
+                .where(e.c.resolved_at.is_(None))
+                .group_by(e.c.stream, e.c.error_code)
+            )
+            open_errors = {(row[0], row[1]): int(row[2]) for row in counts}
+            completed = conn.execute(
+                sa.select(r.c.job_id, r.c.stream, sa.func.max(r.c.finished_at))
+                .where(r.c.outcome == RunOutcome.COMPLETED.value)
+                .group_by(r.c.job_id, r.c.stream)
+            )
+            last_completed = {(row[0], row[1]): row[2] for row in completed}
+        return MonitoringSnapshot(paused_since, open_errors, last_completed)
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         """One export_runs row as a dict, or None."""

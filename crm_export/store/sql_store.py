@@ -25,7 +25,7 @@ from crm_export.ports import (
 )
 from crm_export.store.engines import StateDatabase, create_state_engine
 from crm_export.store.locks import RunLocks, holder_id
-from crm_export.store.operator import OperatorQueries
+from crm_export.store.operator import MonitoringSnapshot, OperatorQueries
 from crm_export.store.sources import SourceReader
 from crm_export.store.state import StateStore
 from crm_export.store.urls import redact_url
@@ -157,6 +157,9 @@ class SqlStore:
 
     def clear_pause(self, stream: str) -> bool:
         return self._operator.clear_pause(stream)
+
+    def monitoring_snapshot(self) -> MonitoringSnapshot:
+        return self._operator.monitoring_snapshot()
 
 
 if TYPE_CHECKING:

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from sandbox_helpers import contact, upsert_contacts
+from simple_salesforce import Salesforce
 
 from crm_export.sandbox import cli
+from crm_export.sandbox.testing import SandboxHandle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,3 +128,36 @@ def test_add_commands_registers_the_sandbox_command() -> None:
     assert args.func is cli.serve and args.port == 8443 and args.seed == 0
     args = parser.parse_args(["sandbox", "records", "--sobject", "Contact", "--json"])
     assert args.func is cli.records and args.json is True
+
+
+def test_records_shows_the_first_20_of_each_object_unless_told_otherwise(
+    sandbox: SandboxHandle, sf: Salesforce, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = [contact(f"C-{i}", LastName=f"Last{i}") for i in range(1, 31)]
+    bad = [contact(f"BAD-{i}") for i in range(1, 26)]  # no LastName: REQUIRED_FIELD_MISSING
+    upsert_contacts(sf, good[:15] + bad[:10])
+    upsert_contacts(sf, good[15:] + bad[10:])
+    where = ["--url", sandbox.base_url, "--ca", sandbox.ca_path]
+
+    def shown(*args: str) -> str:
+        assert cli.main(["records", *where, *args]) == 0
+        return capsys.readouterr().out
+
+    default = shown()
+    assert "Contact: 30 records (the first 20; --limit N shows more, --limit 0 all)" in default
+    assert "C-20" in default and "C-21" not in default
+    assert "Rejected records: 25 (the newest 20;" in default
+    assert "BAD-6 " in default and "BAD-5 " not in default
+
+    assert "Contact: 30 records\n" in shown("--limit", "0")
+    five = shown("--sobject", "contact", "--limit", "5")
+    assert "contact: 30 records (the first 5;" in five and "C-6" not in five
+    assert "Rejected records: 25 (the newest 5;" in five and "BAD-21 " in five
+
+    raw = json.loads(shown("--json", "--limit", "3"))
+    assert [r["External_Id__c"] for r in raw["records"]["Contact"]] == ["C-1", "C-2", "C-3"]
+    assert raw["counters"]["stored"] == {"Contact": 30}
+
+    with pytest.raises(SystemExit):
+        cli.main(["records", *where, "--limit", "-1"])
+    assert "a whole number >= 0" in capsys.readouterr().err

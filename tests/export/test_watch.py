@@ -1,0 +1,72 @@
+"""A job run tells its ``Watch`` every HTTP exchange with the org, every retry and each
+stream's progress; checked against the sandbox org's own counters, over real HTTPS."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+from export_scenario import Scenario
+
+from crm_export.export import StreamProgress
+from crm_export.jobs import JOBS
+from crm_export.ports import RunOutcome
+from crm_export.salesforce import SalesforceSink
+from crm_export.watch import Watch, Watches
+
+
+class Recorder(Watch):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float, int | None]] = []
+        self.retries: list[str] = []
+        self.sinks: list[SalesforceSink] = []
+        self.progresses: list[StreamProgress] = []
+
+    def progress(self, progress: StreamProgress) -> None:
+        self.progresses.append(progress)
+
+    def salesforce_call(self, method: str, url: str, seconds: float, status: int | None) -> None:
+        self.calls.append((method, urlsplit(url).path, seconds, status))
+
+    def salesforce_retry(self, error_class: str) -> None:
+        self.retries.append(error_class)
+
+    def sink_opened(self, sink: SalesforceSink) -> None:
+        self.sinks.append(sink)
+
+
+class Broken(Watch):
+    def salesforce_call(self, *args: Any) -> None:
+        raise RuntimeError("a watcher's bug")
+
+
+def test_every_call_and_retry_reaches_the_watch(scenario: Scenario) -> None:
+    scenario.add_many(range(1, 451))
+    scenario.sandbox.set_faults({"http_error_rate": {"503": 0.3}, "paths": "/composite/"})
+    recorder = Recorder()
+    [result] = JOBS["CRMExport"](scenario.config(), None, Watches([Broken(), recorder]))
+    assert result.outcome is RunOutcome.COMPLETED and result.exported == 450
+
+    counters = scenario.sandbox.counters()
+    by_path = Counter((method, path) for method, path, _, _ in recorder.calls)
+    assert by_path == {
+        ("POST", "/services/oauth2/token"): counters["calls"]["token"],
+        # The API version check at login (the versions list: no API call for the org).
+        ("GET", "/services/data/"): counters["calls"]["versions"],
+        (
+            "PATCH",
+            "/services/data/v64.0/composite/sobjects/Contact/External_Id__c",
+        ): counters["calls"]["composite_upsert"],
+    }
+    statuses = Counter(status for *_, status in recorder.calls)
+    assert statuses == {200: len(recorder.calls) - counters["faults"]["http_503"]} | {
+        503: counters["faults"]["http_503"]
+    }
+    assert counters["faults"]["http_503"] > 0
+    assert recorder.retries == ["ServerError"] * counters["faults"]["http_503"]
+    assert all(seconds > 0 for _, _, seconds, _ in recorder.calls)
+    # The watch is handed the run's sink, which has seen the org's API usage.
+    [sink] = recorder.sinks
+    assert sink.api_usage == (counters["api_usage"]["used"], counters["api_usage"]["max"])
+    assert recorder.progresses[0].pending == 450 and recorder.progresses[-1].finished
