@@ -64,6 +64,18 @@ class SalesforceConfigurationError(TerminalError):
     """Affects every record alike: bad credentials, unknown object or field, no access."""
 
 
+class OrgMismatchError(SalesforceConfigurationError):
+    """The config file is valid but does not fit the org (or the network) it names, found at
+    run time: a mapped field the object does not have, a login URL whose host does not
+    resolve. ``key`` is the config key to change, e.g. ``streams[0] ("contacts").fields.Foo``
+    or ``salesforce.login_url``; the CLI exits 2 for it, as for a bad file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.detail = message
+
+
 class RequestPayloadError(TerminalError):
     """A whole request refused for a value in one of its records (a 400 such as
     JSON_PARSER_ERROR "Cannot deserialize instance of date from VALUE_STRING value x").

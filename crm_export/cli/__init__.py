@@ -3,7 +3,8 @@ parsers here.
 
 Exit codes: 0 the command did its work (a run that paused or logged record errors included),
 1 a run failed or the state database needs attention, 2 the config or the command line is
-invalid.
+invalid, or the config does not fit the org it names (``OrgMismatchError``: a mapped field
+the object lacks, a login URL that does not resolve), which names the key to change.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from crm_export import __version__
-from crm_export.errors import ConfigError, CrmExportError
+from crm_export.errors import ConfigError, CrmExportError, OrgMismatchError
 
 from . import config_commands, db_commands, job_commands, status_commands
 from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_option
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except ConfigError as exc:
+    except (ConfigError, OrgMismatchError) as exc:
         print(f"crm-export: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except CrmExportError as exc:

@@ -14,6 +14,7 @@ from crm_export.ports import JobId, RunOutcome
 from crm_export.store.urls import is_sqlite
 
 from .common import (
+    EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
     Commands,
@@ -55,6 +56,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         lock.release()
     for result in results:
         print(result.summary(), flush=True)
+    if any(r.config_key for r in results):
+        return EXIT_CONFIG
     failed = [r for r in results if r.outcome in (RunOutcome.FAILED, RunOutcome.INTERRUPTED)]
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from crm_export.errors import CrmExportError, TerminalError
+from crm_export.errors import CrmExportError, OrgMismatchError, TerminalError
 from crm_export.ports import JobId, RunOutcome, Sink, Store
 from crm_export.retry import Clock, StopRequested
 
@@ -82,6 +82,8 @@ class Exporter:
         except CrmExportError as exc:
             result.outcome = RunOutcome.FAILED
             result.error = str(exc)
+            if isinstance(exc, OrgMismatchError):
+                result.config_key = exc.key
             kind = "terminal" if isinstance(exc, TerminalError) else "transient"
             log.error("run_failed", job=job_id, stream=plan.name, kind=kind, error=str(exc))
         except Exception as exc:

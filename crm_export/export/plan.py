@@ -85,6 +85,9 @@ class StreamResult:
     api_calls: int = 0
     error: str | None = None
     paused: PausedRecord | None = None
+    # The config key to fix when the run failed on a config problem found at run time
+    # (``OrgMismatchError``): the CLI then exits 2, as for a bad file.
+    config_key: str | None = None
 
     def summary(self) -> str:
         text = (

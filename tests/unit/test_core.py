@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from crm_export.errors import RequestLimitError, SalesforceConfigurationError
+from crm_export.errors import OrgMismatchError, RequestLimitError, SalesforceConfigurationError
 from crm_export.export import Exporter, ExportPolicy, StreamPlan
 from crm_export.mapping import FieldMap
 from crm_export.ports import RecordError, RunOutcome, SourceRow, StreamSource
@@ -521,3 +521,15 @@ def test_a_refused_record_stays_in_export_errors_until_the_re_export_finds_it_fi
     store.put_row("contacts", row(2, "Fixed"))
     exporter.reexport_stream(plan(pause=False))
     assert store.open_error_rows() == [] and sink.records["2"]["LastName"] == "Fixed"
+
+
+def test_a_config_problem_found_at_run_time_names_its_key_in_the_result() -> None:
+    _store, sink, exporter = make([row(1)])
+    sink.request_faults.append(OrgMismatchError("salesforce.login_url", "does not resolve"))
+    result = exporter.export_stream(plan(pause=True))
+    assert result.outcome is RunOutcome.FAILED
+    assert result.config_key == "salesforce.login_url"
+    assert result.error == "salesforce.login_url: does not resolve"
+    # Any other terminal problem leaves it unset: the CLI exits 1 for those.
+    sink.request_faults.append(SalesforceConfigurationError("invalid_client"))
+    assert exporter.export_stream(plan(pause=True)).config_key is None
