@@ -42,7 +42,7 @@ from crm_export.errors import (
     SessionExpiredError,
     TransientError,
 )
-from crm_export.ports import RecordError, UpsertResult
+from crm_export.ports import RecordError, SObjectDescribe, UpsertResult
 from crm_export.retry import Backoff, Clock, call_with_retries
 
 log = structlog.get_logger("crm_export.salesforce")
@@ -219,6 +219,9 @@ class SalesforceSink:
         self.auth = Authenticator(cfg, self.session)
         self._client: Salesforce | None = None
         self.api_usage: tuple[int, int] | None = None
+        # One describe per object for the sink's life (one run): fields change rarely, and
+        # a describe costs an API call.
+        self._describes: dict[str, SObjectDescribe | None] = {}
 
     @property
     def api_calls(self) -> int:
@@ -245,13 +248,38 @@ class SalesforceSink:
             raise ServerError(f"unexpected answer to {path}: {str(data)[:200]}")
         return [_upsert_result(item) for item in data]
 
-    def _request(self, method: str, path: str, body: Any) -> Any:
+    def describe(self, sobject: str) -> SObjectDescribe | None:
+        key = sobject.casefold()
+        if key not in self._describes:
+            data = self._request("GET", f"sobjects/{sobject}/describe", None, missing_ok=True)
+            self._describes[key] = None if data is None else SObjectDescribe.from_api(data)
+        return self._describes[key]
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        data = self._request("GET", "query", None, params={"q": soql})
+        records = list(data.get("records") or ())
+        # Salesforce answers up to 2,000 records a page; the rest come by nextRecordsUrl.
+        while not data.get("done", True) and data.get("nextRecordsUrl"):
+            path = str(data["nextRecordsUrl"]).split(f"/v{self.cfg.api_version}/", 1)[-1]
+            data = self._request("GET", path.lstrip("/"), None)
+            records += data.get("records") or ()
+        return [dict(r) for r in records]
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        *,
+        params: Mapping[str, str] | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
         def attempt() -> Any:
             # A token can expire between any two calls; a fresh one fixes that, but a 401
             # that survives several fresh tokens is a person's problem, not a retry's.
             for _ in range(self.cfg.max_reauth + 1):
                 try:
-                    return self._call(method, path, body)
+                    return self._call(method, path, body, params, missing_ok)
                 except SessionExpiredError:
                     log.info("salesforce_session_expired", detail="re-authenticating")
                     self._client = None
@@ -270,7 +298,14 @@ class SalesforceSink:
                 retry_after=exc.retry_after,
             ) from exc.__cause__
 
-    def _call(self, method: str, path: str, body: Any) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: Mapping[str, str] | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
         try:
             if self._client is None:
                 token = self.auth.login()
@@ -280,8 +315,13 @@ class SalesforceSink:
                     session=self.session,
                     version=self.cfg.api_version,
                 )
-            result = self._client.restful(path, method=method, json=body)
+            result = self._client.restful(
+                path, params=dict(params) if params else None, method=method, json=body
+            )
         except SalesforceError as exc:
+            if missing_ok and exc.status == 404:
+                self._note_usage()
+                return None
             raise self._translate(exc) from exc
         except requests.RequestException as exc:
             raise network_error(exc, self.cfg.login_url) from exc
