@@ -22,7 +22,9 @@ from crm_export.salesforce import SalesforceSink
 from crm_export.store import SqlStore, migrations, preflight_source
 
 
-def stream_plan(stream: StreamConfig) -> StreamPlan:
+def stream_plan(stream: StreamConfig, index: int | None = None) -> StreamPlan:
+    """``stream`` as the core sees it; ``index`` (its place in the file) lets problems found
+    at run time name its keys as the config checks do."""
     columns = tuple(dict.fromkeys(column for _, column in stream.fields))
     return StreamPlan(
         name=stream.name,
@@ -37,6 +39,7 @@ def stream_plan(stream: StreamConfig) -> StreamPlan:
             query=stream.query,
         ),
         pause_on_error=stream.pause_on_error,
+        config_path=stream_key_path(index, stream.name) if index is not None else "",
     )
 
 
@@ -155,4 +158,5 @@ def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterato
         sink = SalesforceSink(config.salesforce, config.retry, clock)
         stack.callback(sink.close)
         exporter = Exporter(store, sink, export_policy(config), clock, should_stop=stop.is_set)
-        yield Runtime(config, store, sink, exporter, [stream_plan(s) for s in config.streams])
+        plans = [stream_plan(s, i) for i, s in enumerate(config.streams)]
+        yield Runtime(config, store, sink, exporter, plans)

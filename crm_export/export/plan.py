@@ -41,6 +41,9 @@ class StreamPlan:
     fmap: FieldMap
     source: StreamSource
     pause_on_error: bool
+    # Where the stream is in the config file (``streams[0] ("contacts")``), so that a
+    # problem found at run time names the key to change.
+    config_path: str = ""
 
     def record_key(self, row: SourceRow) -> str:
         """What ExportErrors, the pause and the logs call ``row``."""
