@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import socket
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from crm_export.classify import REQUEST_HINTS, request_error_class
 from crm_export.config import RetryConfig, SalesforceConfig
 from crm_export.errors import (
     NetworkError,
+    OrgMismatchError,
     RequestLimitError,
     RequestPayloadError,
     RetriesExhaustedError,
@@ -222,6 +224,9 @@ class SalesforceSink:
         # One describe per object for the sink's life (one run): fields change rarely, and
         # a describe costs an API call.
         self._describes: dict[str, SObjectDescribe | None] = {}
+        # Whether Salesforce ever answered this sink: until it has, a host that does not
+        # resolve or refuses connections is a wrong URL, not an outage to ride out.
+        self._reached = False
 
     @property
     def api_calls(self) -> int:
@@ -308,7 +313,7 @@ class SalesforceSink:
     ) -> Any:
         try:
             if self._client is None:
-                token = self.auth.login()
+                token = self._login()
                 self._client = Salesforce(
                     instance_url=token.instance_url,
                     session_id=token.access_token,
@@ -319,14 +324,43 @@ class SalesforceSink:
                 path, params=dict(params) if params else None, method=method, json=body
             )
         except SalesforceError as exc:
+            self._reached = True
             if missing_ok and exc.status == 404:
                 self._note_usage()
                 return None
             raise self._translate(exc) from exc
         except requests.RequestException as exc:
+            if self.cfg.auth == "session":  # no login: this was the first call to the org
+                self._fail_fast(exc, "salesforce.instance_url", self.cfg.instance_url or "")
             raise network_error(exc, self.cfg.login_url) from exc
+        self._reached = True
         self._note_usage()
         return result
+
+    def _login(self) -> Token:
+        try:
+            token = self.auth.login()
+        except NetworkError as exc:
+            if isinstance(exc.__cause__, requests.RequestException):
+                self._fail_fast(exc.__cause__, "salesforce.login_url", self.cfg.login_url)
+            raise
+        if self.cfg.auth != "session":
+            self._reached = True
+        return token
+
+    def _fail_fast(self, exc: requests.RequestException, key: str, url: str) -> None:
+        """On a sink's first contact only: a host that does not resolve, or refuses
+        connections, is a mistake in the config (a typo in the URL), not an outage, so it
+        fails now instead of after the whole retry budget. Later, the same trouble is an
+        outage and is ridden out."""
+        why = None if self._reached else unreachable(exc)
+        if why is not None:
+            host = urlsplit(url).netloc or url
+            raise OrgMismatchError(
+                key,
+                f"{url}: {host} {why}, on the first call of this run. Check the URL "
+                f"(a My Domain login URL looks like https://acme.my.salesforce.com).",
+            ) from exc
 
     def _translate(self, exc: SalesforceError) -> Exception:
         code, message = _first_error(exc.content)
@@ -403,6 +437,32 @@ def network_error(exc: requests.RequestException, url: str) -> Exception:
             "Set salesforce.ca_bundle to the CA that signed it."
         )
     return NetworkError(f"{_network_trouble(exc)} ({host}): {type(exc).__name__}: {exc}")
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """Why no connection could even be made, when that is certain: the host name does not
+    resolve, or nothing listens at that address. None for anything else (a timeout, a reset,
+    TLS), which may well pass."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return f"does not resolve ({current.strerror or current})"
+        if isinstance(current, ConnectionRefusedError):
+            return "refuses connections (nothing listens there)"
+        # requests wraps urllib3's MaxRetryError (.reason), which wraps the socket error.
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        reason = getattr(current, "reason", None)
+        todo += [
+            e
+            for e in (reason, current.__cause__, current.__context__)
+            if isinstance(e, BaseException)
+        ]
+    return None
 
 
 def _network_trouble(exc: requests.RequestException) -> str:
