@@ -36,6 +36,8 @@ class ErrorStatus(StrEnum):
     OPEN = "open"
     RESOLVED = "resolved"
     SOURCE_DELETED = "source_deleted"
+    # Closed by a person (`crm-export errors skip`): never retried.
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
