@@ -60,6 +60,12 @@ class RetriesExhaustedError(TransientError):
     """A transient failure outlasted the retry budget; the next run resumes."""
 
 
+class StreamChangedError(TransientError):
+    """An operator changed a stream's state (``errors skip``, ``stream reset``) while a run
+    was working on it: the run's acknowledgement is refused, so that it cannot overwrite the
+    operator's change, and the run stops. The next run starts from the new state."""
+
+
 class SalesforceConfigurationError(TerminalError):
     """Affects every record alike: bad credentials, unknown object or field, no access."""
 
