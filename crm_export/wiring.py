@@ -7,16 +7,26 @@ the daemon only wire; it also starts the embedded sandbox org when ``[sandbox] e
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
-from crm_export.export import Exporter, ExportPolicy, StreamPlan
+from crm_export.export import Exporter, ExportPolicy, StreamPlan, StreamResult
 from crm_export.mapping import FieldMap
-from crm_export.ports import StreamSource
+from crm_export.ports import (
+    BatchAck,
+    OpenError,
+    Position,
+    RunOutcome,
+    SourceRow,
+    Store,
+    StreamSource,
+    StreamState,
+)
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
 from crm_export.store import SqlStore, migrations, preflight_source
@@ -160,3 +170,78 @@ def open_runtime(config: Config, stop: threading.Event | None = None) -> Iterato
         exporter = Exporter(store, sink, export_policy(config), clock, should_stop=stop.is_set)
         plans = [stream_plan(s, i) for i, s in enumerate(config.streams)]
         yield Runtime(config, store, sink, exporter, plans)
+
+
+class SelectedErrors:
+    """A ``ports.Store`` whose open ExportErrors are only the rows ``ids``: the re-export
+    over it retries exactly those (``crm-export errors retry``), through the same path as
+    CRMExport_ExportError. Everything else is the store's own."""
+
+    def __init__(self, store: SqlStore, ids: Collection[int]) -> None:
+        self._store = store
+        self._ids = set(ids)
+
+    def open_errors(self, stream: str, after_id: int = 0, limit: int = 200) -> list[OpenError]:
+        found: list[OpenError] = []
+        while len(found) < limit:
+            page = self._store.open_errors(stream, after_id, limit)
+            if not page:
+                break
+            found += [e for e in page if e.id in self._ids]
+            after_id = page[-1].id
+        # The caller pages on from the last id it gets, so a cut here loses nothing.
+        return found[:limit]
+
+    def begin_run(self, job_id: str, stream: str) -> int:
+        return self._store.begin_run(job_id, stream)
+
+    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
+        self._store.finish_run(run_id, outcome, error)
+
+    def load_state(self, stream: str) -> StreamState:
+        return self._store.load_state(stream)
+
+    def check_source(self, source: StreamSource) -> None:
+        self._store.check_source(source)
+
+    def read_batch(
+        self, source: StreamSource, after: Position | None, limit: int
+    ) -> list[SourceRow]:
+        return self._store.read_batch(source, after, limit)
+
+    def read_by_keys(self, source: StreamSource, keys: Sequence[str]) -> dict[str, SourceRow]:
+        return self._store.read_by_keys(source, keys)
+
+    def source_snapshot(self, source: StreamSource) -> str | None:
+        return self._store.source_snapshot(source)
+
+    def read_late(
+        self,
+        source: StreamSource,
+        snapshot: str,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        return self._store.read_late(source, snapshot, upto, after, limit)
+
+    def acknowledge(self, ack: BatchAck) -> None:
+        self._store.acknowledge(ack)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: SelectedErrors) -> Store:
+        return store  # mypy proves SelectedErrors implements the port
+
+
+def retry_errors(runtime: Runtime, plan: StreamPlan, ids: Collection[int]) -> StreamResult:
+    """CRMExport_ExportError for the ExportErrors rows ``ids`` of ``plan``'s stream only."""
+    exporter = Exporter(
+        SelectedErrors(runtime.store, ids),
+        runtime.sink,
+        export_policy(runtime.config),
+        runtime.exporter.clock,
+        should_stop=runtime.exporter.should_stop,
+    )
+    return exporter.reexport_stream(plan)

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from crm_export import __version__
 from crm_export.errors import ConfigError, CrmExportError, OrgMismatchError
 
-from . import check_commands, config_commands, db_commands, job_commands, status_commands
+from . import (
+    check_commands,
+    config_commands,
+    db_commands,
+    job_commands,
+    record_commands,
+    status_commands,
+)
 from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_option
 from .config_commands import example_config
 
@@ -31,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crm-export {__version__}")
     config_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (job_commands, check_commands, status_commands, db_commands, config_commands):
+    groups = (job_commands, check_commands, status_commands, record_commands, db_commands)
+    for group in (*groups, config_commands):
         group.register(commands)
 
     from crm_export.sandbox.cli import add_commands as add_sandbox_commands

@@ -8,7 +8,9 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
 - ``outcome``: a batch's outcome and the acknowledgement it commits; the flood rule;
 - ``stream_run``: what one run of one stream shares (acknowledging, counters, logs);
 - ``incremental`` (CRMExport) and ``reexport`` (CRMExport_ExportError): the two jobs' loops;
-- ``exporter``: the entry points, and the run around them.
+- ``exporter``: the entry points, and the run around them;
+- ``presend``: what describe makes certain before sending (mapping problems, rows the
+  org would refuse).
 """
 
 from .exporter import Exporter
