@@ -141,6 +141,18 @@ def embedded_sandbox(config: Config) -> Iterator[Config]:
         server.stop()
 
 
+@contextmanager
+def open_sink(config: Config) -> Iterator[SalesforceSink]:
+    """A sink on ``[salesforce]`` (the embedded sandbox org when ``[sandbox] enabled``), for
+    the commands that talk to Salesforce without running a job (``check``, ``verify``)."""
+    with ExitStack() as stack:
+        if config.sandbox.enabled:
+            config = stack.enter_context(embedded_sandbox(config))
+        sink = SalesforceSink(config.salesforce, config.retry, SystemClock())
+        stack.callback(sink.close)
+        yield sink
+
+
 def open_store(url: str) -> SqlStore:
     """A store on the state database at ``url``, once its schema is checked to be this
     version's (``migrations.ensure_schema``: a fresh SQLite database, in a file or in

@@ -23,6 +23,7 @@ from . import (
     job_commands,
     record_commands,
     status_commands,
+    verify_commands,
 )
 from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_option
 from .config_commands import example_config
@@ -38,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crm-export {__version__}")
     config_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    groups = (job_commands, check_commands, status_commands, record_commands, db_commands)
-    for group in (*groups, config_commands):
+    groups = (job_commands, check_commands, verify_commands, status_commands, record_commands)
+    for group in (*groups, db_commands, config_commands):
         group.register(commands)
 
     from crm_export.sandbox.cli import add_commands as add_sandbox_commands

@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from crm_export import report as report_mod
-from crm_export.config import Config
 from crm_export.errors import SourceError, TransientError
 from crm_export.export import StreamPlan
 from crm_export.export.outcome import null_order_error
@@ -127,23 +125,9 @@ def _rows(reader: SourceReader, plan: StreamPlan, limit: int) -> Iterator[Source
         after = page[-1].position
 
 
-@contextmanager
-def _salesforce(config: Config) -> Iterator[tuple[Config, Any]]:
-    from crm_export.retry import SystemClock
-    from crm_export.salesforce import SalesforceSink
-    from crm_export.wiring import embedded_sandbox
-
-    with ExitStack() as stack:
-        if config.sandbox.enabled:
-            config = stack.enter_context(embedded_sandbox(config))
-        sink = SalesforceSink(config.salesforce, config.retry, SystemClock())
-        stack.callback(sink.close)
-        yield config, sink
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     from crm_export.store.sources import SourceReader
-    from crm_export.wiring import check_sources, stream_plan
+    from crm_export.wiring import check_sources, open_sink, stream_plan
 
     config = load(args)
     names = [s.name for s in config.streams]
@@ -163,7 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     reports: list[StreamReport] = []
     reader = SourceReader()
     try:
-        with _salesforce(config) as (_, sink):
+        with open_sink(config) as sink:
             for plan in plans:
                 try:
                     reports.append(check_stream(plan, sink, _rows(reader, plan, args.rows)))
