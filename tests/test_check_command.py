@@ -160,3 +160,14 @@ def test_lookups_are_checked_against_the_parent_s_describe() -> None:
         ('streams[0] ("contacts").lookups.AccountId.external_id_field', "NOT_EXTERNAL_ID")
     ]
     assert sink.described == ["Contact", "Account"] and sink.requests == []
+
+
+def test_job_fails_a_stream_mapping_a_missing_field_with_exit_2_before_sending(
+    tmp_path: Path, sandbox: SandboxHandle
+) -> None:
+    config = make_config(tmp_path, sandbox)
+    config.write_text(config.read_text().replace('Email = "email"', 'Emial = "email"'))
+    done = crm_export("job", "CRMExport", "--config", str(config), env=env(sandbox))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert 'streams[0] ("contacts").fields.Emial: Contact has no field Emial' in done.stdout
+    nothing_written(sandbox)
