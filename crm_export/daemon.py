@@ -49,7 +49,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm_export.config import Config, load_config
-from crm_export.errors import ConfigError, ConfigValueError, CrmExportError
+from crm_export.errors import ConfigError, CrmExportError, OrgMismatchError
 from crm_export.export import StreamProgress
 from crm_export.metrics import Health, Metrics, MetricsServer
 from crm_export.ports import JobId
@@ -235,7 +235,7 @@ class Daemon:
                     seconds=round((finished - started).total_seconds(), 3),
                 )
                 self._last_jobs[job_id] = {"finished_at": _iso(finished), "outcomes": outcomes}
-            except ConfigValueError as exc:
+            except OrgMismatchError as exc:
                 # A value the other side refuses (an API version the org does not serve)
                 # fails every run alike until the file is fixed: exit 2, as at start.
                 log.error(

@@ -33,17 +33,6 @@ class ConfigError(TerminalError):
         super().__init__(f"invalid config {path}:\n{lines}")
 
 
-class ConfigValueError(TerminalError):
-    """A config value that is well formed but that the system it names refuses, found only at
-    run time: ``key`` names it, e.g. ``salesforce.api_version`` when the org does not serve
-    that version. A mistake in the config file all the same, so the command line exits 2."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{key}: {problem}")
-
-
 class SchemaOutdatedError(TerminalError):
     """The state database is behind the migrations shipped with this version."""
 
@@ -71,8 +60,26 @@ class RetriesExhaustedError(TransientError):
     """A transient failure outlasted the retry budget; the next run resumes."""
 
 
+class StreamChangedError(TransientError):
+    """An operator changed a stream's state (``errors skip``, ``stream reset``) while a run
+    was working on it: the run's acknowledgement is refused, so that it cannot overwrite the
+    operator's change, and the run stops. The next run starts from the new state."""
+
+
 class SalesforceConfigurationError(TerminalError):
     """Affects every record alike: bad credentials, unknown object or field, no access."""
+
+
+class OrgMismatchError(SalesforceConfigurationError):
+    """The config file is valid but does not fit the org (or the network) it names, found at
+    run time: a mapped field the object does not have, a login URL whose host does not
+    resolve. ``key`` is the config key to change, e.g. ``streams[0] ("contacts").fields.Foo``
+    or ``salesforce.login_url``; the CLI exits 2 for it, as for a bad file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.detail = message
 
 
 class RequestPayloadError(TerminalError):

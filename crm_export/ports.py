@@ -36,6 +36,8 @@ class ErrorStatus(StrEnum):
     OPEN = "open"
     RESOLVED = "resolved"
     SOURCE_DELETED = "source_deleted"
+    # Closed by a person (`crm-export errors skip`): never retried.
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,90 @@ class BatchAck:
     api_calls: int = 0
 
 
+@dataclass(frozen=True)
+class FieldDescribe:
+    """What describe says about one field (DescribeFieldResult), as far as crm-export reads it."""
+
+    name: str
+    type: str  # string, textarea, picklist, boolean, int, double, date, reference...
+    label: str = ""
+    length: int = 0  # characters, for text types; 0 elsewhere
+    nillable: bool = True
+    defaulted_on_create: bool = False
+    createable: bool = True
+    updateable: bool = True
+    external_id: bool = False
+    unique: bool = False
+    id_lookup: bool = False
+    case_sensitive: bool = False
+    restricted_picklist: bool = False
+    picklist_values: tuple[str, ...] = ()
+    reference_to: tuple[str, ...] = ()
+    relationship_name: str | None = None
+
+    @property
+    def required_on_create(self) -> bool:
+        """A create without a value fails (REQUIRED_FIELD_MISSING): Salesforce's own rule,
+        createable, not nillable and not defaulted on create."""
+        return self.createable and not self.nillable and not self.defaulted_on_create
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> FieldDescribe:
+        """From one entry of describe's ``fields``."""
+        return cls(
+            name=str(data["name"]),
+            type=str(data.get("type") or ""),
+            label=str(data.get("label") or data["name"]),
+            length=int(data.get("length") or 0),
+            nillable=bool(data.get("nillable", True)),
+            defaulted_on_create=bool(data.get("defaultedOnCreate", False)),
+            createable=bool(data.get("createable", True)),
+            updateable=bool(data.get("updateable", True)),
+            external_id=bool(data.get("externalId", False)),
+            unique=bool(data.get("unique", False)),
+            id_lookup=bool(data.get("idLookup", False)),
+            case_sensitive=bool(data.get("caseSensitive", False)),
+            restricted_picklist=bool(data.get("restrictedPicklist", False)),
+            picklist_values=tuple(
+                str(v["value"]) for v in data.get("picklistValues") or () if "value" in v
+            ),
+            reference_to=tuple(str(t) for t in data.get("referenceTo") or ()),
+            relationship_name=data.get("relationshipName") or None,
+        )
+
+
+@dataclass(frozen=True)
+class SObjectDescribe:
+    """What describe says about one object (DescribeSObjectResult)."""
+
+    name: str
+    fields: tuple[FieldDescribe, ...]
+    createable: bool = True
+    updateable: bool = True
+
+    def field(self, name: str) -> FieldDescribe | None:
+        """The field called ``name``; API names are case-insensitive, as in Salesforce."""
+        wanted = name.casefold()
+        return next((f for f in self.fields if f.name.casefold() == wanted), None)
+
+    def relationship(self, name: str) -> FieldDescribe | None:
+        """The lookup field whose relationship name is ``name`` (Account -> AccountId)."""
+        wanted = name.casefold()
+        return next(
+            (f for f in self.fields if (f.relationship_name or "").casefold() == wanted), None
+        )
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> SObjectDescribe:
+        """From the JSON of ``GET /sobjects/{object}/describe``."""
+        return cls(
+            name=str(data["name"]),
+            fields=tuple(FieldDescribe.from_api(f) for f in data.get("fields") or ()),
+            createable=bool(data.get("createable", True)),
+            updateable=bool(data.get("updateable", True)),
+        )
+
+
 class Store(Protocol):
     def begin_run(self, job_id: str, stream: str) -> int: ...
 
@@ -222,3 +308,11 @@ class Sink(Protocol):
         *,
         all_or_none: bool,
     ) -> list[UpsertResult]: ...
+
+    def describe(self, sobject: str) -> SObjectDescribe | None:
+        """The object's describe, or None when the org has no such object (or the
+        integration user cannot see it). Each object is described once per sink."""
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        """Every record a SOQL query returns (all pages), as Salesforce shapes them:
+        ``attributes``, the fields, and a relationship as a nested record or None."""

@@ -14,6 +14,7 @@ import http.client
 import json
 import random
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,9 +38,9 @@ from urllib3.util.retry import Retry
 from crm_export.classify import REQUEST_HINTS, request_error_class
 from crm_export.config import AUTH_NEEDS, RetryConfig, SalesforceConfig, Secret
 from crm_export.errors import (
-    ConfigValueError,
     CrmExportError,
     NetworkError,
+    OrgMismatchError,
     RequestLimitError,
     RequestPayloadError,
     RetriesExhaustedError,
@@ -48,7 +49,7 @@ from crm_export.errors import (
     SessionExpiredError,
     TransientError,
 )
-from crm_export.ports import RecordError, UpsertResult
+from crm_export.ports import RecordError, SObjectDescribe, UpsertResult
 from crm_export.retry import Backoff, Clock, call_with_retries
 
 log = structlog.get_logger("crm_export.salesforce")
@@ -339,6 +340,12 @@ class SalesforceSink:
         self._client: Salesforce | None = None
         self._version_served = False
         self.api_usage: tuple[int, int] | None = None
+        # One describe per object for the sink's life (one run): fields change rarely, and
+        # a describe costs an API call.
+        self._describes: dict[str, SObjectDescribe | None] = {}
+        # Whether Salesforce ever answered this sink: until it has, a host that does not
+        # resolve or refuses connections is a wrong URL, not an outage to ride out.
+        self._reached = False
 
     @property
     def api_calls(self) -> int:
@@ -353,14 +360,14 @@ class SalesforceSink:
         every stream. Any other trouble is left for the first call to retry and report."""
         try:
             self._login()
-        except ConfigValueError:
+        except OrgMismatchError:
             raise
         except CrmExportError as exc:
             log.info("salesforce_connect_deferred", error=str(exc))
 
     def _login(self) -> Salesforce:
         if self._client is None:
-            token = self.auth.login()
+            token = self._token()
             if not self._version_served:
                 self._check_api_version(token.instance_url)
             self._client = Salesforce(
@@ -397,7 +404,7 @@ class SalesforceSink:
                 detail="cannot check salesforce.api_version; the calls will tell",
             )
         elif self.cfg.api_version not in served:
-            raise ConfigValueError(
+            raise OrgMismatchError(
                 "salesforce.api_version", _version_problem(self.cfg.api_version, served)
             )
         self._version_served = True
@@ -420,13 +427,38 @@ class SalesforceSink:
             raise ServerError(f"unexpected answer to {path}: {str(data)[:200]}")
         return [_upsert_result(item) for item in data]
 
-    def _request(self, method: str, path: str, body: Any) -> Any:
+    def describe(self, sobject: str) -> SObjectDescribe | None:
+        key = sobject.casefold()
+        if key not in self._describes:
+            data = self._request("GET", f"sobjects/{sobject}/describe", None, missing_ok=True)
+            self._describes[key] = None if data is None else SObjectDescribe.from_api(data)
+        return self._describes[key]
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        data = self._request("GET", "query", None, params={"q": soql})
+        records = list(data.get("records") or ())
+        # Salesforce answers up to 2,000 records a page; the rest come by nextRecordsUrl.
+        while not data.get("done", True) and data.get("nextRecordsUrl"):
+            path = str(data["nextRecordsUrl"]).split(f"/v{self.cfg.api_version}/", 1)[-1]
+            data = self._request("GET", path.lstrip("/"), None)
+            records += data.get("records") or ()
+        return [dict(r) for r in records]
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        *,
+        params: Mapping[str, str] | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
         def attempt() -> Any:
             # A token can expire between any two calls; a fresh one fixes that, but a 401
             # that survives several fresh tokens is a person's problem, not a retry's.
             for _ in range(self.cfg.max_reauth + 1):
                 try:
-                    return self._call(method, path, body)
+                    return self._call(method, path, body, params, missing_ok)
                 except SessionExpiredError:
                     log.info("salesforce_session_expired", detail="re-authenticating")
                     self._client = None
@@ -445,15 +477,56 @@ class SalesforceSink:
                 retry_after=exc.retry_after,
             ) from exc.__cause__
 
-    def _call(self, method: str, path: str, body: Any) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: Mapping[str, str] | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
         try:
-            result = self._login().restful(path, method=method, json=body)
+            result = self._login().restful(
+                path, params=dict(params) if params else None, method=method, json=body
+            )
         except SalesforceError as exc:
+            self._reached = True
+            if missing_ok and exc.status == 404:
+                self._note_usage()
+                return None
             raise self._translate(exc) from exc
         except requests.RequestException as exc:
+            if self.cfg.auth == "session":  # no login: this was the first call to the org
+                self._fail_fast(exc, "salesforce.instance_url", self.cfg.instance_url or "")
             raise network_error(exc, self.cfg.login_url) from exc
+        self._reached = True
         self._note_usage()
         return result
+
+    def _token(self) -> Token:
+        try:
+            token = self.auth.login()
+        except NetworkError as exc:
+            if isinstance(exc.__cause__, requests.RequestException):
+                self._fail_fast(exc.__cause__, "salesforce.login_url", self.cfg.login_url)
+            raise
+        if self.cfg.auth != "session":
+            self._reached = True
+        return token
+
+    def _fail_fast(self, exc: requests.RequestException, key: str, url: str) -> None:
+        """On a sink's first contact only: a host that does not resolve, or refuses
+        connections, is a mistake in the config (a typo in the URL), not an outage, so it
+        fails now instead of after the whole retry budget. Later, the same trouble is an
+        outage and is ridden out."""
+        why = None if self._reached else unreachable(exc)
+        if why is not None:
+            host = urlsplit(url).netloc or url
+            raise OrgMismatchError(
+                key,
+                f"{url}: {host} {why}, on the first call of this run. Check the URL "
+                f"(a My Domain login URL looks like https://acme.my.salesforce.com).",
+            ) from exc
 
     def _translate(self, exc: SalesforceError) -> Exception:
         code, message = _first_error(exc.content)
@@ -532,6 +605,32 @@ def network_error(exc: requests.RequestException, url: str) -> Exception:
             "Set salesforce.ca_bundle to the CA that signed it."
         )
     return NetworkError(f"{_network_trouble(exc)} ({host}): {type(exc).__name__}: {exc}")
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """Why no connection could even be made, when that is certain: the host name does not
+    resolve, or nothing listens at that address. None for anything else (a timeout, a reset,
+    TLS), which may well pass."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return f"does not resolve ({current.strerror or current})"
+        if isinstance(current, ConnectionRefusedError):
+            return "refuses connections (nothing listens there)"
+        # requests wraps urllib3's MaxRetryError (.reason), which wraps the socket error.
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        reason = getattr(current, "reason", None)
+        todo += [
+            e
+            for e in (reason, current.__cause__, current.__context__)
+            if isinstance(e, BaseException)
+        ]
+    return None
 
 
 def _network_trouble(exc: requests.RequestException) -> str:

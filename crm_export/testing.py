@@ -9,6 +9,7 @@ integration tests against a database and the sandbox org (``crm_export.sandbox.t
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,10 +19,12 @@ from crm_export.ports import (
     UNCHANGED,
     BatchAck,
     ErrorStatus,
+    FieldDescribe,
     OpenError,
     Position,
     RecordError,
     RunOutcome,
+    SObjectDescribe,
     SourceRow,
     StreamSource,
     StreamState,
@@ -233,17 +236,58 @@ class InMemoryStore:
 Rule = Callable[[Mapping[str, Any]], RecordError | None]
 
 
+class Undescribed(SObjectDescribe):
+    """An object the twin was given no describe for: every field exists and takes anything,
+    so that tests of other policy need not describe what they send."""
+
+    def field(self, name: str) -> FieldDescribe | None:
+        return super().field(name) or FieldDescribe(name, "anyType", external_id=True)
+
+
+def describe_of(sobject: str, *fields: FieldDescribe) -> SObjectDescribe:
+    """A describe for ``InMemorySink(describes=...)``; ``Id`` is added, as every object has it."""
+    id_field = FieldDescribe(
+        "Id",
+        "id",
+        length=18,
+        nillable=False,
+        defaulted_on_create=True,
+        createable=False,
+        updateable=False,
+        id_lookup=True,
+    )
+    return SObjectDescribe(sobject, (id_field, *fields))
+
+
+_QUERY = re.compile(
+    r"^SELECT (?P<fields>.+?) FROM (?P<sobject>\w+) WHERE (?P<field>[\w.]+) IN \((?P<values>.*)\)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_LITERAL = re.compile(r"'((?:[^'\\]|\\.)*)'")
+
+
 class InMemorySink:
     """Salesforce reduced to a dict keyed by external ID, with rules and scripted faults.
 
     ``rules`` judge each record (its per-record result); ``payload_rules`` are the values
     Salesforce's JSON parser cannot read: a record one of them refuses fails the whole
     request (``RequestPayloadError``), before any record is looked at, as in a real org.
+    ``describes`` are the objects' describes (an object not given one is ``Undescribed``);
+    ``query`` reads records back with ``SELECT ... FROM O WHERE F IN ('a', ...)`` only.
     """
 
-    def __init__(self, rules: Sequence[Rule] = (), payload_rules: Sequence[Rule] = ()) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule] = (),
+        payload_rules: Sequence[Rule] = (),
+        describes: Iterable[SObjectDescribe] = (),
+    ) -> None:
         self.rules: list[Rule] = list(rules)
         self.payload_rules: list[Rule] = list(payload_rules)
+        self.describes: dict[str, SObjectDescribe] = {d.name.casefold(): d for d in describes}
+        self.described: list[str] = []  # objects described, in order (one call each)
+        self.missing: set[str] = set()  # objects the org does not have (describe: None)
+        self.sobjects: dict[str, str] = {}  # external ID -> the object it was written to
         # Whether a refusal names the index of its record, as SalesforceSink does when
         # Salesforce's answer pins it down; off, the core has only the refusal to go on.
         self.pins_culprit = True
@@ -286,6 +330,7 @@ class InMemorySink:
                 continue
             created = ext not in self.records
             self.records[ext] = dict(rec)
+            self.sobjects[ext] = sobject
             self.writes.append(ext)
             results.append(UpsertResult(True, created=created, id=f"003{len(self.records):015d}"))
         return results
@@ -311,3 +356,48 @@ class InMemorySink:
             if error is not None:
                 return error
         return None
+
+    def describe(self, sobject: str) -> SObjectDescribe | None:
+        self._calls += 1
+        self.described.append(sobject)
+        if sobject.casefold() in {m.casefold() for m in self.missing}:
+            return None
+        return self.describes.get(sobject.casefold()) or Undescribed(sobject, ())
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        self._calls += 1
+        match = _QUERY.match(soql.strip())
+        if match is None:
+            raise ValueError(f"InMemorySink.query reads SELECT ... WHERE F IN (...) only: {soql}")
+        wanted = {v.replace("\\'", "'").casefold() for v in _LITERAL.findall(match["values"])}
+        fields = [f.strip() for f in match["fields"].split(",")]
+        found = []
+        for ext, record in self.records.items():
+            if self.sobjects.get(ext, "").casefold() != match["sobject"].casefold():
+                continue
+            if str(_path(record, match["field"])).casefold() not in wanted:
+                continue
+            found.append({"attributes": {"type": match["sobject"]}, **_shaped(record, fields)})
+        return found
+
+
+def _path(record: Mapping[str, Any], path: str) -> Any:
+    value: Any = record
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _shaped(record: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    """The record as a query answers it: the fields asked for, a relationship nested."""
+    out: dict[str, Any] = {}
+    for path in fields:
+        head, dot, rest = path.partition(".")
+        if not dot:
+            out[path] = record.get(path)
+        elif isinstance(record.get(head), Mapping):
+            nested = out.setdefault(head, {})
+            nested[rest] = record[head].get(rest)
+        else:
+            out.setdefault(head, None)
+    return out

@@ -7,7 +7,7 @@ the daemon only wire; it also starts the embedded sandbox org when ``[sandbox] e
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +15,11 @@ from pathlib import Path
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
 from crm_export.config.relations import dependencies
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
-from crm_export.export import Exporter, ExportPolicy, StreamPlan
+from crm_export.export import Exporter, ExportPolicy, StreamPlan, StreamResult
 from crm_export.mapping import FieldMap, Lookup
-from crm_export.ports import StreamSource
+from crm_export.ports import (
+    StreamSource,
+)
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
 from crm_export.store import SqlStore, migrations, preflight_source
@@ -25,7 +27,9 @@ from crm_export.stream_order import dependency_order
 from crm_export.watch import Watch
 
 
-def stream_plan(stream: StreamConfig) -> StreamPlan:
+def stream_plan(stream: StreamConfig, index: int | None = None) -> StreamPlan:
+    """``stream`` as the core sees it; ``index`` (its place in the file) lets problems found
+    at run time name its keys as the config checks do."""
     lookups = tuple(
         Lookup.derive(field, p.sobject, p.external_id_field, p.column, p.relationship)
         for field, p in stream.lookups.items()
@@ -44,6 +48,7 @@ def stream_plan(stream: StreamConfig) -> StreamPlan:
             query=stream.query,
         ),
         pause_on_error=stream.pause_on_error,
+        config_path=stream_key_path(index, stream.name) if index is not None else "",
     )
 
 
@@ -146,6 +151,18 @@ def embedded_sandbox(config: Config) -> Iterator[Config]:
         server.stop()
 
 
+@contextmanager
+def open_sink(config: Config) -> Iterator[SalesforceSink]:
+    """A sink on ``[salesforce]`` (the embedded sandbox org when ``[sandbox] enabled``), for
+    the commands that talk to Salesforce without running a job (``check``, ``verify``)."""
+    with ExitStack() as stack:
+        if config.sandbox.enabled:
+            config = stack.enter_context(embedded_sandbox(config))
+        sink = SalesforceSink(config.salesforce, config.retry, SystemClock())
+        stack.callback(sink.close)
+        yield sink
+
+
 def open_store(url: str) -> SqlStore:
     """A store on the state database at ``url``, once its schema is checked to be this
     version's (``migrations.ensure_schema``: a fresh SQLite database, in a file or in
@@ -194,5 +211,11 @@ def open_runtime(
             should_stop=stop.is_set,
             on_progress=watch.progress if watch else None,
         )
-        plans = [stream_plan(s) for s in ordered_streams(config)]
+        index = {s.name: i for i, s in enumerate(config.streams)}
+        plans = [stream_plan(s, index[s.name]) for s in ordered_streams(config)]
         yield Runtime(config, store, sink, exporter, plans)
+
+
+def retry_errors(runtime: Runtime, plan: StreamPlan, ids: Collection[int]) -> StreamResult:
+    """CRMExport_ExportError for the ExportErrors rows ``ids`` of ``plan``'s stream only."""
+    return runtime.exporter.reexport_stream(plan, only=ids)

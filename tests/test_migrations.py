@@ -20,7 +20,7 @@ from crm_export.store import SqlStore, migrations
 from crm_export.store.schema import VERSION_TABLE, metadata
 from crm_export.wiring import open_store
 
-CRM_EXPORT_TABLES = {"export_runs", "exporterrors", "stream_state"}
+CRM_EXPORT_TABLES = {"export_runs", "exporterrors", "stream_state", "operator_actions"}
 EXPORT_ERRORS_COLUMNS = [
     "id",
     "stream",
@@ -37,6 +37,8 @@ EXPORT_ERRORS_COLUMNS = [
     "resolved_at",
     "status",
     "run_id",
+    "closed_by",
+    "close_reason",
 ]
 
 
@@ -251,3 +253,42 @@ def test_asking_for_the_revision_does_not_create_a_sqlite_file(tmp_path: Path) -
     with pytest.raises(SchemaOutdatedError):
         migrations.check_schema(f"sqlite:///{path}")
     assert not path.exists()
+
+
+def test_0003_keeps_every_row_allows_skipped_and_downgrades_it_to_resolved(
+    empty_state_url: str,
+) -> None:
+    migrations.upgrade(empty_state_url, "0001")
+    engine = sa.create_engine(empty_state_url)
+    insert = sa.text(
+        "INSERT INTO exporterrors (stream, record_key, sobject, external_id, error_code, "
+        "error_message, attempts, first_failed_at, last_failed_at, status) VALUES "
+        "('contacts', :key, 'Contact', :ext, 'X', 'm', 1, '2026-01-01', '2026-01-01', 'open')"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert, {"key": "7", "ext": "7"})
+        migrations.upgrade(empty_state_url)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE exporterrors SET status = 'skipped', resolved_at = '2026-01-02', "
+                    "closed_by = 'ops', close_reason = 'bad data' WHERE record_key = '7'"
+                )
+            )
+            # Still one open row per record: the partial unique index survived the rebuild.
+            conn.execute(insert, {"key": "7", "ext": "7"})
+            with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(insert, {"key": "7", "ext": "7"})
+            with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(sa.text("UPDATE exporterrors SET status = 'gone'"))
+            conn.execute(sa.text("UPDATE stream_state SET revision = revision + 1"))
+        migrations.downgrade(empty_state_url, "0001")
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT record_key, status FROM exporterrors ORDER BY id")
+            ).all()
+        assert [tuple(r) for r in rows] == [("7", "resolved"), ("7", "open")]
+        assert "operator_actions" not in tables(empty_state_url)
+    finally:
+        engine.dispose()

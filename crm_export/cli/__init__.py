@@ -3,7 +3,8 @@ parsers here.
 
 Exit codes: 0 the command did its work (a run that paused or logged record errors included),
 1 a run failed or the state database needs attention, 2 the config or the command line is
-invalid.
+invalid, or the config does not fit the org it names (``OrgMismatchError``: a mapped field
+the object lacks, a login URL that does not resolve), which names the key to change.
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ import sys
 from collections.abc import Sequence
 
 from crm_export import __version__
-from crm_export.errors import ConfigError, ConfigValueError, CrmExportError
+from crm_export.errors import ConfigError, CrmExportError, OrgMismatchError
 
-from . import config_commands, db_commands, job_commands, status_commands
+from . import (
+    check_commands,
+    config_commands,
+    db_commands,
+    job_commands,
+    record_commands,
+    status_commands,
+    verify_commands,
+)
 from .common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_option, documented
 from .config_commands import example_config
 
@@ -49,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crm-export {__version__}")
     config_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (job_commands, status_commands, db_commands, config_commands):
+    groups = (job_commands, check_commands, verify_commands, status_commands, record_commands)
+    for group in (*groups, db_commands, config_commands):
         group.register(commands)
 
     from crm_export.sandbox.cli import add_commands as add_sandbox_commands
@@ -64,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (ConfigError, ConfigValueError) as exc:
+    except (ConfigError, OrgMismatchError) as exc:
         print(f"crm-export: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except CrmExportError as exc:

@@ -69,6 +69,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         lock.release()
     for result in results:
         print(result.summary(), flush=True)
+    if any(r.config_key for r in results):
+        return EXIT_CONFIG
     failed = [r for r in results if r.outcome in (RunOutcome.FAILED, RunOutcome.INTERRUPTED)]
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -174,6 +174,8 @@ ERROR_COLUMNS = [
     "last_failed_at",
     "resolved_at",
     "run_id",
+    "closed_by",
+    "close_reason",
 ]
 
 

@@ -9,7 +9,9 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
 - ``stream_run``: what one run of one stream shares (acknowledging, counters, logs, the
   progress it reports to an observer);
 - ``incremental`` (CRMExport) and ``reexport`` (CRMExport_ExportError): the two jobs' loops;
-- ``exporter``: the entry points, and the run around them.
+- ``exporter``: the entry points, and the run around them;
+- ``presend``: what describe makes certain before sending (mapping problems, rows the
+  org would refuse).
 """
 
 from .exporter import Exporter

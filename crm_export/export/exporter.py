@@ -10,12 +10,12 @@ acknowledged is sent again, and upsert by external ID makes the resend harmless.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 
 import structlog
 
-from crm_export.errors import CrmExportError, TerminalError
+from crm_export.errors import CrmExportError, OrgMismatchError, TerminalError
 from crm_export.ports import JobId, RunOutcome, Sink, Store
 from crm_export.retry import Clock, StopRequested
 
@@ -53,9 +53,13 @@ class Exporter:
         """CRMExport: what is new or changed since the stream's position."""
         return self._run(JobId.EXPORT, plan, incremental.export)
 
-    def reexport_stream(self, plan: StreamPlan) -> StreamResult:
-        """CRMExport_ExportError: every open ExportErrors row, from its source row now."""
-        return self._run(JobId.REEXPORT, plan, reexport.reexport)
+    def reexport_stream(
+        self, plan: StreamPlan, only: Collection[int] | None = None
+    ) -> StreamResult:
+        """CRMExport_ExportError: every open ExportErrors row, from its source row now; with
+        ``only``, the rows of these ids alone (``crm-export errors retry``)."""
+        chosen = None if only is None else frozenset(only)
+        return self._run(JobId.REEXPORT, plan, lambda run: reexport.reexport(run, chosen))
 
     def _run(
         self, job_id: JobId, plan: StreamPlan, body: Callable[[StreamRun], None]
@@ -88,6 +92,8 @@ class Exporter:
         except CrmExportError as exc:
             result.outcome = RunOutcome.FAILED
             result.error = str(exc)
+            if isinstance(exc, OrgMismatchError):
+                result.config_key = exc.key
             kind = "terminal" if isinstance(exc, TerminalError) else "transient"
             log.error("run_failed", job=job_id, stream=plan.name, kind=kind, error=str(exc))
         except Exception as exc:

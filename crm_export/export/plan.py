@@ -41,6 +41,9 @@ class StreamPlan:
     fmap: FieldMap
     source: StreamSource
     pause_on_error: bool
+    # Where the stream is in the config file (``streams[0] ("contacts")``), so that a
+    # problem found at run time names the key to change.
+    config_path: str = ""
 
     def record_key(self, row: SourceRow) -> str:
         """What ExportErrors, the pause and the logs call ``row``."""
@@ -85,6 +88,9 @@ class StreamResult:
     api_calls: int = 0
     error: str | None = None
     paused: PausedRecord | None = None
+    # The config key to fix when the run failed on a config problem found at run time
+    # (``OrgMismatchError``): the CLI then exits 2, as for a bad file.
+    config_key: str | None = None
 
     def summary(self) -> str:
         text = (

@@ -7,7 +7,7 @@ paused at goes through (or is gone), the pause is released.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import structlog
@@ -26,7 +26,9 @@ log = structlog.get_logger("crm_export.export")
 NULL_KEY_SCAN_PAGE = 1000
 
 
-def reexport(run: StreamRun) -> None:
+def reexport(run: StreamRun, only: Collection[int] | None = None) -> None:
+    """Every open ExportErrors row of the stream; with ``only``, those of these ids alone
+    (``crm-export errors retry``)."""
     plan, store = run.plan, run.store
     state = store.load_state(plan.name)
     paused_key = state.paused.record_key if state.paused else None
@@ -36,6 +38,10 @@ def reexport(run: StreamRun) -> None:
         if not errors:
             return
         after_id = errors[-1].id
+        if only is not None:
+            errors = [e for e in errors if e.id in only]
+            if not errors:
+                continue
         keys = [e.record_key for e in errors if e.error_code != NULL_KEY]
         found = store.read_by_keys(plan.source, keys)
         gone = [k for k in keys if k not in found]

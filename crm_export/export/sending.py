@@ -28,6 +28,7 @@ from crm_export.retry import Backoff, Clock
 
 from .outcome import BatchOutcome, FloodGuard, Rejected, configuration_error, null_order_error
 from .plan import ExportPolicy, StreamPlan
+from .presend import Presend
 
 log = structlog.get_logger("crm_export.export")
 
@@ -126,6 +127,7 @@ class BatchSender:
         self.policy = policy
         self.clock = clock
         self.rng = rng
+        self.presend = Presend(sink, policy.max_identical_errors)
 
     def send(
         self, plan: StreamPlan, rows: Sequence[SourceRow], *, all_or_none: bool | None = None
@@ -135,13 +137,14 @@ class BatchSender:
         outcome = BatchOutcome()
         prepared: list[_Prepared] = []
         keys: set[str] = set()
+        check = self.presend.batch_check(plan)  # describes once per run; may stop the stream
         for row in rows:
             if row.key is not None and row.order_value is None:
                 # No place in the order, so nothing waits behind it: it never pauses.
                 outcome.failures.append(Rejected(row, null_order_error(plan)))
                 continue
             try:
-                item = _Prepared(row, build_payload(plan.fmap, row))
+                item = _Prepared(row, check(build_payload(plan.fmap, row)))
             except MappingError as exc:
                 if pause:
                     # Nothing ordered after an unsendable record may go out.

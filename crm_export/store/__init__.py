@@ -11,7 +11,8 @@ database:
 One module per concern: ``urls`` (showing and telling apart database URLs), ``engines``
 (engines and what their errors mean), ``positions`` (how a position is stored), ``sources``
 (reading the sources), ``state`` (runs, stream state, ExportErrors, the batch
-acknowledgement), ``operator`` (the queries behind ``status`` and ``errors``), ``locks``
+acknowledgement), ``operator`` (the queries behind ``status`` and ``errors``), ``actions``
+(what operators do: skip, reset, and the audit trail), ``locks``
 (runner, run and migration locks), ``schema`` (table metadata), ``migrations`` (Alembic),
 and ``sql_store`` (``SqlStore``, composed from the parts).
 """

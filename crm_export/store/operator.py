@@ -146,6 +146,13 @@ class OperatorQueries:
                 stream_state.update()
                 .where(stream_state.c.stream == stream)
                 .where(stream_state.c.paused_record_key.is_not(None))
-                .values({**pause_columns(None), "updated_at": self._db.now()})
+                .values(
+                    {
+                        **pause_columns(None),
+                        "updated_at": self._db.now(),
+                        # An operator's change: a run in progress must not overwrite it.
+                        "revision": stream_state.c.revision + 1,
+                    }
+                )
             )
             return result.rowcount == 1

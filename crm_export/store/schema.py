@@ -2,8 +2,8 @@
 
 Users read these tables with plain SQL in ``sqlite3`` or ``psql``, so every name is
 lower_snake (PostgreSQL folds unquoted names to lower case: ``SELECT * FROM ExportErrors``
-finds ``exporterrors`` in both databases). Timestamps are UTC. The hand-written migration
-``migrations/versions/0001_initial.py`` creates exactly these tables; a test compares the two.
+finds ``exporterrors`` in both databases). Timestamps are UTC. The hand-written migrations in
+``migrations/versions/`` create exactly these tables; a test compares the two.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return moment.astimezone(UTC)
 
 
-ERROR_STATUSES = ("open", "resolved", "source_deleted")
+ERROR_STATUSES = ("open", "resolved", "source_deleted", "skipped")
 RUN_OUTCOMES = ("running", "completed", "paused", "failed", "interrupted")
+OPERATOR_ACTIONS = ("errors_skip", "errors_retry", "stream_reset")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -117,6 +118,9 @@ export_errors = sa.Table(
         sa.ForeignKey("export_runs.id", ondelete="SET NULL"),
         nullable=True,
     ),
+    # Who closed the row by hand (the OS user of `crm-export errors skip`), and why.
+    sa.Column("closed_by", sa.String(200), nullable=True),
+    sa.Column("close_reason", sa.Text(), nullable=True),
     sa.CheckConstraint(_in("status", ERROR_STATUSES), name="status"),
     # status and resolved_at say the same thing twice (status for people, resolved_at for the
     # partial index); the check keeps them from disagreeing.
@@ -154,6 +158,9 @@ stream_state = sa.Table(
     # committed late behind the position are found again from its xmin (see SqlStore).
     sa.Column("source_snapshot", sa.Text(), nullable=True),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    # Bumped by every operator action on the stream (skip, reset): an acknowledgement by a
+    # run that read the state before the action is refused instead of overwriting it.
+    sa.Column("revision", sa.BigInteger(), nullable=False, server_default="0"),
     sa.CheckConstraint(
         "(position_order IS NULL) = (position_key IS NULL)",
         name="position_complete",
@@ -163,4 +170,21 @@ stream_state = sa.Table(
         " AND paused_error_code IS NOT NULL AND paused_error_message IS NOT NULL)",
         name="pause_complete",
     ),
+)
+
+# The audit trail of what people did through the CLI: append-only.
+operator_actions = sa.Table(
+    "operator_actions",
+    metadata,
+    sa.Column("id", IdType, primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),  # the OS user (getpass.getuser())
+    sa.Column("action", sa.String(50), nullable=False),
+    sa.Column("stream", sa.String(200), nullable=True),
+    # Comma-separated ExportErrors ids the action was about.
+    sa.Column("error_ids", sa.Text(), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=True),
+    # JSON: what the action changed (a released pause, the position before a reset...).
+    sa.Column("detail", sa.Text(), nullable=True),
+    sa.CheckConstraint(_in("action", OPERATOR_ACTIONS), name="action"),
 )

@@ -6,7 +6,7 @@ class only builds them on one state engine and hands each call to the part that 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from crm_export.ports import (
     StreamSource,
     StreamState,
 )
+from crm_export.store.actions import OperatorActions, SkipResult, StepOver
 from crm_export.store.engines import StateDatabase, create_state_engine
 from crm_export.store.locks import RunLocks, holder_id
 from crm_export.store.operator import MonitoringSnapshot, OperatorQueries
@@ -61,6 +62,7 @@ class SqlStore:
         self._run_locks = RunLocks(state_url) if backend == "postgresql" else None
         self._state = StateStore(db, runner or holder_id(), self._run_locks)
         self._operator = OperatorQueries(db)
+        self._actions = OperatorActions(db)
         # A source URL equal to the state URL shares its engine.
         self._sources = SourceReader(shared={state_url: self._engine})
 
@@ -160,6 +162,41 @@ class SqlStore:
 
     def monitoring_snapshot(self) -> MonitoringSnapshot:
         return self._operator.monitoring_snapshot()
+
+    # -- the operator's actions (OperatorActions) -------------------------------------------
+
+    def errors_by_ids(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        return self._actions.errors_by_ids(ids)
+
+    def skip_errors(
+        self,
+        ids: Sequence[int],
+        *,
+        actor: str,
+        reason: str | None,
+        step_over: Mapping[str, StepOver] | None = None,
+    ) -> SkipResult:
+        return self._actions.skip_errors(ids, actor=actor, reason=reason, step_over=step_over)
+
+    def reset_stream(self, stream: str, *, actor: str, reason: str | None) -> dict[str, Any]:
+        return self._actions.reset_stream(stream, actor=actor, reason=reason)
+
+    def record_action(
+        self,
+        action: str,
+        *,
+        actor: str,
+        stream: str | None,
+        error_ids: Sequence[int],
+        reason: str | None,
+        detail: Mapping[str, Any],
+    ) -> int:
+        return self._actions.record_action(
+            action, actor=actor, stream=stream, error_ids=error_ids, reason=reason, detail=detail
+        )
+
+    def list_actions(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._actions.list_actions(limit)
 
 
 if TYPE_CHECKING:

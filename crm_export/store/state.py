@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from crm_export.errors import StreamChangedError
 from crm_export.ports import (
     UNCHANGED,
     BatchAck,
@@ -47,6 +48,9 @@ class StateStore:
         self._db = db
         self._runner = runner
         self._run_locks = run_locks
+        # stream -> stream_state.revision as this store last loaded it (0: no row yet). An
+        # acknowledgement is refused once an operator action has bumped it since.
+        self._seen: dict[str, int] = {}
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -131,6 +135,7 @@ class StateStore:
     def load_state(self, stream: str) -> StreamState:
         with self._db.read() as conn:
             row = conn.execute(stream_state.select().where(stream_state.c.stream == stream)).first()
+        self._seen[stream] = 0 if row is None else int(row.revision)
         if row is None:
             return StreamState(stream=stream)
         return state_from_row(row._mapping)
@@ -165,11 +170,37 @@ class StateStore:
         """
         now = self._db.now()
         with self._db.write() as conn:
+            self._check_revision(conn, ack.stream)
             self._save_state(conn, ack, now)
             self._close_errors(conn, ack, ack.resolved_keys, ErrorStatus.RESOLVED, now)
             self._close_errors(conn, ack, ack.source_deleted_keys, ErrorStatus.SOURCE_DELETED, now)
             self._record_failures(conn, ack, now)
             self._add_counters(conn, ack)
+
+    def _check_revision(self, conn: Connection, stream: str) -> None:
+        """Refuse the acknowledgement if an operator acted on the stream since this store
+        loaded its state: the batch was decided on a state that is gone (a pause since
+        released, a position since reset), and committing it would undo the action.
+
+        The row is locked (PostgreSQL) so that an operator action and an acknowledgement
+        take turns: each sees what the other committed.
+        """
+        seen = self._seen.get(stream)
+        if seen is None:
+            return  # this store never loaded the stream's state: nothing to overwrite
+        current = conn.execute(
+            sa.select(stream_state.c.revision)
+            .where(stream_state.c.stream == stream)
+            .with_for_update()
+        ).scalar()
+        if int(current or 0) != seen:
+            raise StreamChangedError(
+                f"stream {stream!r} was changed by an operator (crm-export errors skip or "
+                "stream reset) while this run was working on it: this batch was not "
+                "recorded, so as not to undo that change, and the run stops. The next run "
+                "starts from the new state (anything this batch sent is sent again if still "
+                "needed; upserts by external ID make that harmless)."
+            )
 
     def _save_state(self, conn: Connection, ack: BatchAck, now: datetime) -> None:
         changes: dict[str, Any] = {}

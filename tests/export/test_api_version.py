@@ -85,6 +85,8 @@ def test_a_served_version_costs_one_uncounted_call(
     assert done.returncode == 0, done.stdout + done.stderr
     counters = org_sandbox.counters()
     assert counters["calls"]["versions"] == 1
-    # The allocation counts the Collections call only: neither login nor the versions list.
-    assert counters["api_usage"]["used"] == counters["calls"]["composite_upsert"] == 1
+    # The allocation counts the describe of Contact and the Collections call: neither the
+    # login nor the versions list.
+    assert counters["calls"]["describe"] == counters["calls"]["composite_upsert"] == 1
+    assert counters["api_usage"]["used"] == 2
     assert len(org_sandbox.records("Contact")) == 10

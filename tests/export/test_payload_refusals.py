@@ -1,7 +1,12 @@
 """A value the org's JSON parser cannot read (a date that is no date) makes a real org refuse
 the whole request. End to end, over HTTPS against the sandbox org, on SQLite and PostgreSQL
 state: crm-export finds the record, logs it, and exports the rest; a value wrong in every
-record still stops the run, within a bounded number of calls."""
+record still stops the run, within a bounded number of calls.
+
+Text with no date shape at all is caught before sending (describe says the field is a date:
+tests/export/test_caught_before_sending.py); these tests use dates of the right shape that
+do not exist (2026-02-30), which only the org refuses, so that the split stays tested end to
+end."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ def composite_calls(scenario: Scenario) -> int:
 def test_skip_mode_logs_each_bad_date_and_exports_the_rest_of_its_batch(
     scenario: Scenario,
 ) -> None:
-    bad = {7: "not-a-date", 150: "31/12/1999", 333: "2026-02-30"}
+    bad = {7: "2026-13-01", 150: "1999-12-32", 333: "2026-02-30"}
     for key in range(1, 451):
         scenario.add(key, birthdate=bad.get(key, "1990-05-17"))
     result = scenario.run(pause_on_error=False, fields=WITH_BIRTHDATE)
@@ -57,7 +62,7 @@ def test_skip_mode_logs_each_bad_date_and_exports_the_rest_of_its_batch(
 
 def test_pause_mode_halts_at_the_bad_date_and_writes_nothing_after_it(scenario: Scenario) -> None:
     for key in range(1, 11):
-        scenario.add(key, birthdate="next tuesday" if key == 4 else None)
+        scenario.add(key, birthdate="2026-04-31" if key == 4 else None)
     first = scenario.run(fields=WITH_BIRTHDATE)
 
     assert first.outcome is RunOutcome.PAUSED
@@ -85,7 +90,7 @@ def test_a_date_column_in_the_wrong_format_everywhere_stops_the_run_in_bounded_c
 ) -> None:
     # Every row holds a date the org cannot read: the mapping (or the source) is wrong.
     for key in range(1, 201):
-        scenario.add(key, birthdate=f"{key % 28 + 1:02d}/01/1990")
+        scenario.add(key, birthdate=f"1990-{key % 28 + 1:02d}-33")
     result = scenario.run(pause_on_error=False, fields=WITH_BIRTHDATE, max_identical_errors=20)
 
     assert result.outcome is RunOutcome.FAILED
@@ -98,10 +103,12 @@ def test_a_date_column_in_the_wrong_format_everywhere_stops_the_run_in_bounded_c
     assert composite_calls(scenario) == 1 + 19
 
 
-def test_an_unknown_field_is_never_split(scenario: Scenario) -> None:
+def test_an_unknown_field_is_never_split_nor_even_sent(scenario: Scenario) -> None:
     scenario.add_many(range(1, 201))
     fields = {"LastName": "last_name", "Shoe_Size__c": "first_name"}
     result = scenario.run(pause_on_error=False, fields=fields)
     assert result.outcome is RunOutcome.FAILED
-    assert "No such column 'Shoe_Size__c'" in (result.error or "")
-    assert composite_calls(scenario) == 1
+    # Describe says the object has no such field: the stream stops before any call.
+    assert result.config_key == 'streams[0] ("contacts").fields.Shoe_Size__c'
+    assert "Contact has no field Shoe_Size__c" in (result.error or "")
+    assert composite_calls(scenario) == 0

@@ -54,6 +54,8 @@ def test_every_call_and_retry_reaches_the_watch(scenario: Scenario) -> None:
         ("POST", "/services/oauth2/token"): counters["calls"]["token"],
         # The API version check at login (the versions list: no API call for the org).
         ("GET", "/services/data/"): counters["calls"]["versions"],
+        # The exporter's describe of the object, once per run, before the first send.
+        ("GET", "/services/data/v64.0/sobjects/Contact/describe"): counters["calls"]["describe"],
         (
             "PATCH",
             "/services/data/v64.0/composite/sobjects/Contact/External_Id__c",

@@ -113,13 +113,15 @@ BAD_ROWS: list[tuple[dict[str, Any], dict[str, Any]]] = [
         person(9, 9, phone=float("-inf")),
         {"code": "CRM_EXPORT_INVALID_VALUE", "fields": "Phone", "words": "-inf is not a number"},
     ),
-    # Values the org's JSON parser cannot read: it refuses the whole request, and crm-export
-    # finds the record (Salesforce names no field, only the type and the value).
+    # Values the org's JSON parser cannot read. Text a date or a checkbox cannot read at all
+    # is caught before sending (describe gives the field's type), under the org's code,
+    # naming the field; the rest the org refuses whole, and crm-export finds the record (Salesforce
+    # names no field, only the type and the value).
     (
         person(10, 10, birthdate="next tuesday"),
         {
             "code": "JSON_PARSER_ERROR",
-            "fields": None,
+            "fields": "Birthdate",
             "words": "Cannot deserialize instance of date from VALUE_STRING value next tuesday",
         },
     ),
@@ -135,7 +137,7 @@ BAD_ROWS: list[tuple[dict[str, Any], dict[str, Any]]] = [
         person(12, 12, opted_out="maybe"),
         {
             "code": "JSON_PARSER_ERROR",
-            "fields": None,
+            "fields": "HasOptedOutOfEmail",
             "words": "boolean from VALUE_STRING value maybe",
         },
     ),

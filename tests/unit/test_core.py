@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from crm_export.errors import RequestLimitError, SalesforceConfigurationError
+from crm_export.errors import OrgMismatchError, RequestLimitError, SalesforceConfigurationError
 from crm_export.export import Exporter, ExportPolicy, StreamPlan
 from crm_export.mapping import FieldMap
 from crm_export.ports import RecordError, RunOutcome, SourceRow, StreamSource
@@ -420,7 +420,9 @@ def test_pause_mode_writes_the_records_before_a_refused_one_and_halts_at_it(pins
     assert state.paused is not None and state.paused.error_code == "JSON_PARSER_ERROR"
     # Pinned: the refused call, then the 136 before it. Bisected: one call per halving.
     assert len(sink.requests) == (2 if pins else 1 + 8)
-    assert result.api_calls == len(sink.requests) == store.runs[0].counts["api_calls"]
+    # ... plus one describe of the object for the run.
+    calls = len(sink.requests) + len(sink.described)
+    assert result.api_calls == calls == store.runs[0].counts["api_calls"]
 
     # The paused record alone, every run, until its source row is fixed.
     again = exporter.export_stream(plan(pause=True))
@@ -452,7 +454,7 @@ def test_skip_mode_exports_the_rest_of_the_batch_around_refused_records(pins: bo
         assert len(sink.requests) == 1 + len(bad)
     else:
         assert len(sink.requests) <= 1 + len(bad) * 2 * 8
-    assert result.api_calls == len(sink.requests)
+    assert result.api_calls == len(sink.requests) + len(sink.described)
 
 
 def test_a_record_error_before_a_refused_record_is_where_pause_mode_halts() -> None:
@@ -494,7 +496,7 @@ def test_refused_records_in_a_row_are_a_flood_that_stops_within_bounded_calls(
         assert len(sink.requests) == 1 + 9
     else:
         assert len(sink.requests) <= 1 + 8 + 2 * 9
-    assert result.api_calls == len(sink.requests)
+    assert result.api_calls == len(sink.requests) + len(sink.described)
 
 
 def test_refusals_too_dense_to_isolate_stop_after_one_call_per_record() -> None:
@@ -521,3 +523,15 @@ def test_a_refused_record_stays_in_export_errors_until_the_re_export_finds_it_fi
     store.put_row("contacts", row(2, "Fixed"))
     exporter.reexport_stream(plan(pause=False))
     assert store.open_error_rows() == [] and sink.records["2"]["LastName"] == "Fixed"
+
+
+def test_a_config_problem_found_at_run_time_names_its_key_in_the_result() -> None:
+    _store, sink, exporter = make([row(1)])
+    sink.request_faults.append(OrgMismatchError("salesforce.login_url", "does not resolve"))
+    result = exporter.export_stream(plan(pause=True))
+    assert result.outcome is RunOutcome.FAILED
+    assert result.config_key == "salesforce.login_url"
+    assert result.error == "salesforce.login_url: does not resolve"
+    # Any other terminal problem leaves it unset: the CLI exits 1 for those.
+    sink.request_faults.append(SalesforceConfigurationError("invalid_client"))
+    assert exporter.export_stream(plan(pause=True)).config_key is None
