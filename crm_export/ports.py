@@ -7,7 +7,7 @@ rows, positions, ExportErrors, runs) and a ``Sink`` (Salesforce upserts) and not
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -136,6 +136,38 @@ class StreamSource:
     query: str | None = None
 
 
+@dataclass(frozen=True)
+class RunCounts:
+    """A run's counters (and one acknowledgement's share of them).
+
+    Each row read is counted once: ``read = exported + unchanged + failed + paused +
+    superseded``. ``late`` is an "of which" count (those rows are also in one of the five),
+    and the calls are not rows. README's export_runs table documents each; metrics and logs
+    use these names.
+    """
+
+    read: int = 0
+    exported: int = 0  # sent, and Salesforce accepted them
+    unchanged: int = 0  # not sent: Salesforce already holds this payload (its fingerprint)
+    failed: int = 0  # rejected, ExportErrors row open, the stream did not wait for it
+    paused: int = 0  # rejected in pause mode: the stream halts at it (0 or 1 per run)
+    superseded: int = 0  # not sent: a later row of the same batch has the same key
+    late: int = 0  # of the above, rows found behind the position whose payload had changed
+    api_calls: int = 0  # requests charged against the org's daily API allocation
+    logins: int = 0  # OAuth token requests, which Salesforce does not charge
+
+    def __add__(self, other: RunCounts) -> RunCounts:
+        return RunCounts(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunCounts))
+
+
 class _Unchanged:
     def __repr__(self) -> str:
         return "UNCHANGED"
@@ -157,17 +189,22 @@ class BatchAck:
     failures: list[RecordFailure] = field(default_factory=list)
     resolved_keys: list[str] = field(default_factory=list)
     source_deleted_keys: list[str] = field(default_factory=list)
-    read: int = 0
-    exported: int = 0
-    failed: int = 0
-    skipped: int = 0
-    api_calls: int = 0
+    counts: RunCounts = field(default_factory=RunCounts)
 
 
 class Store(Protocol):
     def begin_run(self, job_id: str, stream: str) -> int: ...
 
-    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None: ...
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        error: str | None = None,
+        *,
+        tail: RunCounts | None = None,
+    ) -> None:
+        """Close a run: its outcome, and the counters no acknowledgement carried (``tail``:
+        the calls of a batch that ended in failure)."""
 
     def load_state(self, stream: str) -> StreamState: ...
 
@@ -208,7 +245,12 @@ class Sink(Protocol):
     """
 
     @property
-    def api_calls(self) -> int: ...
+    def api_calls(self) -> int:
+        """Requests charged against the org's API allocation, so far."""
+
+    @property
+    def logins(self) -> int:
+        """OAuth token requests so far (not charged by Salesforce)."""
 
     def upsert(
         self,

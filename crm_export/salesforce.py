@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,6 +94,48 @@ class _TrustAdapter(HTTPAdapter):
         conn.cert_reqs = "CERT_REQUIRED"
         conn.ca_certs = None
         conn.ca_cert_dir = None
+
+
+class CallKind(Enum):
+    API = "api"  # charged against the org's daily API allocation
+    LOGIN = "login"  # an OAuth token request: counted apart, never charged
+    FREE = "free"  # the versions list (GET /services/data/): no authentication, not charged
+
+
+def call_kind(url: str) -> CallKind:
+    """What Salesforce charges for a request to ``url``.
+
+    OAuth token requests are not charged against the allocation (logins have a login rate
+    limit of their own: sforce_api_calls_login.htm; LimitInfoHeader is returned by "all
+    calls, except for login()": sforce_api_header_limitinfo.htm; salesforce-api.md D), and
+    neither is the versions list, which needs no session. Anything else is counted as
+    charged, failed attempts included: over-counting is the safe side of a budget.
+    """
+    path = urlsplit(url).path
+    if path.startswith(("/services/oauth2/", "/services/Soap/u/")):
+        return CallKind.LOGIN
+    if path.rstrip("/") == "/services/data":
+        return CallKind.FREE
+    return CallKind.API
+
+
+class CountingSession(HttpSession):
+    """An ``HttpSession`` that counts what Salesforce charges apart from logins."""
+
+    def __init__(self, timeout: float, trust: ssl.SSLContext) -> None:
+        super().__init__(timeout, trust)
+        self.charged = 0
+        self.logins = 0
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        kind = call_kind(url.decode() if isinstance(url, bytes) else url)
+        if kind is CallKind.API:
+            self.charged += 1
+        elif kind is CallKind.LOGIN:
+            self.logins += 1
+        return super().request(method, url, *args, **kwargs)
 
 
 def trust_store(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -215,14 +258,18 @@ class SalesforceSink:
             retry.initial_backoff_seconds,
             retry.max_backoff_seconds,
         )
-        self.session = HttpSession(cfg.timeout_seconds, trust_store(cfg.ca_bundle))
+        self.session = CountingSession(cfg.timeout_seconds, trust_store(cfg.ca_bundle))
         self.auth = Authenticator(cfg, self.session)
         self._client: Salesforce | None = None
         self.api_usage: tuple[int, int] | None = None
 
     @property
     def api_calls(self) -> int:
-        return self.session.calls
+        return self.session.charged
+
+    @property
+    def logins(self) -> int:
+        return self.session.logins
 
     def close(self) -> None:
         self.session.close()

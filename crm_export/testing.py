@@ -21,6 +21,7 @@ from crm_export.ports import (
     OpenError,
     Position,
     RecordError,
+    RunCounts,
     RunOutcome,
     SourceRow,
     StreamSource,
@@ -57,11 +58,7 @@ class RunRow:
     stream: str
     outcome: RunOutcome = RunOutcome.RUNNING
     error: str | None = None
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            ("read", "exported", "failed", "skipped", "api_calls"), 0
-        )
-    )
+    counts: RunCounts = field(default_factory=RunCounts)
 
 
 def _sort_key(row: SourceRow) -> tuple[Any, ...]:
@@ -148,9 +145,17 @@ class InMemoryStore:
         self.runs.append(RunRow(len(self.runs) + 1, job_id, stream))
         return len(self.runs)
 
-    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        error: str | None = None,
+        *,
+        tail: RunCounts | None = None,
+    ) -> None:
         run = self.runs[run_id - 1]
         run.outcome, run.error = outcome, error
+        run.counts += tail or RunCounts()
 
     def load_state(self, stream: str) -> StreamState:
         return self.states.get(stream, StreamState(stream))
@@ -215,8 +220,7 @@ class InMemoryStore:
                 if open_row is not None:
                     open_row.status = status
         run = self.runs[ack.run_id - 1]
-        for name in ("read", "exported", "failed", "skipped", "api_calls"):
-            run.counts[name] += getattr(ack, name)
+        run.counts += ack.counts
         self.states, self.errors = states, errors
 
     @staticmethod
@@ -256,6 +260,10 @@ class InMemorySink:
     @property
     def api_calls(self) -> int:
         return self._calls
+
+    @property
+    def logins(self) -> int:
+        return 0
 
     def upsert(
         self,

@@ -85,7 +85,10 @@ def test_job_prints_a_summary_per_stream_and_exits_0_when_paused(
     env = {"SF_CLIENT_SECRET": sandbox.client_secret}
     done = crm_export("job", "CRMExport", "--config", str(config), env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("CRMExport contacts: paused - read 2, exported 1, failed 1")
+    assert done.stdout.startswith(
+        "CRMExport contacts: paused - read 2 = exported 1 + unchanged 0 + failed 0 + paused 1 "
+        "+ superseded 0; API calls 2, logins 1"
+    )
     assert "paused at record 2 (INVALID_EMAIL_ADDRESS" in done.stdout
     assert '"event": "record_failed"' in done.stderr and '"key": "2"' in done.stderr
     assert sandbox.client_secret not in done.stdout + done.stderr
@@ -152,7 +155,10 @@ def test_db_commands_and_the_outdated_database_message(
 def test_demo_runs_the_main_job_on_the_embedded_defaults(tmp_path: Path) -> None:
     done = crm_export("demo", "--dir", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr
-    assert "CRMExport contacts: paused - read 8, exported 7, failed 1" in done.stdout
+    assert (
+        "CRMExport contacts: paused - read 8 = exported 7 + unchanged 0 + failed 0 + paused 1"
+        in done.stdout
+    )
     assert "paused at record 8 (FIELD_CUSTOM_VALIDATION_EXCEPTION" in done.stdout
     assert "SELECT stream, record_key, error_code" in done.stdout
     with sqlite3.connect(tmp_path / "demo" / "state.db") as db:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import structlog
 
 from crm_export.errors import CrmExportError, TerminalError
-from crm_export.ports import JobId, RunOutcome, Sink, Store
+from crm_export.ports import JobId, RunCounts, RunOutcome, Sink, Store
 from crm_export.retry import Clock, StopRequested
 
 from . import incremental, reexport
@@ -70,6 +70,7 @@ class Exporter:
             self.now,
             self.should_stop,
             calls_acked=self.sink.api_calls,
+            logins_acked=self.sink.logins,
         )
         try:
             self.store.check_source(plan.source)
@@ -89,19 +90,20 @@ class Exporter:
             result.outcome = RunOutcome.FAILED
             result.error = f"unexpected {type(exc).__name__}: {exc}"
             log.exception("run_crashed", job=job_id, stream=plan.name)
-        result.api_calls += self.sink.api_calls - run.calls_acked
-        self.store.finish_run(run_id, result.outcome, result.error)
+        # What no acknowledgement carried: the calls of a batch that ended in failure.
+        tail = RunCounts(
+            api_calls=self.sink.api_calls - run.calls_acked,
+            logins=self.sink.logins - run.logins_acked,
+        )
+        result.counts += tail
+        self.store.finish_run(run_id, result.outcome, result.error, tail=tail)
         log.info(
             "run_finished",
             job=job_id,
             stream=plan.name,
             run_id=run_id,
             outcome=str(result.outcome),
-            read=result.read,
-            exported=result.exported,
-            failed=result.failed,
-            skipped=result.skipped,
-            api_calls=result.api_calls,
+            **result.counts.as_dict(),
             error=result.error,
         )
         return result

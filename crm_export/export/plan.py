@@ -13,6 +13,7 @@ from crm_export.ports import (
     PausedRecord,
     RecordError,
     RecordFailure,
+    RunCounts,
     RunOutcome,
     SourceRow,
     StreamSource,
@@ -78,20 +79,21 @@ class StreamResult:
     stream: str
     run_id: int
     outcome: RunOutcome = RunOutcome.RUNNING
-    read: int = 0
-    exported: int = 0
-    failed: int = 0
-    skipped: int = 0
-    api_calls: int = 0
+    counts: RunCounts = field(default_factory=RunCounts)
     error: str | None = None
     paused: PausedRecord | None = None
 
     def summary(self) -> str:
+        """One line; each record read is counted once (the sum), as in export_runs."""
+        c = self.counts
         text = (
-            f"{self.job_id} {self.stream}: {self.outcome} - read {self.read}, "
-            f"exported {self.exported}, failed {self.failed}, skipped {self.skipped}, "
-            f"API calls {self.api_calls}"
+            f"{self.job_id} {self.stream}: {self.outcome} - read {c.read} = "
+            f"exported {c.exported} + unchanged {c.unchanged} + failed {c.failed} + "
+            f"paused {c.paused} + superseded {c.superseded}"
         )
+        if c.late:
+            text += f" ({c.late} of them committed late, found behind the position)"
+        text += f"; API calls {c.api_calls}, logins {c.logins}"
         if self.paused is not None:
             text += (
                 f"; paused at record {self.paused.record_key} "

@@ -172,20 +172,26 @@ class BatchSender:
         for index, earlier in enumerate(prepared):
             if earlier.row.record_key == key:
                 del prepared[index]
-                outcome.superseded.append(earlier.row)
-                log.warning(
-                    "duplicate_key",
-                    stream=plan.name,
-                    key=key,
-                    detail=(
-                        f"more than one source row has {plan.source.key} = {key}; the one "
-                        f"with {plan.source.order_by} = {record_key_text(item.row.order_value)}"
-                        f" is sent, the one with {plan.source.order_by} = "
-                        f"{record_key_text(earlier.row.order_value)} is not. Make "
-                        f"{plan.source.key} unique."
-                    ),
-                )
+                self._superseded(plan, earlier.row, item, outcome)
                 return
+
+    def _superseded(
+        self, plan: StreamPlan, earlier: SourceRow, item: _Prepared, outcome: BatchOutcome
+    ) -> None:
+        key = item.row.record_key
+        outcome.superseded.append(earlier)
+        log.warning(
+            "duplicate_key",
+            stream=plan.name,
+            key=key,
+            detail=(
+                f"more than one source row has {plan.source.key} = {key}; the one "
+                f"with {plan.source.order_by} = {record_key_text(item.row.order_value)}"
+                f" is sent, the one with {plan.source.order_by} = "
+                f"{record_key_text(earlier.order_value)} is not. Make "
+                f"{plan.source.key} unique."
+            ),
+        )
 
     def _send_in_order(
         self, plan: StreamPlan, prepared: list[_Prepared], outcome: BatchOutcome

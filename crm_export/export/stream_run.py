@@ -1,6 +1,6 @@
 """One run of one stream: what both jobs share while they work on it.
 
-It acknowledges through the store (adding the API calls spent since the last
+It acknowledges through the store (adding the API calls and logins spent since the last
 acknowledgement, so a crash never counts a call twice), keeps the run's counters, and logs
 each record failure once.
 """
@@ -8,7 +8,7 @@ each record failure once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,21 +34,20 @@ class StreamRun:
     now: Callable[[], datetime]
     should_stop: Callable[[], bool]
     calls_acked: int = 0
+    logins_acked: int = 0
 
     def send(self, rows: Sequence[SourceRow], *, all_or_none: bool | None = None) -> BatchOutcome:
         return self.sender.send(self.plan, rows, all_or_none=all_or_none)
 
     def ack(self, ack: BatchAck) -> None:
-        calls = self.sink.api_calls
-        ack.api_calls = calls - self.calls_acked
-        self.calls_acked = calls
+        calls, logins = self.sink.api_calls, self.sink.logins
+        ack.counts = replace(
+            ack.counts, api_calls=calls - self.calls_acked, logins=logins - self.logins_acked
+        )
         self.store.acknowledge(ack)
-        r = self.result
-        r.read += ack.read
-        r.exported += ack.exported
-        r.failed += ack.failed
-        r.skipped += ack.skipped
-        r.api_calls += ack.api_calls
+        # Only once committed: a failed commit leaves them to finish_run.
+        self.calls_acked, self.logins_acked = calls, logins
+        self.result.counts += ack.counts
 
     def acknowledge(
         self,
@@ -56,7 +55,6 @@ class StreamRun:
         outcome: BatchOutcome,
         *,
         move_position: bool = True,
-        counts_skips: bool = True,
         paused_since: datetime | None = None,
         **changes: Any,
     ) -> BatchAck:
@@ -69,7 +67,6 @@ class StreamRun:
             self.now(),
             move_position=move_position,
             paused_since=paused_since,
-            counts_skips=counts_skips,
         )
         for name, value in changes.items():
             setattr(ack, name, value)

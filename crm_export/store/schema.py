@@ -3,7 +3,8 @@
 Users read these tables with plain SQL in ``sqlite3`` or ``psql``, so every name is
 lower_snake (PostgreSQL folds unquoted names to lower case: ``SELECT * FROM ExportErrors``
 finds ``exporterrors`` in both databases). Timestamps are UTC. The hand-written migration
-``migrations/versions/0001_initial.py`` creates exactly these tables; a test compares the two.
+``migrations/versions/`` (0001_initial, 0002_api_budget) create exactly these tables; a test
+compares the two.
 """
 
 from __future__ import annotations
@@ -81,13 +82,20 @@ export_runs = sa.Table(
     sa.Column("started_at", UtcDateTime(), nullable=False),
     sa.Column("finished_at", UtcDateTime(), nullable=True),
     sa.Column("outcome", sa.String(20), nullable=False),
+    # The counters of ports.RunCounts (README documents each): every row read is counted
+    # once, records_read = exported + unchanged + failed + paused + superseded.
     sa.Column("records_read", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("records_exported", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("records_failed", sa.BigInteger(), nullable=False, server_default="0"),
-    sa.Column("records_skipped", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("api_calls", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("runner", sa.String(300), nullable=False),
+    sa.Column("records_unchanged", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("records_paused", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("records_superseded", sa.BigInteger(), nullable=False, server_default="0"),
+    # Of the rows above, those found behind the position (late commits, lookback) and sent.
+    sa.Column("records_late", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("logins", sa.BigInteger(), nullable=False, server_default="0"),
     sa.CheckConstraint(_in("outcome", RUN_OUTCOMES), name="outcome"),
     sa.Index("ix_export_runs_stream_started_at", "stream", "started_at"),
 )

@@ -17,6 +17,7 @@ from crm_export.ports import (
     BatchAck,
     OpenError,
     Position,
+    RunCounts,
     RunOutcome,
     SourceRow,
     Store,
@@ -91,8 +92,15 @@ class SqlStore:
     def begin_run(self, job_id: str, stream: str) -> int:
         return self._state.begin_run(job_id, stream)
 
-    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
-        self._state.finish_run(run_id, outcome, error)
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        error: str | None = None,
+        *,
+        tail: RunCounts | None = None,
+    ) -> None:
+        self._state.finish_run(run_id, outcome, error, tail=tail)
 
     def mark_interrupted_runs(self) -> int:
         return self._state.mark_interrupted_runs()

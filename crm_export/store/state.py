@@ -22,6 +22,7 @@ from crm_export.ports import (
     OpenError,
     PausedRecord,
     RecordFailure,
+    RunCounts,
     RunOutcome,
     StreamState,
 )
@@ -31,7 +32,26 @@ from crm_export.store.positions import position_columns, position_from_columns
 from crm_export.store.schema import export_errors, export_runs, stream_state
 from crm_export.store.statements import chunks, upsert
 
-__all__ = ["INTERRUPTED_MESSAGE", "StateStore", "pause_columns", "state_from_row"]
+__all__ = [
+    "COUNTER_COLUMNS",
+    "INTERRUPTED_MESSAGE",
+    "StateStore",
+    "pause_columns",
+    "state_from_row",
+]
+
+# ports.RunCounts field -> export_runs column.
+COUNTER_COLUMNS: Mapping[str, str] = {
+    "read": "records_read",
+    "exported": "records_exported",
+    "unchanged": "records_unchanged",
+    "failed": "records_failed",
+    "paused": "records_paused",
+    "superseded": "records_superseded",
+    "late": "records_late",
+    "api_calls": "api_calls",
+    "logins": "logins",
+}
 
 INTERRUPTED_MESSAGE = "runner stopped before the run finished"
 
@@ -75,15 +95,27 @@ class StateStore:
         with state_database_errors(self._db.url):
             return self._run_locks.begin_locked(insert_run)
 
-    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
-        """Close a run with its outcome (and the error text of a failed run)."""
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        error: str | None = None,
+        *,
+        tail: RunCounts | None = None,
+    ) -> None:
+        """Close a run with its outcome (and the error text of a failed run), adding the
+        counters no acknowledgement carried (``tail``: the calls of a batch that failed)."""
         if outcome is RunOutcome.RUNNING:
             raise ValueError("a run can not finish as 'running'")
+        values: dict[str, Any] = {
+            "outcome": RunOutcome(outcome).value,
+            "finished_at": self._db.now(),
+            "error": error,
+            **_counter_increments(tail or RunCounts()),
+        }
         with self._db.write() as conn:
             result = conn.execute(
-                export_runs.update()
-                .where(export_runs.c.id == run_id)
-                .values(outcome=RunOutcome(outcome).value, finished_at=self._db.now(), error=error)
+                export_runs.update().where(export_runs.c.id == run_id).values(values)
             )
             if result.rowcount != 1:
                 raise LookupError(f"no export run with id {run_id}")
@@ -261,15 +293,7 @@ class StateStore:
     def _add_counters(conn: Connection, ack: BatchAck) -> None:
         r = export_runs
         result = conn.execute(
-            r.update()
-            .where(r.c.id == ack.run_id)
-            .values(
-                records_read=r.c.records_read + ack.read,
-                records_exported=r.c.records_exported + ack.exported,
-                records_failed=r.c.records_failed + ack.failed,
-                records_skipped=r.c.records_skipped + ack.skipped,
-                api_calls=r.c.api_calls + ack.api_calls,
-            )
+            r.update().where(r.c.id == ack.run_id).values(_counter_increments(ack.counts))
         )
         if result.rowcount != 1:
             # Raising here rolls back the whole batch: nothing is recorded against a run
@@ -279,6 +303,12 @@ class StateStore:
 
 # --------------------------------------------------------------------------------------------
 # Rows and columns
+
+
+def _counter_increments(counts: RunCounts) -> dict[str, Any]:
+    """export_runs' counter columns, each plus its share in ``counts``."""
+    r = export_runs
+    return {column: r.c[column] + getattr(counts, name) for name, column in COUNTER_COLUMNS.items()}
 
 
 def state_from_row(m: Mapping[Any, Any]) -> StreamState:
