@@ -75,7 +75,7 @@ def cmd_job(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         time.sleep(min(1.0, args.wait))
     try:
-        results = JOBS[JobId(args.job_id)](config, None)
+        results = JOBS[JobId(args.job_id)](config, None, resend_all=args.resend_all)
     finally:
         lock.release()
     for result in results:
@@ -89,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir)
     args.config = str(demo.prepare(directory))
-    args.job_id, args.wait = JobId.EXPORT, 0.0
+    args.job_id, args.wait, args.resend_all = JobId.EXPORT, 0.0, False
     print(f"crm-export demo in {directory}/: CRMExport on the embedded defaults", flush=True)
     code = cmd_job(args)
     config = load_config(args.config)
@@ -202,6 +202,26 @@ ERROR_COLUMNS = [
 ]
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    config = load(args, secrets=False)
+    names = [s.name for s in config.streams]
+    if args.name not in names:
+        print(
+            f"crm-export: stream {args.stream_command}: no stream named {args.name!r} in "
+            f"{config.path} (its streams: {', '.join(names)})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    with _open_store(config) as store:
+        known = store.request_resync(args.name)
+    print(
+        f"{args.name}: the next CRMExport run starts over from the first row and sends "
+        f"every row again, forgetting the {known:,} fingerprints of what Salesforce holds "
+        "(as it goes, it records them anew). A run in progress finishes as it is."
+    )
+    return EXIT_OK
+
+
 def cmd_errors(args: argparse.Namespace) -> int:
     config = load(args, secrets=False)
     if args.sql:
@@ -271,9 +291,24 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    job = commands.add_parser("job", help="run one job once, now, and print a line per stream")
+    job = commands.add_parser(
+        "job",
+        help="run one job once, now, and print a line per stream",
+        description="Run one job once, now, and print a line per stream: read N = exported "
+        "+ unchanged + failed + paused + superseded (each row once), API calls and logins.",
+        epilog="Exit codes: 0 the job ran (streams that paused or logged record errors "
+        "included); 1 a stream failed or was interrupted; 2 bad config or command line. "
+        "Example: crm-export job CRMExport --config crm-export.toml",
+    )
     _config_option(job, top=False)
     job.add_argument("job_id", choices=[j.value for j in JobId])
+    job.add_argument(
+        "--resend-all",
+        action="store_true",
+        help="CRMExport only: send every row this run reads, even those whose payload "
+        "Salesforce already holds (their fingerprints are replaced as records are accepted); "
+        "to resend rows behind the position too, use `crm-export stream resync NAME`",
+    )
     job.add_argument(
         "--wait",
         type=float,
@@ -297,6 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(status, top=False)
     status.add_argument("--json", action="store_true", help="print JSON for scripts")
     status.set_defaults(func=cmd_status)
+
+    stream = commands.add_parser("stream", help="act on one stream's state")
+    stream_commands = stream.add_subparsers(
+        dest="stream_command", required=True, metavar="STREAM_COMMAND"
+    )
+    resync = stream_commands.add_parser(
+        "resync",
+        help="make the next CRMExport run resend the whole stream",
+        description="Make the next CRMExport run of NAME start over from the first row and "
+        "send every row again, whatever Salesforce is known to hold: for records edited or "
+        "deleted in Salesforce by someone else, or an org refreshed from a sandbox. The run "
+        "applies it in one transaction of its own, so a run in progress is never undercut.",
+        epilog="Exit codes: 0 requested; 2 no stream NAME in the config. "
+        "Example: crm-export stream resync contacts",
+    )
+    resync.add_argument("name", metavar="NAME", help="the stream, as named in the config")
+    _config_option(resync, top=False)
+    resync.set_defaults(func=cmd_stream)
 
     errors = commands.add_parser("errors", help="list ExportErrors rows (open ones by default)")
     _config_option(errors, top=False)
@@ -342,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "resend_all", False) and args.job_id != JobId.EXPORT:
+        parser.error(
+            f"--resend-all applies to {JobId.EXPORT} only: {args.job_id} always sends every "
+            "record it reads"
+        )
     try:
         code: int = args.func(args)
         return code

@@ -112,6 +112,8 @@ class StreamState:
     paused: PausedRecord | None = None
     # Where late commits are searched from (PostgreSQL sources); opaque to the core.
     source_snapshot: str | None = None
+    # `crm-export stream resync` asked the next CRMExport run to send every row again.
+    resync_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,12 @@ class BatchAck:
     failures: list[RecordFailure] = field(default_factory=list)
     resolved_keys: list[str] = field(default_factory=list)
     source_deleted_keys: list[str] = field(default_factory=list)
+    # record_key -> fingerprint of the payload Salesforce accepted in this batch.
+    fingerprints: dict[str, bytes] = field(default_factory=dict)
+    # Forget every fingerprint of the stream first (a resync: every row is sent again).
+    forget_fingerprints: bool = False
+    # True to ask the next CRMExport run to resync, False to clear the request, or UNCHANGED.
+    resync_requested: bool = UNCHANGED
     counts: RunCounts = field(default_factory=RunCounts)
 
 
@@ -232,6 +240,10 @@ class Store(Protocol):
         they sort behind the position but were not visible when it moved past them."""
 
     def open_errors(self, stream: str, after_id: int = 0, limit: int = 200) -> list[OpenError]: ...
+
+    def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """The fingerprints of what Salesforce last accepted for these records, except for
+        records with an open ExportErrors row (those are always sent). One query per call."""
 
     def acknowledge(self, ack: BatchAck) -> None: ...
 

@@ -96,6 +96,10 @@ class InMemoryStore:
         self.states: dict[str, StreamState] = {}
         self.errors: list[ErrorRow] = []
         self.runs: list[RunRow] = []
+        # (stream, record_key) -> fingerprint of what Salesforce last accepted.
+        self.fingerprints: dict[tuple[str, str], bytes] = {}
+        # How many fingerprint lookups were asked (the core must ask once per batch).
+        self.fingerprint_queries = 0
         # Raise this from the next acknowledge, before anything changes (a crash mid-commit).
         self.fail_next_ack: Exception | None = None
 
@@ -157,6 +161,19 @@ class InMemoryStore:
         run.outcome, run.error = outcome, error
         run.counts += tail or RunCounts()
 
+    def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
+        self.fingerprint_queries += 1
+        failing = {e.record_key for e in self.open_error_rows(stream)}
+        return {
+            key: self.fingerprints[(stream, key)]
+            for key in keys
+            if (stream, key) in self.fingerprints and key not in failing
+        }
+
+    def request_resync(self, stream: str) -> None:
+        state = self.states.get(stream, StreamState(stream))
+        self.states[stream] = replace(state, resync_requested=True)
+
     def load_state(self, stream: str) -> StreamState:
         return self.states.get(stream, StreamState(stream))
 
@@ -189,7 +206,13 @@ class InMemoryStore:
             state = replace(state, paused=ack.pause)
         if ack.source_snapshot is not UNCHANGED:
             state = replace(state, source_snapshot=ack.source_snapshot)
+        if ack.resync_requested is not UNCHANGED:
+            state = replace(state, resync_requested=bool(ack.resync_requested))
         states[ack.stream] = state
+        fingerprints = dict(self.fingerprints)
+        if ack.forget_fingerprints:
+            fingerprints = {k: v for k, v in fingerprints.items() if k[0] != ack.stream}
+        fingerprints.update({(ack.stream, key): v for key, v in ack.fingerprints.items()})
         for failure in ack.failures:
             open_row = self._find_open(errors, ack.stream, failure.record_key)
             if open_row is None:
@@ -221,7 +244,7 @@ class InMemoryStore:
                     open_row.status = status
         run = self.runs[ack.run_id - 1]
         run.counts += ack.counts
-        self.states, self.errors = states, errors
+        self.states, self.errors, self.fingerprints = states, errors, fingerprints
 
     @staticmethod
     def _find_open(errors: list[ErrorRow], stream: str, key: str) -> ErrorRow | None:

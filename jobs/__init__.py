@@ -6,7 +6,7 @@ Installed as ``crm_export.jobs`` (pyproject's package-dir): the wheel has one im
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from typing import Protocol
 
 from crm_export.config import Config
 from crm_export.export import StreamResult
@@ -14,7 +14,12 @@ from crm_export.ports import JobId
 
 from . import crm_export, crm_export_export_error
 
-Job = Callable[[Config, threading.Event | None], list[StreamResult]]
+
+class Job(Protocol):
+    def __call__(
+        self, config: Config, stop: threading.Event | None = None, *, resend_all: bool = False
+    ) -> list[StreamResult]: ...
+
 
 JOBS: dict[JobId, Job] = {
     JobId.EXPORT: crm_export.run,

@@ -9,6 +9,11 @@ from crm_export.export import StreamResult
 from crm_export.wiring import open_runtime
 
 
-def run(config: Config, stop: threading.Event | None = None) -> list[StreamResult]:
+def run(
+    config: Config, stop: threading.Event | None = None, *, resend_all: bool = False
+) -> list[StreamResult]:
+    """``resend_all`` (``--resend-all``): send every row read, whatever Salesforce holds."""
     with open_runtime(config, stop) as runtime:
-        return [runtime.exporter.export_stream(plan) for plan in runtime.plans]
+        return [
+            runtime.exporter.export_stream(plan, resend_all=resend_all) for plan in runtime.plans
+        ]

@@ -9,6 +9,10 @@ from crm_export.export import StreamResult
 from crm_export.wiring import open_runtime
 
 
-def run(config: Config, stop: threading.Event | None = None) -> list[StreamResult]:
+def run(
+    config: Config, stop: threading.Event | None = None, *, resend_all: bool = False
+) -> list[StreamResult]:
+    """``resend_all`` changes nothing here: this job always sends every record it reads."""
+    del resend_all
     with open_runtime(config, stop) as runtime:
         return [runtime.exporter.reexport_stream(plan) for plan in runtime.plans]

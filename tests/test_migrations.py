@@ -21,7 +21,7 @@ from crm_export.store import SqlStore, migrations
 from crm_export.store.schema import VERSION_TABLE, metadata
 from crm_export.wiring import open_store
 
-CRM_EXPORT_TABLES = {"export_runs", "exporterrors", "stream_state"}
+CRM_EXPORT_TABLES = {"export_runs", "exporterrors", "stream_state", "record_fingerprints"}
 EXPORT_ERRORS_COLUMNS = [
     "id",
     "stream",

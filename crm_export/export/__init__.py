@@ -6,6 +6,7 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
 - ``sending``: one batch to Salesforce, in pause mode (allOrNone, cut before the culprit) or
   skip mode, with record-level retries;
 - ``outcome``: a batch's outcome and the acknowledgement it commits; the flood rule;
+- ``fingerprints``: change detection (what Salesforce would store for a record, hashed);
 - ``stream_run``: what one run of one stream shares (acknowledging, counters, logs);
 - ``incremental`` (CRMExport) and ``reexport`` (CRMExport_ExportError): the two jobs' loops;
 - ``exporter``: the entry points, and the run around them.

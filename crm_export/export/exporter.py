@@ -47,16 +47,23 @@ class Exporter:
         self.should_stop = should_stop
         self.sender = BatchSender(sink, policy, clock, rng or random.Random())
 
-    def export_stream(self, plan: StreamPlan) -> StreamResult:
-        """CRMExport: what is new or changed since the stream's position."""
-        return self._run(JobId.EXPORT, plan, incremental.export)
+    def export_stream(self, plan: StreamPlan, *, resend_all: bool = False) -> StreamResult:
+        """CRMExport: what is new or changed since the stream's position. ``resend_all``
+        sends every row it reads, whatever Salesforce last accepted."""
+        return self._run(JobId.EXPORT, plan, incremental.export, compare=not resend_all)
 
     def reexport_stream(self, plan: StreamPlan) -> StreamResult:
-        """CRMExport_ExportError: every open ExportErrors row, from its source row now."""
-        return self._run(JobId.REEXPORT, plan, reexport.reexport)
+        """CRMExport_ExportError: every open ExportErrors row, from its source row now,
+        always sent."""
+        return self._run(JobId.REEXPORT, plan, reexport.reexport, compare=False)
 
     def _run(
-        self, job_id: JobId, plan: StreamPlan, body: Callable[[StreamRun], None]
+        self,
+        job_id: JobId,
+        plan: StreamPlan,
+        body: Callable[[StreamRun], None],
+        *,
+        compare: bool,
     ) -> StreamResult:
         run_id = self.store.begin_run(job_id, plan.name)
         result = StreamResult(job_id, plan.name, run_id)
@@ -71,6 +78,7 @@ class Exporter:
             self.should_stop,
             calls_acked=self.sink.api_calls,
             logins_acked=self.sink.logins,
+            compare=compare,
         )
         try:
             self.store.check_source(plan.source)

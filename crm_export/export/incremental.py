@@ -1,9 +1,10 @@
 """CRMExport for one stream: everything new or changed since its position, in order.
 
-First the record the stream is paused at (from its current source row), then rows that
-committed late behind the position, then the rows after it, batch by batch. Each batch's
-outcome is acknowledged (position, ExportErrors, counters) in one transaction before the
-next batch is read.
+First a resync if one was asked for (the stream starts over, every row sent again), then
+the record the stream is paused at (from its current source row), then rows that committed
+late behind the position, then the rows after it, batch by batch. Rows whose payload
+Salesforce already holds are not sent. Each batch's outcome is acknowledged (position,
+ExportErrors, fingerprints, counters) in one transaction before the next batch is read.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def export(run: StreamRun) -> None:
     # Taken before anything is read: whatever commits after it is found again next run.
     snapshot = store.source_snapshot(plan.source)
     state = store.load_state(plan.name)
+    if state.resync_requested:
+        _resync(run)
+        state = store.load_state(plan.name)
     position = state.position
     # A released record that a fix moved later in the order is met again below; it was
     # just sent as it is now, so it is stepped over rather than sent twice.
@@ -63,6 +67,30 @@ def export(run: StreamRun) -> None:
             break
     if run.should_stop():
         raise StopRequested()
+
+
+def _resync(run: StreamRun) -> None:
+    """`crm-export stream resync`: forget what Salesforce holds and start from the first row.
+
+    One transaction: the fingerprints, the position and the request go together, so a crash
+    either leaves the request for the next run or has done all of it. A pause stays: the
+    paused record is still retried first, and nothing ordered after it goes before it.
+    """
+    plan = run.plan
+    log.info(
+        "stream_resync",
+        stream=plan.name,
+        detail="every row is read and sent again, from the first one",
+    )
+    run.ack(
+        BatchAck(
+            plan.name,
+            run.result.run_id,
+            position=None,
+            forget_fingerprints=True,
+            resync_requested=False,
+        )
+    )
 
 
 def _send_late_rows(run: StreamRun, snapshot: str, position: Position) -> bool:
@@ -140,7 +168,8 @@ def _retry_paused(run: StreamRun, paused: PausedRecord, position: Position | Non
         )
         run.ack(BatchAck(plan.name, run_id, pause=None, source_deleted_keys=[paused.record_key]))
         return SourceRow(paused.record_key, _GONE, {})
-    outcome = run.send([row])
+    # Always sent: only Salesforce's answer may release a pause, never a fingerprint.
+    outcome = run.send([row], compare=False)
     failure = outcome.halt or (outcome.failures[0] if outcome.failures else None)
     if failure is not None and plan.pause_on_error:
         # Still failing: the pause goes on, from the day it began.

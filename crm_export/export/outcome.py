@@ -47,6 +47,10 @@ class BatchOutcome:
     halt: Rejected | None = None
     # Rows not sent because a later row of the same batch has the same key.
     superseded: list[SourceRow] = field(default_factory=list)
+    # Rows not sent because Salesforce already holds their payload (same fingerprint).
+    unchanged: list[SourceRow] = field(default_factory=list)
+    # id(row) -> the fingerprint of the payload built for it (kept for exported rows).
+    fingerprints: dict[int, bytes] = field(default_factory=dict)
 
     def errors_in_order(self, rows: Sequence[SourceRow]) -> Iterator[RecordError | None]:
         """Each decided record's error (None: exported), in the order of ``rows``."""
@@ -76,18 +80,24 @@ class BatchOutcome:
         re-export); ``paused_since`` keeps the date of a pause that continues.
 
         Every row decided is counted once. After a halt only the rows before it (in batch
-        order) and the halting record are decided: rows after it were not sent, and the
-        position moves at most to the last row before it.
+        order) and the halting record are decided: rows after it were not sent, whatever
+        their fingerprint, and the position moves at most to the last row before it.
         """
         place = {id(r): i for i, r in enumerate(rows)}
         halt_at = len(rows)
         if self.halt is not None:
             halt_at = place.get(id(self.halt.row), len(rows))
+        unchanged = [r for r in self.unchanged if place.get(id(r), -1) < halt_at]
         superseded = [r for r in self.superseded if place.get(id(r), -1) < halt_at]
         paused = 0 if self.halt is None else 1
         counts = RunCounts(
-            read=len(self.exported) + len(self.failures) + paused + len(superseded),
+            read=len(self.exported)
+            + len(unchanged)
+            + len(self.failures)
+            + paused
+            + len(superseded),
             exported=len(self.exported),
+            unchanged=len(unchanged),
             failed=len(self.failures),
             paused=paused,
             superseded=len(superseded),
@@ -97,6 +107,11 @@ class BatchOutcome:
             run_id,
             resolved_keys=[r.record_key for r in self.exported],
             failures=[plan.failure(f.row, f.error, f.payload) for f in self.failures],
+            fingerprints={
+                r.record_key: self.fingerprints[id(r)]
+                for r in self.exported
+                if id(r) in self.fingerprints
+            },
             counts=counts,
         )
         if self.halt is not None:
@@ -108,7 +123,7 @@ class BatchOutcome:
                 halt.error.code,
                 halt.error.message,
             )
-            done = [r for r in self.exported if id(r) in place]
+            done = [r for r in [*self.exported, *unchanged] if id(r) in place]
             if move_position and done:
                 ack.position = max(done, key=lambda r: place[id(r)]).position
         elif move_position and rows:

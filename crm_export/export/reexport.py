@@ -4,7 +4,10 @@ A record that goes through is resolved; one that fails again bumps its episode's
 one whose source row is gone is closed as ``source_deleted``. When the record the stream is
 paused at goes through (or is gone), the pause is released.
 
-Its failures never halt it, so they count as ``failed``, never ``paused``.
+Every row is sent, whatever its fingerprint (the exporter runs this job with ``compare``
+off): it exists to ask Salesforce again about records it refused, and only Salesforce's
+answer may close an ExportErrors row. Its failures never halt it, so they count as
+``failed``, never ``paused``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ commits the ``BatchOutcome``.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from crm_export.mapping import MappingError, build_payload
 from crm_export.ports import RecordError, Sink, SourceRow, UpsertResult, record_key_text
 from crm_export.retry import Backoff, Clock
 
+from .fingerprints import fingerprint
 from .outcome import BatchOutcome, FloodGuard, Rejected, configuration_error, null_order_error
 from .plan import ExportPolicy, StreamPlan
 
@@ -128,9 +129,20 @@ class BatchSender:
         self.rng = rng
 
     def send(
-        self, plan: StreamPlan, rows: Sequence[SourceRow], *, all_or_none: bool | None = None
+        self,
+        plan: StreamPlan,
+        rows: Sequence[SourceRow],
+        *,
+        all_or_none: bool | None = None,
+        known: Mapping[str, bytes] | None = None,
     ) -> BatchOutcome:
-        """Send ``rows`` and decide every record's outcome."""
+        """Send ``rows`` and decide every record's outcome.
+
+        ``known`` holds the fingerprints of what Salesforce last accepted, by record key: a
+        row whose payload has the same fingerprint is not sent (``unchanged``). In pause mode
+        it is decided in its place, like a record sent and accepted.
+        """
+        known = known or {}
         pause = plan.pause_on_error if all_or_none is None else all_or_none
         outcome = BatchOutcome()
         prepared: list[_Prepared] = []
@@ -149,9 +161,13 @@ class BatchSender:
                     break
                 outcome.failures.append(Rejected(row, exc.error))
                 continue
+            outcome.fingerprints[id(row)] = digest = fingerprint(plan.fmap, item.payload)
             if row.record_key in keys:
                 self._supersede(plan, prepared, item, outcome)
             keys.add(row.record_key)
+            if known.get(row.record_key) == digest:
+                outcome.unchanged.append(row)
+                continue
             prepared.append(item)
         if pause:
             self._send_in_order(plan, prepared, outcome)
@@ -169,6 +185,11 @@ class BatchSender:
         earlier anyway (as it does when they fall in different batches), so only it goes.
         """
         key = item.row.record_key
+        for index, earlier_row in enumerate(outcome.unchanged):
+            if earlier_row.record_key == key:
+                del outcome.unchanged[index]
+                self._superseded(plan, earlier_row, item, outcome)
+                return
         for index, earlier in enumerate(prepared):
             if earlier.row.record_key == key:
                 del prepared[index]

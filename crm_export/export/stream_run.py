@@ -1,8 +1,9 @@
 """One run of one stream: what both jobs share while they work on it.
 
-It acknowledges through the store (adding the API calls and logins spent since the last
-acknowledgement, so a crash never counts a call twice), keeps the run's counters, and logs
-each record failure once.
+It looks up the fingerprints of each batch before it is sent (one query per batch), so that
+rows Salesforce already holds are not sent again; acknowledges through the store (adding the
+API calls and logins spent since the last acknowledgement, so a crash never counts a call
+twice); keeps the run's counters; and logs each record failure once.
 """
 
 from __future__ import annotations
@@ -35,9 +36,20 @@ class StreamRun:
     should_stop: Callable[[], bool]
     calls_acked: int = 0
     logins_acked: int = 0
+    # Off for the re-export and `--resend-all`: every row read is sent, whatever Salesforce
+    # last accepted (the fingerprints are still replaced as records are accepted).
+    compare: bool = True
 
-    def send(self, rows: Sequence[SourceRow], *, all_or_none: bool | None = None) -> BatchOutcome:
-        return self.sender.send(self.plan, rows, all_or_none=all_or_none)
+    def send(
+        self, rows: Sequence[SourceRow], *, all_or_none: bool | None = None, compare: bool = True
+    ) -> BatchOutcome:
+        """Send ``rows``, except those whose payload Salesforce already holds (unless
+        ``compare`` is off for this call or this run)."""
+        known: dict[str, bytes] = {}
+        if compare and self.compare:
+            keys = [r.record_key for r in rows if r.key is not None]
+            known = self.store.known_fingerprints(self.plan.name, keys) if keys else {}
+        return self.sender.send(self.plan, rows, all_or_none=all_or_none, known=known)
 
     def ack(self, ack: BatchAck) -> None:
         calls, logins = self.sink.api_calls, self.sink.logins

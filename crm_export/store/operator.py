@@ -13,14 +13,16 @@ import sqlalchemy as sa
 
 from crm_export.ports import StreamState
 from crm_export.store.engines import StateDatabase
-from crm_export.store.schema import export_errors, export_runs, stream_state
+from crm_export.store.schema import export_errors, export_runs, record_fingerprints, stream_state
 from crm_export.store.state import pause_columns, state_from_row
+from crm_export.store.statements import upsert
 
 __all__ = ["OperatorQueries"]
 
 
 class OperatorQueries:
-    """Reads for the operator commands, and ``clear_pause`` behind ``resume``."""
+    """Reads for the operator commands, ``clear_pause`` behind ``resume`` and
+    ``request_resync`` behind ``stream resync``."""
 
     def __init__(self, db: StateDatabase) -> None:
         self._db = db
@@ -111,3 +113,23 @@ class OperatorQueries:
                 .values({**pause_columns(None), "updated_at": self._db.now()})
             )
             return result.rowcount == 1
+
+    def request_resync(self, stream: str) -> int:
+        """Ask the next CRMExport run of ``stream`` to resend every row: it forgets the
+        stream's fingerprints and starts over from the first row, in one transaction of its
+        own (so a run in progress is never undercut). Returns how many fingerprints there
+        are to forget."""
+        now = self._db.now()
+        with self._db.write() as conn:
+            insert = upsert(conn, stream_state).values(
+                stream=stream, resync_requested_at=now, updated_at=now
+            )
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[stream_state.c.stream],
+                    set_={"resync_requested_at": now, "updated_at": now},
+                )
+            )
+            f = record_fingerprints
+            count = sa.select(sa.func.count()).select_from(f).where(f.c.stream == stream)
+            return int(conn.execute(count).scalar_one())

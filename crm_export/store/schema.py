@@ -162,6 +162,8 @@ stream_state = sa.Table(
     # committed late behind the position are found again from its xmin (see SqlStore).
     sa.Column("source_snapshot", sa.Text(), nullable=True),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    # `crm-export stream resync` asked the next CRMExport run to send every row again.
+    sa.Column("resync_requested_at", UtcDateTime(), nullable=True),
     sa.CheckConstraint(
         "(position_order IS NULL) = (position_key IS NULL)",
         name="position_complete",
@@ -171,4 +173,18 @@ stream_state = sa.Table(
         " AND paused_error_code IS NOT NULL AND paused_error_message IS NOT NULL)",
         name="pause_complete",
     ),
+)
+
+# What Salesforce last accepted for each record, as a 16-byte BLAKE2b of the payload (with the
+# sobject and external ID field): a row whose payload hashes the same is not sent again.
+# Written only in the transaction that acknowledges the accepting batch, so a fingerprint
+# never claims a record Salesforce did not accept. SQLite: WITHOUT ROWID, so the primary key
+# is the table and each fingerprint is stored once.
+record_fingerprints = sa.Table(
+    "record_fingerprints",
+    metadata,
+    sa.Column("stream", sa.String(200), primary_key=True),
+    sa.Column("record_key", sa.Text(), primary_key=True),
+    sa.Column("fingerprint", sa.LargeBinary(16), nullable=False),
+    sqlite_with_rowid=False,
 )

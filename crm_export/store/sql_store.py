@@ -114,6 +114,12 @@ class SqlStore:
     def acknowledge(self, ack: BatchAck) -> None:
         self._state.acknowledge(ack)
 
+    def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
+        return self._state.known_fingerprints(stream, keys)
+
+    def fingerprint_count(self, stream: str | None = None) -> int:
+        return self._state.fingerprint_count(stream)
+
     # -- source reading (SourceReader) ------------------------------------------------------
 
     def read_batch(
@@ -165,6 +171,9 @@ class SqlStore:
 
     def clear_pause(self, stream: str) -> bool:
         return self._operator.clear_pause(stream)
+
+    def request_resync(self, stream: str) -> int:
+        return self._operator.request_resync(stream)
 
 
 if TYPE_CHECKING:

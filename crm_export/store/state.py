@@ -29,7 +29,7 @@ from crm_export.ports import (
 from crm_export.store.engines import StateDatabase, state_database_errors
 from crm_export.store.locks import RunLocks
 from crm_export.store.positions import position_columns, position_from_columns
-from crm_export.store.schema import export_errors, export_runs, stream_state
+from crm_export.store.schema import export_errors, export_runs, record_fingerprints, stream_state
 from crm_export.store.statements import chunks, upsert
 
 __all__ = [
@@ -185,6 +185,34 @@ class StateStore:
                 for r in conn.execute(stmt)
             ]
 
+    # -- fingerprints -------------------------------------------------------------------------
+
+    def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """What Salesforce last accepted for these records, except records with an open
+        ExportErrors row: a record Salesforce refused since is always sent. One statement per
+        500 keys (a batch is at most 200), on the primary key and the open-errors index."""
+        f, e = record_fingerprints, export_errors
+        open_error = (
+            sa.select(e.c.id)
+            .where(e.c.stream == f.c.stream, e.c.record_key == f.c.record_key)
+            .where(e.c.resolved_at.is_(None))
+        )
+        found: dict[str, bytes] = {}
+        with self._db.read() as conn:
+            for chunk in chunks(list(dict.fromkeys(keys))):
+                stmt = sa.select(f.c.record_key, f.c.fingerprint).where(
+                    f.c.stream == stream, f.c.record_key.in_(chunk), ~open_error.exists()
+                )
+                found.update((str(k), bytes(v)) for k, v in conn.execute(stmt))
+        return found
+
+    def fingerprint_count(self, stream: str | None = None) -> int:
+        stmt = sa.select(sa.func.count()).select_from(record_fingerprints)
+        if stream is not None:
+            stmt = stmt.where(record_fingerprints.c.stream == stream)
+        with self._db.read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
     # -- the hot path -----------------------------------------------------------------------
 
     def acknowledge(self, ack: BatchAck) -> None:
@@ -193,13 +221,15 @@ class StateStore:
         the stream's position and pause, the ExportErrors episodes (closed for
         ``resolved_keys`` and ``source_deleted_keys``, then opened or bumped for
         ``failures``; a key in both gets its old episode closed and a new one opened, so the
-        failure stays visible), and the counters added to the run's row.
+        failure stays visible), the fingerprints of the records Salesforce accepted, and the
+        counters added to the run's row.
         """
         now = self._db.now()
         with self._db.write() as conn:
             self._save_state(conn, ack, now)
             self._close_errors(conn, ack, ack.resolved_keys, ErrorStatus.RESOLVED, now)
             self._close_errors(conn, ack, ack.source_deleted_keys, ErrorStatus.SOURCE_DELETED, now)
+            self._save_fingerprints(conn, ack)
             self._record_failures(conn, ack, now)
             self._add_counters(conn, ack)
 
@@ -211,6 +241,8 @@ class StateStore:
             changes.update(pause_columns(ack.pause))
         if ack.source_snapshot is not UNCHANGED:
             changes["source_snapshot"] = ack.source_snapshot
+        if ack.resync_requested is not UNCHANGED:
+            changes["resync_requested_at"] = now if ack.resync_requested else None
         if not changes:
             return
         changes["updated_at"] = now
@@ -290,6 +322,25 @@ class StateStore:
             conn.execute(stmt, list(chunk))
 
     @staticmethod
+    def _save_fingerprints(conn: Connection, ack: BatchAck) -> None:
+        f = record_fingerprints
+        if ack.forget_fingerprints:
+            conn.execute(f.delete().where(f.c.stream == ack.stream))
+        if not ack.fingerprints:
+            return
+        insert = upsert(conn, f)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[f.c.stream, f.c.record_key],
+            set_={"fingerprint": insert.excluded.fingerprint},
+        )
+        rows = [
+            {"stream": ack.stream, "record_key": key, "fingerprint": value}
+            for key, value in ack.fingerprints.items()
+        ]
+        for chunk in chunks(rows):
+            conn.execute(stmt, list(chunk))
+
+    @staticmethod
     def _add_counters(conn: Connection, ack: BatchAck) -> None:
         r = export_runs
         result = conn.execute(
@@ -327,6 +378,7 @@ def state_from_row(m: Mapping[Any, Any]) -> StreamState:
         position=position,
         paused=paused,
         source_snapshot=m["source_snapshot"],
+        resync_requested=m["resync_requested_at"] is not None,
     )
 
 

@@ -1,15 +1,18 @@
-"""Issue 13: counters that count each record once, and logins apart from API calls.
+"""Issue 13: record fingerprints, counters that count each record once, and stream resync
+requests.
 
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-02
 
+- ``record_fingerprints`` (stream, record_key, fingerprint): what Salesforce last accepted.
 - ``export_runs``: ``records_unchanged``, ``records_paused``, ``records_superseded``,
   ``records_late``, ``logins``.
   ``records_skipped`` goes: it counted failed records a second time (plus superseded rows).
   Old rows are rewritten so that every row read is counted once: a ``paused`` run's halting
   record moves from ``records_failed`` to ``records_paused``, and what ``records_skipped``
   held beyond the failures becomes ``records_superseded``. The downgrade puts them back.
+- ``stream_state.resync_requested_at``.
 
 Self-contained on purpose (see 0001). SQLite drops records_skipped by rebuilding
 export_runs (batch mode, from the table as this file defines it, its CHECK constraint
@@ -111,6 +114,16 @@ def _swap_outcomes(drop: Sequence[str], old: sa.Table, new_outcomes: str) -> Non
 
 
 def upgrade() -> None:
+    op.create_table(
+        "record_fingerprints",
+        sa.Column("stream", sa.String(200), nullable=False),
+        sa.Column("record_key", sa.Text(), nullable=False),
+        sa.Column("fingerprint", sa.LargeBinary(16), nullable=False),
+        sa.PrimaryKeyConstraint("stream", "record_key", name=op.f("pk_record_fingerprints")),
+        sqlite_with_rowid=False,
+    )
+    op.add_column("stream_state", sa.Column("resync_requested_at", sa.DateTime(timezone=True)))
+
     for name in (*NEW_COUNTERS, "logins"):
         op.add_column("export_runs", _counter(name))
     # Each record once. A paused run ended at one halting record, which records_failed
@@ -142,3 +155,7 @@ def downgrade() -> None:
         _export_runs(skipped=True, new=True, outcomes=OUTCOMES),
         OUTCOMES,
     )
+    # Not batch mode: a rebuild would need stream_state's CHECK constraints restated, and
+    # SQLite (3.35 and later) drops a column that no constraint names in place.
+    op.drop_column("stream_state", "resync_requested_at")
+    op.drop_table("record_fingerprints")

@@ -269,11 +269,13 @@ def test_acknowledge_is_all_or_nothing(store: SqlStore) -> None:
                 pause=PausedRecord("2", T0, "X", "y"),
                 resolved_keys=["1"],
                 failures=[failure("3"), broken],
+                fingerprints={"3": b"x" * 16},
                 counts=RunCounts(read=5),
             )
         )
 
     assert (store.load_state("contacts"), store.list_errors(include_resolved=True)) == before
+    assert store.fingerprint_count() == 0
     row = store.get_run(run)
     assert row is not None and row["records_read"] == 1
 
