@@ -239,6 +239,17 @@ class Store(Protocol):
         """Rows at or before ``upto`` that may have committed after ``snapshot`` was taken:
         they sort behind the position but were not visible when it moved past them."""
 
+    def read_window(
+        self,
+        source: StreamSource,
+        since: SourceValue,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        """Rows whose order_by is at least ``since`` and that sort at or before ``upto``
+        (after ``after``), in (order_by, key) order: the lookback window behind a position."""
+
     def open_errors(self, stream: str, after_id: int = 0, limit: int = 200) -> list[OpenError]: ...
 
     def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:

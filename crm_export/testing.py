@@ -24,6 +24,7 @@ from crm_export.ports import (
     RunCounts,
     RunOutcome,
     SourceRow,
+    SourceValue,
     StreamSource,
     StreamState,
     UpsertResult,
@@ -135,6 +136,24 @@ class InMemoryStore:
         limit: int,
     ) -> list[SourceRow]:
         return []
+
+    def read_window(
+        self,
+        source: StreamSource,
+        since: SourceValue,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        upper = _order(upto.order_value, upto.key)
+        rows = [
+            r
+            for r in sorted(self.rows.get(source.name, []), key=_sort_key)
+            if r.order_value is not None and r.order_value >= since and _sort_key(r) <= upper
+        ]
+        if after is not None:
+            rows = [r for r in rows if _sort_key(r) > _order(after.order_value, after.key)]
+        return rows[:limit]
 
     def read_by_keys(self, source: StreamSource, keys: Sequence[str]) -> dict[str, SourceRow]:
         wanted = set(keys)

@@ -68,6 +68,10 @@ LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
 MAX_BATCH_SIZE: Final = 200
 # Salesforce ends any REST/SOAP call after 10 minutes; waiting longer only hides a hang.
 MAX_TIMEOUT_SECONDS: Final = 600
+# A lookback re-reads its whole window on every run: a day is already far more than any
+# transaction lasts, and a wider window only costs reads.
+MAX_LOOKBACK_SECONDS: Final = 86_400
+MAX_LOOKBACK_ROWS: Final = 1_000_000
 
 Seconds = Annotated[float, Field(gt=0)]
 
@@ -337,6 +341,21 @@ class StreamConfig(_Section):
     source_url: DatabaseUrl = DEFAULT_DATABASE_URL
     table: TableName | None = None
     query: ReadOnlyQuery | None = None
+    # Late commits: each run also re-reads the rows whose order_by lies this far behind the
+    # position (seconds for a timestamp or date order_by, order values for an integer one);
+    # unchanged ones cost nothing. None: the default for the source database (wiring.py).
+    lookback_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOOKBACK_SECONDS,
+        description="re-read on every run: the longest a writer's transaction lasts is enough",
+    )
+    lookback_rows: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOOKBACK_ROWS,
+        description="re-read on every run: the rows written while a transaction lasts",
+    )
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -354,6 +373,17 @@ class StreamConfig(_Section):
                 "no_source",
                 'missing: set table = "name" (or schema.name), or query = "SELECT ..."',
                 key="table",
+            )
+        return value
+
+    @field_validator("lookback_rows")
+    @classmethod
+    def _one_lookback(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("lookback_seconds") is not None:
+            raise problem(
+                "two_lookbacks",
+                "set lookback_seconds (a timestamp or date order_by) or lookback_rows (an "
+                "integer order_by), not both: one order_by has one type",
             )
         return value
 

@@ -7,6 +7,7 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
   skip mode, with record-level retries;
 - ``outcome``: a batch's outcome and the acknowledgement it commits; the flood rule;
 - ``fingerprints``: change detection (what Salesforce would store for a record, hashed);
+- ``lookback``: the window behind the position that each run re-reads for late commits;
 - ``stream_run``: what one run of one stream shares (acknowledging, counters, logs);
 - ``incremental`` (CRMExport) and ``reexport`` (CRMExport_ExportError): the two jobs' loops;
 - ``exporter``: the entry points, and the run around them.
@@ -14,13 +15,14 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
 
 from .exporter import Exporter
 from .outcome import BatchOutcome, FloodGuard, Rejected
-from .plan import ExportPolicy, StreamPlan, StreamResult, null_key_name
+from .plan import ExportPolicy, Lookback, StreamPlan, StreamResult, null_key_name
 
 __all__ = [
     "BatchOutcome",
     "ExportPolicy",
     "Exporter",
     "FloodGuard",
+    "Lookback",
     "Rejected",
     "StreamPlan",
     "StreamResult",

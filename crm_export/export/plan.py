@@ -35,6 +35,21 @@ def null_key_name(key_column: str, order_by: str, order_value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Lookback:
+    """How far behind its position a stream re-reads on every run (late commits).
+
+    ``seconds`` applies to a timestamp or date order_by (ISO text included), ``rows`` to an
+    integer one: the window is the order values within that distance of the position. A
+    ``strict`` lookback was set by the user, so an order_by of the wrong type is an error
+    naming the key; a default one simply does not apply to it.
+    """
+
+    seconds: float = 0.0
+    rows: int = 0
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class StreamPlan:
     """One configured stream, as the core needs it."""
 
@@ -42,6 +57,7 @@ class StreamPlan:
     fmap: FieldMap
     source: StreamSource
     pause_on_error: bool
+    lookback: Lookback = Lookback()
 
     def record_key(self, row: SourceRow) -> str:
         """What ExportErrors, the pause and the logs call ``row``."""

@@ -68,9 +68,14 @@ class StreamRun:
         *,
         move_position: bool = True,
         paused_since: datetime | None = None,
+        late: bool = False,
         **changes: Any,
     ) -> BatchAck:
-        """Commit one batch's outcome (plus ``changes`` to the ack: position, pause...)."""
+        """Commit one batch's outcome (plus ``changes`` to the ack: position, pause...).
+
+        ``late``: the rows sort behind the position (late commits, the lookback); those sent
+        are counted as found late.
+        """
         self.log_failures(outcome)
         ack = outcome.to_ack(
             self.plan,
@@ -80,6 +85,9 @@ class StreamRun:
             move_position=move_position,
             paused_since=paused_since,
         )
+        if late:
+            c = ack.counts
+            ack.counts = replace(c, late=c.exported + c.failed + c.paused)
         for name, value in changes.items():
             setattr(ack, name, value)
         self.ack(ack)

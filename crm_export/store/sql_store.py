@@ -20,6 +20,7 @@ from crm_export.ports import (
     RunCounts,
     RunOutcome,
     SourceRow,
+    SourceValue,
     Store,
     StreamSource,
     StreamState,
@@ -139,6 +140,19 @@ class SqlStore:
         limit: int,
     ) -> list[SourceRow]:
         return self._sources.read_late(source, snapshot, upto, after, limit)
+
+    def read_window(
+        self,
+        source: StreamSource,
+        since: SourceValue,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        return self._sources.read_window(source, since, upto, after, limit)
+
+    def latest_order_value(self, source: StreamSource) -> SourceValue:
+        return self._sources.latest_order_value(source)
 
     def count_after(self, source: StreamSource, position: Position | None) -> int:
         return self._sources.count_after(source, position)

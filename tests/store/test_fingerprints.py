@@ -1,9 +1,14 @@
 """What the state database keeps for issue 13, on SQLite and PostgreSQL: fingerprints (written
-only by an acknowledgement, never for a record with an open error) and resync requests."""
+only by an acknowledgement, never for a record with an open error), resync requests, and
+the lookback read of a source."""
 
 from __future__ import annotations
 
-from store_kit import failure
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from store_kit import CreateSourceTable, contacts, failure
 
 from crm_export.ports import BatchAck, Position
 from crm_export.store import SqlStore
@@ -52,3 +57,36 @@ def test_a_resync_request_is_applied_by_one_acknowledgement(store: SqlStore) -> 
     assert (state.position, state.resync_requested) == (None, False)
     assert store.fingerprint_count("contacts") == 0
     assert store.fingerprint_count("accounts") == 1
+
+
+@pytest.mark.parametrize("as_text", [False, True], ids=["timestamp", "iso-text"])
+def test_read_window_reads_behind_the_position_from_a_bound(
+    store: SqlStore,
+    source_url: str,
+    create_source_table: CreateSourceTable,
+    as_text: bool,
+) -> None:
+    t0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def at(seconds: int) -> object:
+        moment = t0 + timedelta(seconds=seconds)
+        return moment.strftime("%Y-%m-%d %H:%M:%S") if as_text else moment
+
+    kind = sa.Text() if as_text else sa.DateTime(timezone=True)
+    rows = [{"id": i, "updated": at(i * 60), "name": f"n{i}"} for i in range(1, 21)]
+    create_source_table(
+        source_url,
+        "contacts",
+        {"id": sa.Integer(), "updated": kind, "name": sa.Text()},
+        rows,
+        primary_key="id",
+    )
+    source = contacts(source_url)
+    [last] = store.read_batch(source, store.read_batch(source, None, 19)[-1].position, 1)
+    upto = last.position  # row 20
+    since = at(15 * 60)
+    got = store.read_window(source, since, upto, None, 3)
+    assert [r.key for r in got] == [15, 16, 17]
+    more = store.read_window(source, since, upto, got[-1].position, 10)
+    assert [r.key for r in more] == [18, 19, 20]
+    assert store.latest_order_value(source) == last.order_value
