@@ -28,6 +28,9 @@ class RunOutcome(StrEnum):
     COMPLETED = "completed"
     PAUSED = "paused"
     FAILED = "failed"
+    # The org's API usage reached [salesforce] max_api_usage_percent: the stream stopped
+    # sending, its position holds, and a later run resumes once usage is below the line.
+    DEFERRED = "deferred"
     # Left "running" by a runner that died; marked so by the next runner that takes the lock.
     INTERRUPTED = "interrupted"
 
@@ -170,6 +173,14 @@ class RunCounts:
 COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunCounts))
 
 
+@dataclass(frozen=True)
+class ApiUsage:
+    """The org's daily API usage, as Salesforce reported it (``api-usage=used/max``)."""
+
+    used: int
+    max: int
+
+
 class _Unchanged:
     def __repr__(self) -> str:
         return "UNCHANGED"
@@ -210,9 +221,13 @@ class Store(Protocol):
         error: str | None = None,
         *,
         tail: RunCounts | None = None,
+        usage: ApiUsage | None = None,
     ) -> None:
-        """Close a run: its outcome, and the counters no acknowledgement carried (``tail``:
-        the calls of a batch that ended in failure)."""
+        """Close a run: its outcome, the counters no acknowledgement carried (``tail``: the
+        calls of a batch that ended in failure) and the org's API usage as last seen."""
+
+    def last_api_usage(self) -> ApiUsage | None:
+        """The org's API usage as the latest run that saw it recorded it, if any."""
 
     def load_state(self, stream: str) -> StreamState: ...
 
@@ -263,8 +278,10 @@ class Sink(Protocol):
     """Salesforce as the core sees it. Request-level retries happen behind this port.
 
     ``upsert`` returns one result per record, in request order, or raises a
-    ``TransientError`` (budget spent; the run fails and resumes later) or a
-    ``TerminalError`` (configuration-class; the run fails with a message for a person).
+    ``TransientError`` (retry budget spent; the run fails and resumes later), a
+    ``TerminalError`` (configuration-class; the run fails with a message for a person) or
+    ``ApiBudgetReached`` (the org's API usage is at the line; nothing was sent, the run is
+    deferred).
     """
 
     @property
@@ -274,6 +291,14 @@ class Sink(Protocol):
     @property
     def logins(self) -> int:
         """OAuth token requests so far (not charged by Salesforce)."""
+
+    @property
+    def api_usage(self) -> ApiUsage | None:
+        """The org's usage as the latest answer to this sink reported it (None before)."""
+
+    def hint_api_usage(self, usage: ApiUsage) -> None:
+        """The usage an earlier run last saw: if it was at the budget line, the sink asks
+        /limits (one call) before it spends anything else."""
 
     def upsert(
         self,

@@ -15,7 +15,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import Enum
@@ -31,9 +31,11 @@ from requests.adapters import HTTPAdapter
 from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 
+from crm_export.budget import ApiBudget
 from crm_export.classify import REQUEST_HINTS, request_error_class
 from crm_export.config import RetryConfig, SalesforceConfig
 from crm_export.errors import (
+    ApiBudgetReached,
     NetworkError,
     RequestLimitError,
     RequestPayloadError,
@@ -43,7 +45,7 @@ from crm_export.errors import (
     SessionExpiredError,
     TransientError,
 )
-from crm_export.ports import RecordError, UpsertResult
+from crm_export.ports import ApiUsage, RecordError, UpsertResult
 from crm_export.retry import Backoff, Clock, call_with_retries
 
 log = structlog.get_logger("crm_export.salesforce")
@@ -119,13 +121,44 @@ def call_kind(url: str) -> CallKind:
     return CallKind.API
 
 
-class CountingSession(HttpSession):
-    """An ``HttpSession`` that counts what Salesforce charges apart from logins."""
+def usage_from_header(header: str | None) -> ApiUsage | None:
+    """The org's usage from ``Sforce-Limit-Info``, in any of its forms: ``api-usage=N/M``,
+    ``api-usage=N/M; api-bursts=B/E``, ``...; per-app-api-usage=...``, in any order.
 
-    def __init__(self, timeout: float, trust: ssl.SSLContext) -> None:
+    simple-salesforce's parser reads ``api-usage`` at the start of the header only, so each
+    ``;``-separated part is handed to it on its own; anything it cannot read is ignored.
+    """
+    if not header:
+        return None
+    for part in header.split(";"):
+        usage = Salesforce.parse_api_usage(part.strip()).get("api-usage")
+        if usage is not None and usage.total > 0:
+            return ApiUsage(int(usage.used), int(usage.total))
+    return None
+
+
+def usage_from_limits(body: Any) -> ApiUsage | None:
+    """``DailyApiRequests`` of a /limits answer (``{"Max": n, "Remaining": n}``)."""
+    daily = body.get("DailyApiRequests") if isinstance(body, Mapping) else None
+    if not isinstance(daily, Mapping):
+        return None
+    limit, remaining = daily.get("Max"), daily.get("Remaining")
+    if not isinstance(limit, int) or not isinstance(remaining, int) or limit <= 0:
+        return None
+    return ApiUsage(max(0, limit - remaining), limit)
+
+
+class CountingSession(HttpSession):
+    """An ``HttpSession`` that counts what Salesforce charges apart from logins, and hands
+    the usage every answer reports (``Sforce-Limit-Info``, errors included) to ``on_usage``."""
+
+    def __init__(
+        self, timeout: float, trust: ssl.SSLContext, on_usage: Callable[[ApiUsage], None]
+    ) -> None:
         super().__init__(timeout, trust)
         self.charged = 0
         self.logins = 0
+        self.on_usage = on_usage
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
@@ -135,7 +168,11 @@ class CountingSession(HttpSession):
             self.charged += 1
         elif kind is CallKind.LOGIN:
             self.logins += 1
-        return super().request(method, url, *args, **kwargs)
+        response = super().request(method, url, *args, **kwargs)
+        usage = usage_from_header(response.headers.get("Sforce-Limit-Info"))
+        if usage is not None:
+            self.on_usage(usage)
+        return response
 
 
 def trust_store(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -258,10 +295,12 @@ class SalesforceSink:
             retry.initial_backoff_seconds,
             retry.max_backoff_seconds,
         )
-        self.session = CountingSession(cfg.timeout_seconds, trust_store(cfg.ca_bundle))
+        self.budget = ApiBudget(cfg.max_api_usage_percent)
+        self.session = CountingSession(
+            cfg.timeout_seconds, trust_store(cfg.ca_bundle), self.budget.seen
+        )
         self.auth = Authenticator(cfg, self.session)
         self._client: Salesforce | None = None
-        self.api_usage: tuple[int, int] | None = None
 
     @property
     def api_calls(self) -> int:
@@ -270,6 +309,21 @@ class SalesforceSink:
     @property
     def logins(self) -> int:
         return self.session.logins
+
+    @property
+    def api_usage(self) -> ApiUsage | None:
+        """As an answer to this sink reported it (a hint from an earlier run is not)."""
+        return self.budget.usage if self.budget.fresh else None
+
+    def hint_api_usage(self, usage: ApiUsage) -> None:
+        self.budget.hint(usage)
+
+    def read_limits(self) -> ApiUsage | None:
+        """GET /limits (one charged call): the org's DailyApiRequests, now."""
+        usage = usage_from_limits(self._request("GET", "limits/", None, governed=False))
+        if usage is not None:
+            self.budget.seen(usage)
+        return usage
 
     def close(self) -> None:
         self.session.close()
@@ -292,8 +346,11 @@ class SalesforceSink:
             raise ServerError(f"unexpected answer to {path}: {str(data)[:200]}")
         return [_upsert_result(item) for item in data]
 
-    def _request(self, method: str, path: str, body: Any) -> Any:
+    def _request(self, method: str, path: str, body: Any, *, governed: bool = True) -> Any:
         def attempt() -> Any:
+            if governed:
+                # Before every charged call, retries included: at most one call past the line.
+                self.budget.before_call(self.read_limits)
             # A token can expire between any two calls; a fresh one fixes that, but a 401
             # that survives several fresh tokens is a person's problem, not a retry's.
             for _ in range(self.cfg.max_reauth + 1):
@@ -332,7 +389,6 @@ class SalesforceSink:
             raise self._translate(exc) from exc
         except requests.RequestException as exc:
             raise network_error(exc, self.cfg.login_url) from exc
-        self._note_usage()
         return result
 
     def _translate(self, exc: SalesforceError) -> Exception:
@@ -341,6 +397,8 @@ class SalesforceSink:
         text = f"HTTP {exc.status} {code or ''} from {exc.resource_name}: {message}".replace(
             "  ", " "
         )
+        if cls is ApiBudgetReached:
+            return self.budget.spent()
         if cls is RequestPayloadError:
             response = self.session.last_response
             body = response.request.body if response is not None else None
@@ -351,14 +409,6 @@ class SalesforceSink:
             return cls(text, retry_after=_retry_after(self.session.last_response))
         hint = REQUEST_HINTS.get(exc.status)
         return cls(f"{text} ({hint})" if hint else text)
-
-    def _note_usage(self) -> None:
-        response = self.session.last_response
-        header = response.headers.get("Sforce-Limit-Info") if response is not None else None
-        if header:
-            usage = Salesforce.parse_api_usage(header).get("api-usage")
-            if usage is not None:
-                self.api_usage = (usage.used, usage.total)
 
     def _on_retry(self, attempt: int, wait: float, exc: TransientError) -> None:
         log.warning(

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from crm_export.budget import ApiBudget
 from crm_export.errors import CrmExportError, RequestPayloadError, SourceError
 from crm_export.ports import (
     UNCHANGED,
+    ApiUsage,
     BatchAck,
     ErrorStatus,
     OpenError,
@@ -60,6 +62,7 @@ class RunRow:
     outcome: RunOutcome = RunOutcome.RUNNING
     error: str | None = None
     counts: RunCounts = field(default_factory=RunCounts)
+    usage: ApiUsage | None = None
 
 
 def _sort_key(row: SourceRow) -> tuple[Any, ...]:
@@ -175,10 +178,15 @@ class InMemoryStore:
         error: str | None = None,
         *,
         tail: RunCounts | None = None,
+        usage: ApiUsage | None = None,
     ) -> None:
         run = self.runs[run_id - 1]
         run.outcome, run.error = outcome, error
         run.counts += tail or RunCounts()
+        run.usage = usage or run.usage
+
+    def last_api_usage(self) -> ApiUsage | None:
+        return next((r.usage for r in reversed(self.runs) if r.usage is not None), None)
 
     def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
         self.fingerprint_queries += 1
@@ -284,7 +292,14 @@ class InMemorySink:
     request (``RequestPayloadError``), before any record is looked at, as in a real org.
     """
 
-    def __init__(self, rules: Sequence[Rule] = (), payload_rules: Sequence[Rule] = ()) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule] = (),
+        payload_rules: Sequence[Rule] = (),
+        *,
+        api_limit: int | None = None,
+        max_api_usage_percent: int = 100,
+    ) -> None:
         self.rules: list[Rule] = list(rules)
         self.payload_rules: list[Rule] = list(payload_rules)
         # Whether a refusal names the index of its record, as SalesforceSink does when
@@ -298,6 +313,12 @@ class InMemorySink:
         # external ID -> how many more times it fails with UNABLE_TO_LOCK_ROW.
         self.locks: dict[str, int] = {}
         self._calls = 0
+        # The org's daily allocation (None: not reported) and its usage by everyone;
+        # ``org_used`` may be raised by a test to play the org's other integrations.
+        self.api_limit = api_limit
+        self.org_used = 0
+        self.budget = ApiBudget(max_api_usage_percent)
+        self.limits_reads = 0
 
     @property
     def api_calls(self) -> int:
@@ -307,6 +328,26 @@ class InMemorySink:
     def logins(self) -> int:
         return 0
 
+    @property
+    def api_usage(self) -> ApiUsage | None:
+        """As an answer to this sink reported it (a hint from an earlier run is not)."""
+        return self.budget.usage if self.budget.fresh else None
+
+    def hint_api_usage(self, usage: ApiUsage) -> None:
+        self.budget.hint(usage)
+
+    def _charge(self) -> None:
+        """One charged call, answered with the usage it brings the org to."""
+        self._calls += 1
+        self.org_used += 1
+        if self.api_limit is not None:
+            self.budget.seen(ApiUsage(self.org_used, self.api_limit))
+
+    def read_limits(self) -> ApiUsage | None:
+        self.limits_reads += 1
+        self._charge()
+        return self.budget.usage
+
     def upsert(
         self,
         sobject: str,
@@ -315,7 +356,10 @@ class InMemorySink:
         *,
         all_or_none: bool,
     ) -> list[UpsertResult]:
-        self._calls += 1
+        self.budget.before_call(self.read_limits)
+        if self.api_limit is not None and self.org_used >= self.api_limit:
+            raise self.budget.spent()  # the org's own refusal: 403 TotalRequests
+        self._charge()
         ids = [str(r[external_id_field]) for r in records]
         self.requests.append((all_or_none, ids))
         if self.request_faults:

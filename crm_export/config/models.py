@@ -214,6 +214,14 @@ class SalesforceConfig(_Section):
         description="Salesforce ends any API call after 10 minutes",
     )
     max_reauth: int = Field(2, ge=0)
+    # The share of the org's daily API allocation crm-export may use, counting every
+    # integration's calls: at the line it stops sending (runs end "deferred"). 100: no line.
+    max_api_usage_percent: int = Field(
+        80,
+        ge=1,
+        le=100,
+        description="a percentage of the org's daily API allocation; 100 means no line",
+    )
 
     @model_validator(mode="before")
     @classmethod

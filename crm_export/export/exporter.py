@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from crm_export.errors import CrmExportError, TerminalError
+from crm_export.errors import ApiBudgetReached, CrmExportError, TerminalError
 from crm_export.ports import JobId, RunCounts, RunOutcome, Sink, Store
 from crm_export.retry import Clock, StopRequested
 
@@ -46,6 +46,7 @@ class Exporter:
         self.now = now
         self.should_stop = should_stop
         self.sender = BatchSender(sink, policy, clock, rng or random.Random())
+        self._usage_hinted = False
 
     def export_stream(self, plan: StreamPlan, *, resend_all: bool = False) -> StreamResult:
         """CRMExport: what is new or changed since the stream's position. ``resend_all``
@@ -57,6 +58,16 @@ class Exporter:
         always sent."""
         return self._run(JobId.REEXPORT, plan, reexport.reexport, compare=False)
 
+    def _hint_usage(self) -> None:
+        """Once per job: the org's usage as the last run saw it, so that a job starting at
+        the budget line asks /limits before it spends anything (see crm_export.budget)."""
+        if self._usage_hinted:
+            return
+        self._usage_hinted = True
+        usage = self.store.last_api_usage()
+        if usage is not None:
+            self.sink.hint_api_usage(usage)
+
     def _run(
         self,
         job_id: JobId,
@@ -65,6 +76,7 @@ class Exporter:
         *,
         compare: bool,
     ) -> StreamResult:
+        self._hint_usage()
         run_id = self.store.begin_run(job_id, plan.name)
         result = StreamResult(job_id, plan.name, run_id)
         run = StreamRun(
@@ -85,6 +97,19 @@ class Exporter:
             body(run)
             if result.outcome is RunOutcome.RUNNING:
                 result.outcome = RunOutcome.COMPLETED
+        except ApiBudgetReached as exc:
+            # Nothing is wrong: the position holds, no ExportErrors row, a later run resumes.
+            result.outcome = RunOutcome.DEFERRED
+            result.deferred = str(exc)
+            log.warning(
+                "api_budget_reached",
+                job=job_id,
+                stream=plan.name,
+                used=exc.used,
+                limit=exc.limit,
+                line=exc.line,
+                detail=str(exc),
+            )
         except StopRequested:
             result.outcome = RunOutcome.INTERRUPTED
             result.error = "stopped on request before the stream was finished"
@@ -104,7 +129,10 @@ class Exporter:
             logins=self.sink.logins - run.logins_acked,
         )
         result.counts += tail
-        self.store.finish_run(run_id, result.outcome, result.error, tail=tail)
+        self.store.finish_run(
+            run_id, result.outcome, result.error, tail=tail, usage=self.sink.api_usage
+        )
+        usage = self.sink.api_usage
         log.info(
             "run_finished",
             job=job_id,
@@ -112,6 +140,8 @@ class Exporter:
             run_id=run_id,
             outcome=str(result.outcome),
             **result.counts.as_dict(),
+            org_api_used=None if usage is None else usage.used,
+            org_api_max=None if usage is None else usage.max,
             error=result.error,
         )
         return result

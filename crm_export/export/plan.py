@@ -98,6 +98,8 @@ class StreamResult:
     counts: RunCounts = field(default_factory=RunCounts)
     error: str | None = None
     paused: PausedRecord | None = None
+    # Why the run was deferred (the org's API usage at the line), for people.
+    deferred: str | None = None
 
     def summary(self) -> str:
         """One line; each record read is counted once (the sum), as in export_runs."""
@@ -110,6 +112,8 @@ class StreamResult:
         if c.late:
             text += f" ({c.late} of them committed late, found behind the position)"
         text += f"; API calls {c.api_calls}, logins {c.logins}"
+        if self.deferred:
+            text += f"; deferred: {self.deferred}"
         if self.paused is not None:
             text += (
                 f"; paused at record {self.paused.record_key} "

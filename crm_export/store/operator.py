@@ -133,3 +133,19 @@ class OperatorQueries:
             f = record_fingerprints
             count = sa.select(sa.func.count()).select_from(f).where(f.c.stream == stream)
             return int(conn.execute(count).scalar_one())
+
+    def api_usage(self) -> dict[str, Any] | None:
+        """The org's API usage as the latest run that saw it recorded it: ``used``, ``max``
+        and ``seen_at`` (that run's finish), or None."""
+        r = export_runs
+        stmt = (
+            sa.select(r.c.org_api_used, r.c.org_api_max, r.c.finished_at, r.c.started_at)
+            .where(r.c.org_api_used.is_not(None), r.c.org_api_max.is_not(None))
+            .order_by(r.c.id.desc())
+            .limit(1)
+        )
+        with self._db.read() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return {"used": int(row[0]), "max": int(row[1]), "seen_at": row[2] or row[3]}

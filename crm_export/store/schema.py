@@ -66,7 +66,7 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
 
 
 ERROR_STATUSES = ("open", "resolved", "source_deleted")
-RUN_OUTCOMES = ("running", "completed", "paused", "failed", "interrupted")
+RUN_OUTCOMES = ("running", "completed", "paused", "failed", "interrupted", "deferred")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -96,6 +96,9 @@ export_runs = sa.Table(
     # Of the rows above, those found behind the position (late commits, lookback) and sent.
     sa.Column("records_late", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("logins", sa.BigInteger(), nullable=False, server_default="0"),
+    # The org's api-usage=used/max as last seen during the run (NULL: the run saw none).
+    sa.Column("org_api_used", sa.BigInteger(), nullable=True),
+    sa.Column("org_api_max", sa.BigInteger(), nullable=True),
     sa.CheckConstraint(_in("outcome", RUN_OUTCOMES), name="outcome"),
     sa.Index("ix_export_runs_stream_started_at", "stream", "started_at"),
 )

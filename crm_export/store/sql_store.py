@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from crm_export.errors import TerminalError
 from crm_export.ports import (
+    ApiUsage,
     BatchAck,
     OpenError,
     Position,
@@ -100,8 +101,12 @@ class SqlStore:
         error: str | None = None,
         *,
         tail: RunCounts | None = None,
+        usage: ApiUsage | None = None,
     ) -> None:
-        self._state.finish_run(run_id, outcome, error, tail=tail)
+        self._state.finish_run(run_id, outcome, error, tail=tail, usage=usage)
+
+    def last_api_usage(self) -> ApiUsage | None:
+        return self._state.last_api_usage()
 
     def mark_interrupted_runs(self) -> int:
         return self._state.mark_interrupted_runs()
@@ -188,6 +193,9 @@ class SqlStore:
 
     def request_resync(self, stream: str) -> int:
         return self._operator.request_resync(stream)
+
+    def api_usage(self) -> dict[str, Any] | None:
+        return self._operator.api_usage()
 
 
 if TYPE_CHECKING:

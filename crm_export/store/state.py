@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from crm_export.ports import (
     UNCHANGED,
+    ApiUsage,
     BatchAck,
     ErrorStatus,
     OpenError,
@@ -102,9 +103,11 @@ class StateStore:
         error: str | None = None,
         *,
         tail: RunCounts | None = None,
+        usage: ApiUsage | None = None,
     ) -> None:
         """Close a run with its outcome (and the error text of a failed run), adding the
-        counters no acknowledgement carried (``tail``: the calls of a batch that failed)."""
+        counters no acknowledgement carried (``tail``: the calls of a batch that failed) and
+        recording the org's API usage as last seen."""
         if outcome is RunOutcome.RUNNING:
             raise ValueError("a run can not finish as 'running'")
         values: dict[str, Any] = {
@@ -113,6 +116,8 @@ class StateStore:
             "error": error,
             **_counter_increments(tail or RunCounts()),
         }
+        if usage is not None:
+            values.update(org_api_used=usage.used, org_api_max=usage.max)
         with self._db.write() as conn:
             result = conn.execute(
                 export_runs.update().where(export_runs.c.id == run_id).values(values)
@@ -157,6 +162,19 @@ class StateStore:
                 )
                 marked += int(result.rowcount)
             return marked
+
+    def last_api_usage(self) -> ApiUsage | None:
+        """The org's usage as recorded by the latest run that saw it."""
+        r = export_runs
+        stmt = (
+            sa.select(r.c.org_api_used, r.c.org_api_max)
+            .where(r.c.org_api_used.is_not(None), r.c.org_api_max.is_not(None))
+            .order_by(r.c.id.desc())
+            .limit(1)
+        )
+        with self._db.read() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else ApiUsage(int(row[0]), int(row[1]))
 
     # -- stream state -----------------------------------------------------------------------
 

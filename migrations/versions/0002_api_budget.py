@@ -1,5 +1,5 @@
-"""Issue 13: record fingerprints, counters that count each record once, and stream resync
-requests.
+"""Issue 13: record fingerprints, counters that count each record once, the org's API usage,
+the deferred outcome, and stream resync requests.
 
 Revision ID: 0002
 Revises: 0001
@@ -7,17 +7,17 @@ Create Date: 2026-12-02
 
 - ``record_fingerprints`` (stream, record_key, fingerprint): what Salesforce last accepted.
 - ``export_runs``: ``records_unchanged``, ``records_paused``, ``records_superseded``,
-  ``records_late``, ``logins``.
+  ``records_late``, ``logins``, ``org_api_used``, ``org_api_max``; outcome ``deferred``.
   ``records_skipped`` goes: it counted failed records a second time (plus superseded rows).
   Old rows are rewritten so that every row read is counted once: a ``paused`` run's halting
   record moves from ``records_failed`` to ``records_paused``, and what ``records_skipped``
   held beyond the failures becomes ``records_superseded``. The downgrade puts them back.
 - ``stream_state.resync_requested_at``.
 
-Self-contained on purpose (see 0001). SQLite drops records_skipped by rebuilding
-export_runs (batch mode, from the table as this file defines it, its CHECK constraint
-restated); the rebuild drops the old table, which with foreign keys on sets every
-ExportErrors.run_id to NULL, so they are saved first and put back.
+Self-contained on purpose (see 0001). SQLite cannot change a CHECK constraint in place, so
+export_runs is rebuilt there (batch mode, from the table as this file defines it); the
+rebuild drops the old table, which with foreign keys on sets every ExportErrors.run_id to
+NULL, so they are saved first and put back.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ depends_on: str | Sequence[str] | None = None
 
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-OUTCOMES = "outcome IN ('running', 'completed', 'paused', 'failed', 'interrupted')"
+OLD_OUTCOMES = "outcome IN ('running', 'completed', 'paused', 'failed', 'interrupted')"
+NEW_OUTCOMES = "outcome IN ('running', 'completed', 'paused', 'failed', 'interrupted', 'deferred')"
 NEW_COUNTERS = ("records_unchanged", "records_paused", "records_superseded", "records_late")
-NEW_COLUMNS = (*NEW_COUNTERS, "logins")
+NEW_COLUMNS = (*NEW_COUNTERS, "logins", "org_api_used", "org_api_max")
 
 
 def _ts(name: str, *, nullable: bool) -> sa.Column[datetime]:
@@ -71,6 +72,10 @@ def _export_runs(*, skipped: bool, new: bool, outcomes: str) -> sa.Table:
     ]
     if new:
         columns += [_counter(name) for name in (*NEW_COUNTERS, "logins")]
+        columns += [
+            sa.Column("org_api_used", sa.BigInteger(), nullable=True),
+            sa.Column("org_api_max", sa.BigInteger(), nullable=True),
+        ]
     return sa.Table(
         "export_runs",
         sa.MetaData(),
@@ -126,6 +131,8 @@ def upgrade() -> None:
 
     for name in (*NEW_COUNTERS, "logins"):
         op.add_column("export_runs", _counter(name))
+    op.add_column("export_runs", sa.Column("org_api_used", sa.BigInteger(), nullable=True))
+    op.add_column("export_runs", sa.Column("org_api_max", sa.BigInteger(), nullable=True))
     # Each record once. A paused run ended at one halting record, which records_failed
     # counted; records_skipped counted CRMExport's other failures again, plus superseded rows.
     op.execute(
@@ -138,12 +145,17 @@ def upgrade() -> None:
     )
     _swap_outcomes(
         ["records_skipped"],
-        _export_runs(skipped=True, new=True, outcomes=OUTCOMES),
-        OUTCOMES,
+        _export_runs(skipped=True, new=True, outcomes=OLD_OUTCOMES),
+        NEW_OUTCOMES,
     )
 
 
 def downgrade() -> None:
+    op.execute(
+        "UPDATE export_runs SET outcome = 'failed', error = COALESCE(error, "
+        "'deferred: the org''s API usage reached max_api_usage_percent') "
+        "WHERE outcome = 'deferred'"
+    )
     op.add_column("export_runs", _counter("records_skipped"))
     op.execute(
         "UPDATE export_runs SET records_skipped = records_failed + records_superseded "
@@ -152,8 +164,8 @@ def downgrade() -> None:
     op.execute("UPDATE export_runs SET records_failed = records_failed + records_paused")
     _swap_outcomes(
         NEW_COLUMNS,
-        _export_runs(skipped=True, new=True, outcomes=OUTCOMES),
-        OUTCOMES,
+        _export_runs(skipped=True, new=True, outcomes=NEW_OUTCOMES),
+        OLD_OUTCOMES,
     )
     # Not batch mode: a rebuild would need stream_state's CHECK constraints restated, and
     # SQLite (3.35 and later) drops a column that no constraint names in place.

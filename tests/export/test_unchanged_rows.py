@@ -106,3 +106,17 @@ def test_resend_all_and_stream_resync_from_the_command_line(scenario: Scenario) 
     scenario.touch_all()
     done = crm_export("job", "CRMExport", "--config", str(config), env=env)
     assert "exported 0 + unchanged 250" in done.stdout and upserts(scenario) == 6
+
+
+def test_status_forecasts_the_calls_of_the_rows_pending(scenario: Scenario) -> None:
+    scenario.add_many(range(1, 101))
+    scenario.run()
+    scenario.add_many(range(101, 551))
+    config = scenario.config().path
+    env = {"SF_CLIENT_SECRET": scenario.sandbox.client_secret}
+    done = crm_export("status", "--config", str(config), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "the org's API usage: 1 of 5,000,000 daily calls" in done.stdout
+    assert "crm-export stops at 4,000,000 (80%)" in done.stdout
+    assert "450 rows pending need at most 3 Collections calls" in done.stdout
+    assert "about 6 Bulk API 2.0 calls (an estimate" in done.stdout

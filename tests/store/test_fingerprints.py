@@ -1,6 +1,6 @@
 """What the state database keeps for issue 13, on SQLite and PostgreSQL: fingerprints (written
-only by an acknowledgement, never for a record with an open error), resync requests, and
-the lookback read of a source."""
+only by an acknowledgement, never for a record with an open error), resync requests, the
+org's API usage, and the lookback read of a source."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from store_kit import CreateSourceTable, contacts, failure
 
-from crm_export.ports import BatchAck, Position
+from crm_export.ports import ApiUsage, BatchAck, Position, RunOutcome
 from crm_export.store import SqlStore
 
 FP = {str(k): bytes([k % 256]) * 16 for k in range(1, 1201)}
@@ -57,6 +57,22 @@ def test_a_resync_request_is_applied_by_one_acknowledgement(store: SqlStore) -> 
     assert (state.position, state.resync_requested) == (None, False)
     assert store.fingerprint_count("contacts") == 0
     assert store.fingerprint_count("accounts") == 1
+
+
+def test_the_org_usage_a_run_saw_is_kept_for_the_next(store: SqlStore) -> None:
+    assert store.last_api_usage() is None and store.api_usage() is None
+    first = store.begin_run("CRMExport", "contacts")
+    store.finish_run(first, RunOutcome.COMPLETED, usage=ApiUsage(120, 15000))
+    quiet = store.begin_run("CRMExport", "contacts")
+    store.finish_run(quiet, RunOutcome.COMPLETED)  # made no call: saw nothing
+    assert store.last_api_usage() == ApiUsage(120, 15000)
+    deferred = store.begin_run("CRMExport", "contacts")
+    store.finish_run(deferred, RunOutcome.DEFERRED, usage=ApiUsage(12001, 15000))
+    assert store.last_api_usage() == ApiUsage(12001, 15000)
+    seen = store.api_usage()
+    assert seen is not None and (seen["used"], seen["max"]) == (12001, 15000)
+    row = store.get_run(deferred)
+    assert row is not None and row["outcome"] == "deferred"
 
 
 @pytest.mark.parametrize("as_text", [False, True], ids=["timestamp", "iso-text"])

@@ -202,6 +202,7 @@ def test_counters_add_up_and_finish_closes_the_run(timed_store: SqlStore, clock:
         "api_calls": 9,
         "logins": 3,
     }
+    assert (row["org_api_used"], row["org_api_max"]) == (None, None)
     assert (row["outcome"], row["error"]) == ("failed", "Salesforce said no")
     assert (row["started_at"], row["finished_at"]) == (T0, finished)
     assert row["job_id"] == "CRMExport"

@@ -111,3 +111,24 @@ def test_a_lookup_whose_parent_is_missing_is_a_record_error_not_configuration() 
     )
     assert classify_record_error(missing) is ErrorClass.RECORD
     assert classify_record_error(RecordError("JSON_PARSER_ERROR", NOT_A_DATE)) is ErrorClass.RECORD
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # The daily allocation is spent: retrying within the run only spends what is not
+        # there, so the run is deferred (neither retried nor failed).
+        ("TotalRequests Limit exceeded.", errors.ApiBudgetReached),
+        # A concurrency cap clears in seconds: retried with backoff.
+        ("ConcurrentPerOrgLongTxn Limit exceeded.", errors.RequestLimitError),
+        (
+            "ConcurrentRequests (Concurrent API Requests) Limit exceeded.",
+            errors.RequestLimitError,
+        ),
+    ],
+)
+def test_request_limits_apart_by_their_message(message: str, expected: type) -> None:
+    cls = request_error_class(403, "REQUEST_LIMIT_EXCEEDED", message)
+    assert cls is expected
+    if cls is errors.ApiBudgetReached:
+        assert not issubclass(cls, errors.TransientError | errors.TerminalError)
