@@ -152,6 +152,13 @@ REQUEST_RULES: Mapping[tuple[int, str | None], RequestRule] = {
     (500, None): errors.ServerError,
 }
 
+# (status, errorCode, text in the message) -> class, looked up before REQUEST_RULES. The
+# daily allocation spent and a concurrency cap share one code (salesforce-api.md B3); only
+# the concurrency cap clears within a run, so the spent allocation defers the run instead.
+REQUEST_MESSAGE_RULES: tuple[tuple[int, str, str, RequestRule], ...] = (
+    (403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests", errors.ApiBudgetReached),
+)
+
 # Hints that turn a terse code into something a person can act on.
 REQUEST_HINTS: Mapping[int, str] = {
     400: "the request does not fit this org: check the stream's sobject, fields and api_version",
@@ -166,6 +173,9 @@ def request_error_class(status: int, error_code: str | None, message: str = "") 
         error_code == code and pattern.search(message) for code, pattern in PAYLOAD_400S
     ):
         return errors.RequestPayloadError
+    for rule_status, code, text, cls in REQUEST_MESSAGE_RULES:
+        if status == rule_status and error_code == code and text in message:
+            return cls
     for key in ((status, error_code), (status, None), (status // 100 * 100, None)):
         rule = REQUEST_RULES.get(key)
         if rule is not None:

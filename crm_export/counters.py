@@ -1,10 +1,9 @@
 """A run's counters as crm-export shows them outside the core: in the progress display and
 log, the daemon's heartbeat and metrics, and ``status``.
 
-Issue 13 renames the counters so that each record is counted once (``exported``,
-``unchanged``, ``failed``, ``paused``, ``superseded``, summing to ``read``). Until that lands
-the core still has today's ``exported``, ``failed`` and ``skipped``; this module is the one
-place that reads them, so the rename is one edit here and nowhere else.
+Each record a run reads is counted once (``ports.RunCounts``): ``read = exported +
+unchanged + failed + paused + superseded``. This module is the one place that turns them
+into the metrics' outcomes and reads them back from export_runs.
 """
 
 from __future__ import annotations
@@ -15,28 +14,30 @@ from typing import Any
 from crm_export.export import StreamResult
 
 # The outcomes a record read by a run is counted under (the metric's ``outcome`` label).
-RECORD_OUTCOMES: tuple[str, ...] = ("exported", "failed", "skipped")
+RECORD_OUTCOMES: tuple[str, ...] = ("exported", "unchanged", "failed", "paused", "superseded")
 
 # The export_runs column behind each counter of ``run_counts``.
 RUN_COLUMNS: Mapping[str, str] = {
     "read": "records_read",
-    "exported": "records_exported",
-    "failed": "records_failed",
-    "skipped": "records_skipped",
+    **{outcome: f"records_{outcome}" for outcome in RECORD_OUTCOMES},
+    "late": "records_late",
     "api_calls": "api_calls",
+    "logins": "logins",
 }
 
 
 def record_counts(result: StreamResult) -> dict[str, int]:
     """The run's records by outcome, in ``RECORD_OUTCOMES`` order."""
-    return {"exported": result.exported, "failed": result.failed, "skipped": result.skipped}
+    counts = result.counts
+    return {outcome: getattr(counts, outcome) for outcome in RECORD_OUTCOMES}
 
 
 def run_counts(result: StreamResult) -> dict[str, int]:
-    """Every counter of a run so far: ``read``, the records by outcome and ``api_calls``."""
-    return {"read": result.read, **record_counts(result), "api_calls": result.api_calls}
+    """Every counter of a run so far: ``read``, the records by outcome, ``late`` and the
+    calls."""
+    return {name: getattr(result.counts, name) for name in RUN_COLUMNS}
 
 
 def run_row_counts(row: Mapping[str, Any]) -> dict[str, int]:
     """``run_counts`` of an export_runs row (as committed with the run's last batch)."""
-    return {name: int(row[column] or 0) for name, column in RUN_COLUMNS.items()}
+    return {name: int(row.get(column) or 0) for name, column in RUN_COLUMNS.items()}

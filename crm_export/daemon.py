@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
@@ -235,6 +235,7 @@ class Daemon:
                     seconds=round((finished - started).total_seconds(), 3),
                 )
                 self._last_jobs[job_id] = {"finished_at": _iso(finished), "outcomes": outcomes}
+                self._config_refused(results or ())
             except OrgMismatchError as exc:
                 # A value the other side refuses (an API version the org does not serve)
                 # fails every run alike until the file is fixed: exit 2, as at start.
@@ -252,6 +253,32 @@ class Daemon:
                 self._last_jobs[job_id] = {"finished_at": _iso(datetime.now(UTC)), "crashed": True}
             finally:
                 self._running.end()
+
+    def _config_refused(self, results: Iterable[Any]) -> None:
+        """Streams that failed on a config value the org refuses (``StreamResult.config_key``):
+        each is logged as ``config_invalid``. A [salesforce] key (an API version the org does
+        not serve, a login URL that cannot be right) fails every stream alike until the file
+        is fixed, so the daemon stops with exit 2, as at start; a stream's own key (a mapped
+        field the object lacks) fails that stream only, and the others go on."""
+        fatal = False
+        for result in results:
+            key = getattr(result, "config_key", None)
+            if not key:
+                continue
+            fatal = fatal or key.startswith("salesforce.")
+            log.error(
+                "config_invalid",
+                path=str(self.config.path) if self.config else None,
+                key=key,
+                stream=result.stream,
+                problems=[result.error],
+                detail=f"stopping (exit code {EXIT_CONFIG}); fix the file and start again"
+                if key.startswith("salesforce.")
+                else "this stream fails at every run until the file is fixed; the others go on",
+            )
+        if fatal:
+            self.exit_code = EXIT_CONFIG
+            self._begin_stop()
 
     def _on_scheduler_event(self, event: JobEvent) -> None:
         if event.job_id not in JOB_IDS:

@@ -66,6 +66,23 @@ class StreamChangedError(TransientError):
     operator's change, and the run stops. The next run starts from the new state."""
 
 
+class ApiBudgetReached(CrmExportError):
+    """The org's daily API usage is at the line crm-export may spend up to
+    (``[salesforce] max_api_usage_percent``), or Salesforce refused a call because the
+    allocation is spent (403 REQUEST_LIMIT_EXCEEDED "TotalRequests Limit exceeded.").
+
+    Neither transient (retrying within the run spends what is not there) nor terminal
+    (nothing is wrong): the run stops sending and is ``deferred``; a later run resumes once
+    usage is below the line. ``line`` is None when the org itself refused the call.
+    """
+
+    def __init__(self, message: str, *, used: int | None, limit: int | None, line: int | None):
+        super().__init__(message)
+        self.used = used
+        self.limit = limit
+        self.line = line
+
+
 class SalesforceConfigurationError(TerminalError):
     """Affects every record alike: bad credentials, unknown object or field, no access."""
 

@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from crm_export.counters import RECORD_OUTCOMES, record_counts
 from crm_export.export import StreamProgress
+from crm_export.ports import ApiUsage
 from crm_export.watch import Watch
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ class Metrics(Watch):
         self._counted: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
         self.sink: SalesforceSink | None = None
-        self.last_usage: tuple[int, int] | None = None
+        self.last_usage: ApiUsage | None = None
 
     def know_streams(self, streams: Iterable[str]) -> None:
         """Start each stream's record counters at 0, so the first increase is seen."""
@@ -180,8 +181,8 @@ class Metrics(Watch):
         self.last_usage = self.api_usage()
         self.sink = sink
 
-    def api_usage(self) -> tuple[int, int] | None:
-        """The org's (used, allocation) as the last answer from Salesforce reported it."""
+    def api_usage(self) -> ApiUsage | None:
+        """The org's usage as the last answer from Salesforce reported it."""
         sink = self.sink
         usage = sink.api_usage if sink is not None else None
         return usage if usage is not None else self.last_usage
@@ -193,14 +194,14 @@ class _ApiUsage(Collector):
 
     def collect(self) -> Iterator[Metric]:
         usage = self.metrics.api_usage()
-        if usage is None or usage[1] <= 0:
+        if usage is None or usage.max <= 0:
             return
         gauge = GaugeMetricFamily(
             "crm_export_org_api_usage_percent",
             "The org's daily API requests used, in percent of its allocation, as the last "
             "answer from Salesforce reported (Sforce-Limit-Info).",
         )
-        gauge.add_metric([], 100.0 * usage[0] / usage[1])
+        gauge.add_metric([], 100.0 * usage.used / usage.max)
         yield gauge
 
 

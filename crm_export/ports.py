@@ -7,7 +7,7 @@ rows, positions, ExportErrors, runs) and a ``Sink`` (Salesforce upserts) and not
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -28,6 +28,9 @@ class RunOutcome(StrEnum):
     COMPLETED = "completed"
     PAUSED = "paused"
     FAILED = "failed"
+    # The org's API usage reached [salesforce] max_api_usage_percent: the stream stopped
+    # sending, its position holds, and a later run resumes once usage is below the line.
+    DEFERRED = "deferred"
     # Left "running" by a runner that died; marked so by the next runner that takes the lock.
     INTERRUPTED = "interrupted"
 
@@ -114,6 +117,8 @@ class StreamState:
     paused: PausedRecord | None = None
     # Where late commits are searched from (PostgreSQL sources); opaque to the core.
     source_snapshot: str | None = None
+    # `crm-export stream resync` asked the next CRMExport run to send every row again.
+    resync_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,46 @@ class StreamSource:
     query: str | None = None
 
 
+@dataclass(frozen=True)
+class RunCounts:
+    """A run's counters (and one acknowledgement's share of them).
+
+    Each row read is counted once: ``read = exported + unchanged + failed + paused +
+    superseded``. ``late`` is an "of which" count (those rows are also in one of the five),
+    and the calls are not rows. README's export_runs table documents each; metrics and logs
+    use these names.
+    """
+
+    read: int = 0
+    exported: int = 0  # sent, and Salesforce accepted them
+    unchanged: int = 0  # not sent: Salesforce already holds this payload (its fingerprint)
+    failed: int = 0  # rejected, ExportErrors row open, the stream did not wait for it
+    paused: int = 0  # rejected in pause mode: the stream halts at it (0 or 1 per run)
+    superseded: int = 0  # not sent: a later row of the same batch has the same key
+    late: int = 0  # of the above, rows found behind the position whose payload had changed
+    api_calls: int = 0  # requests charged against the org's daily API allocation
+    logins: int = 0  # OAuth token requests, which Salesforce does not charge
+
+    def __add__(self, other: RunCounts) -> RunCounts:
+        return RunCounts(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+COUNTER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunCounts))
+
+
+@dataclass(frozen=True)
+class ApiUsage:
+    """The org's daily API usage, as Salesforce reported it (``api-usage=used/max``)."""
+
+    used: int
+    max: int
+
+
 class _Unchanged:
     def __repr__(self) -> str:
         return "UNCHANGED"
@@ -159,11 +204,13 @@ class BatchAck:
     failures: list[RecordFailure] = field(default_factory=list)
     resolved_keys: list[str] = field(default_factory=list)
     source_deleted_keys: list[str] = field(default_factory=list)
-    read: int = 0
-    exported: int = 0
-    failed: int = 0
-    skipped: int = 0
-    api_calls: int = 0
+    # record_key -> fingerprint of the payload Salesforce accepted in this batch.
+    fingerprints: dict[str, bytes] = field(default_factory=dict)
+    # Forget every fingerprint of the stream first (a resync: every row is sent again).
+    forget_fingerprints: bool = False
+    # True to ask the next CRMExport run to resync, False to clear the request, or UNCHANGED.
+    resync_requested: bool = UNCHANGED
+    counts: RunCounts = field(default_factory=RunCounts)
 
 
 @dataclass(frozen=True)
@@ -253,7 +300,20 @@ class SObjectDescribe:
 class Store(Protocol):
     def begin_run(self, job_id: str, stream: str) -> int: ...
 
-    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None: ...
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        error: str | None = None,
+        *,
+        tail: RunCounts | None = None,
+        usage: ApiUsage | None = None,
+    ) -> None:
+        """Close a run: its outcome, the counters no acknowledgement carried (``tail``: the
+        calls of a batch that ended in failure) and the org's API usage as last seen."""
+
+    def last_api_usage(self) -> ApiUsage | None:
+        """The org's API usage as the latest run that saw it recorded it, if any."""
 
     def load_state(self, stream: str) -> StreamState: ...
 
@@ -284,7 +344,22 @@ class Store(Protocol):
         """Rows at or before ``upto`` that may have committed after ``snapshot`` was taken:
         they sort behind the position but were not visible when it moved past them."""
 
+    def read_window(
+        self,
+        source: StreamSource,
+        since: SourceValue,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        """Rows whose order_by is at least ``since`` and that sort at or before ``upto``
+        (after ``after``), in (order_by, key) order: the lookback window behind a position."""
+
     def open_errors(self, stream: str, after_id: int = 0, limit: int = 200) -> list[OpenError]: ...
+
+    def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """The fingerprints of what Salesforce last accepted for these records, except for
+        records with an open ExportErrors row (those are always sent). One query per call."""
 
     def acknowledge(self, ack: BatchAck) -> None: ...
 
@@ -293,12 +368,27 @@ class Sink(Protocol):
     """Salesforce as the core sees it. Request-level retries happen behind this port.
 
     ``upsert`` returns one result per record, in request order, or raises a
-    ``TransientError`` (budget spent; the run fails and resumes later) or a
-    ``TerminalError`` (configuration-class; the run fails with a message for a person).
+    ``TransientError`` (retry budget spent; the run fails and resumes later), a
+    ``TerminalError`` (configuration-class; the run fails with a message for a person) or
+    ``ApiBudgetReached`` (the org's API usage is at the line; nothing was sent, the run is
+    deferred).
     """
 
     @property
-    def api_calls(self) -> int: ...
+    def api_calls(self) -> int:
+        """Requests charged against the org's API allocation, so far."""
+
+    @property
+    def logins(self) -> int:
+        """OAuth token requests so far (not charged by Salesforce)."""
+
+    @property
+    def api_usage(self) -> ApiUsage | None:
+        """The org's usage as the latest answer to this sink reported it (None before)."""
+
+    def hint_api_usage(self, usage: ApiUsage) -> None:
+        """The usage an earlier run last saw: if it was at the budget line, the sink asks
+        /limits (one call) before it spends anything else."""
 
     def upsert(
         self,

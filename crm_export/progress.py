@@ -37,7 +37,7 @@ def figures(progress: StreamProgress, elapsed: float) -> dict[str, Any]:
     work was not counted (the re-export); ``eta_seconds`` also while nothing is done yet.
     """
     result = progress.result
-    done = result.read
+    done = result.counts.read
     pending = None if progress.pending is None else max(0, progress.pending - done)
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = pending / rate if pending is not None and rate > 0 else None

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from enum import Enum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -35,10 +36,11 @@ from simple_salesforce.exceptions import SalesforceError
 from urllib3.exceptions import ProtocolError, SSLError
 from urllib3.util.retry import Retry
 
+from crm_export.budget import ApiBudget
 from crm_export.classify import REQUEST_HINTS, request_error_class
 from crm_export.config import AUTH_NEEDS, RetryConfig, SalesforceConfig, Secret
 from crm_export.errors import (
-    CrmExportError,
+    ApiBudgetReached,
     NetworkError,
     OrgMismatchError,
     RequestLimitError,
@@ -49,7 +51,7 @@ from crm_export.errors import (
     SessionExpiredError,
     TransientError,
 )
-from crm_export.ports import RecordError, SObjectDescribe, UpsertResult
+from crm_export.ports import ApiUsage, RecordError, SObjectDescribe, UpsertResult
 from crm_export.retry import Backoff, Clock, call_with_retries
 
 log = structlog.get_logger("crm_export.salesforce")
@@ -196,6 +198,83 @@ class _TrustAdapter(HTTPAdapter):
         conn.ca_cert_dir = None
 
 
+class CallKind(Enum):
+    API = "api"  # charged against the org's daily API allocation
+    LOGIN = "login"  # an OAuth token request: counted apart, never charged
+    FREE = "free"  # the versions list (GET /services/data/): no authentication, not charged
+
+
+def call_kind(url: str) -> CallKind:
+    """What Salesforce charges for a request to ``url``.
+
+    OAuth token requests are not charged against the allocation (logins have a login rate
+    limit of their own: sforce_api_calls_login.htm; LimitInfoHeader is returned by "all
+    calls, except for login()": sforce_api_header_limitinfo.htm; salesforce-api.md D), and
+    neither is the versions list, which needs no session. Anything else is counted as
+    charged, failed attempts included: over-counting is the safe side of a budget.
+    """
+    path = urlsplit(url).path
+    if path.startswith(("/services/oauth2/", "/services/Soap/u/")):
+        return CallKind.LOGIN
+    if path.rstrip("/") == "/services/data":
+        return CallKind.FREE
+    return CallKind.API
+
+
+def usage_from_header(header: str | None) -> ApiUsage | None:
+    """The org's usage from ``Sforce-Limit-Info``, in any of its forms: ``api-usage=N/M``,
+    ``api-usage=N/M; api-bursts=B/E``, ``...; per-app-api-usage=...``, in any order.
+
+    simple-salesforce's parser reads ``api-usage`` at the start of the header only, so each
+    ``;``-separated part is handed to it on its own; anything it cannot read is ignored.
+    """
+    if not header:
+        return None
+    for part in header.split(";"):
+        usage = Salesforce.parse_api_usage(part.strip()).get("api-usage")
+        if usage is not None and usage.total > 0:
+            return ApiUsage(int(usage.used), int(usage.total))
+    return None
+
+
+def usage_from_limits(body: Any) -> ApiUsage | None:
+    """``DailyApiRequests`` of a /limits answer (``{"Max": n, "Remaining": n}``)."""
+    daily = body.get("DailyApiRequests") if isinstance(body, Mapping) else None
+    if not isinstance(daily, Mapping):
+        return None
+    limit, remaining = daily.get("Max"), daily.get("Remaining")
+    if not isinstance(limit, int) or not isinstance(remaining, int) or limit <= 0:
+        return None
+    return ApiUsage(max(0, limit - remaining), limit)
+
+
+class CountingSession(HttpSession):
+    """An ``HttpSession`` that counts what Salesforce charges apart from logins, and hands
+    the usage every answer reports (``Sforce-Limit-Info``, errors included) to ``on_usage``."""
+
+    def __init__(
+        self, timeout: float, trust: ssl.SSLContext, on_usage: Callable[[ApiUsage], None]
+    ) -> None:
+        super().__init__(timeout, trust)
+        self.charged = 0
+        self.logins = 0
+        self.on_usage = on_usage
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        kind = call_kind(url.decode() if isinstance(url, bytes) else url)
+        if kind is CallKind.API:
+            self.charged += 1
+        elif kind is CallKind.LOGIN:
+            self.logins += 1
+        response = super().request(method, url, *args, **kwargs)
+        usage = usage_from_header(response.headers.get("Sforce-Limit-Info"))
+        if usage is not None:
+            self.on_usage(usage)
+        return response
+
+
 def trust_store(ca_bundle: Path | None) -> ssl.SSLContext:
     """The public CAs, plus ``ca_bundle`` when one is configured.
 
@@ -332,14 +411,16 @@ class SalesforceSink:
             retry.initial_backoff_seconds,
             retry.max_backoff_seconds,
         )
-        self.session = HttpSession(cfg.timeout_seconds, trust_store(cfg.ca_bundle))
+        self.budget = ApiBudget(cfg.max_api_usage_percent)
+        self.session = CountingSession(
+            cfg.timeout_seconds, trust_store(cfg.ca_bundle), self.budget.seen
+        )
         self.session.on_call = on_call
         # Told the class name of each transient error a request is retried after.
         self.on_retry = on_retry
         self.auth = Authenticator(cfg, self.session)
         self._client: Salesforce | None = None
         self._version_served = False
-        self.api_usage: tuple[int, int] | None = None
         # One describe per object for the sink's life (one run): fields change rarely, and
         # a describe costs an API call.
         self._describes: dict[str, SObjectDescribe | None] = {}
@@ -349,21 +430,29 @@ class SalesforceSink:
 
     @property
     def api_calls(self) -> int:
-        return self.session.calls
+        return self.session.charged
+
+    @property
+    def logins(self) -> int:
+        return self.session.logins
+
+    @property
+    def api_usage(self) -> ApiUsage | None:
+        """As an answer to this sink reported it (a hint from an earlier run is not)."""
+        return self.budget.usage if self.budget.fresh else None
+
+    def hint_api_usage(self, usage: ApiUsage) -> None:
+        self.budget.hint(usage)
+
+    def read_limits(self) -> ApiUsage | None:
+        """GET /limits (one charged call): the org's DailyApiRequests, now."""
+        usage = usage_from_limits(self._request("GET", "limits/", None, governed=False))
+        if usage is not None:
+            self.budget.seen(usage)
+        return usage
 
     def close(self) -> None:
         self.session.close()
-
-    def connect(self) -> None:
-        """Log in and check that the org serves ``salesforce.api_version``, before any stream
-        runs, so a version it does not serve stops the command (exit 2) instead of failing
-        every stream. Any other trouble is left for the first call to retry and report."""
-        try:
-            self._login()
-        except OrgMismatchError:
-            raise
-        except CrmExportError as exc:
-            log.info("salesforce_connect_deferred", error=str(exc))
 
     def _login(self) -> Salesforce:
         if self._client is None:
@@ -452,8 +541,12 @@ class SalesforceSink:
         *,
         params: Mapping[str, str] | None = None,
         missing_ok: bool = False,
+        governed: bool = True,
     ) -> Any:
         def attempt() -> Any:
+            if governed:
+                # Before every charged call, retries included: at most one call past the line.
+                self.budget.before_call(self.read_limits)
             # A token can expire between any two calls; a fresh one fixes that, but a 401
             # that survives several fresh tokens is a person's problem, not a retry's.
             for _ in range(self.cfg.max_reauth + 1):
@@ -492,7 +585,6 @@ class SalesforceSink:
         except SalesforceError as exc:
             self._reached = True
             if missing_ok and exc.status == 404:
-                self._note_usage()
                 return None
             raise self._translate(exc) from exc
         except requests.RequestException as exc:
@@ -500,7 +592,6 @@ class SalesforceSink:
                 self._fail_fast(exc, "salesforce.instance_url", self.cfg.instance_url or "")
             raise network_error(exc, self.cfg.login_url) from exc
         self._reached = True
-        self._note_usage()
         return result
 
     def _token(self) -> Token:
@@ -534,6 +625,8 @@ class SalesforceSink:
         text = f"HTTP {exc.status} {code or ''} from {exc.resource_name}: {message}".replace(
             "  ", " "
         )
+        if cls is ApiBudgetReached:
+            return self.budget.spent()
         if cls is RequestPayloadError:
             response = self.session.last_response
             body = response.request.body if response is not None else None
@@ -544,14 +637,6 @@ class SalesforceSink:
             return cls(text, retry_after=_retry_after(self.session.last_response))
         hint = REQUEST_HINTS.get(exc.status)
         return cls(f"{text} ({hint})" if hint else text)
-
-    def _note_usage(self) -> None:
-        response = self.session.last_response
-        header = response.headers.get("Sforce-Limit-Info") if response is not None else None
-        if header:
-            usage = Salesforce.parse_api_usage(header).get("api-usage")
-            if usage is not None:
-                self.api_usage = (usage.used, usage.total)
 
     def _on_retry(self, attempt: int, wait: float, exc: TransientError) -> None:
         log.warning(

@@ -14,18 +14,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from crm_export.budget import ApiBudget
 from crm_export.errors import CrmExportError, RequestPayloadError, SourceError
 from crm_export.ports import (
     UNCHANGED,
+    ApiUsage,
     BatchAck,
     ErrorStatus,
     FieldDescribe,
     OpenError,
     Position,
     RecordError,
+    RunCounts,
     RunOutcome,
     SObjectDescribe,
     SourceRow,
+    SourceValue,
     StreamSource,
     StreamState,
     UpsertResult,
@@ -60,11 +64,8 @@ class RunRow:
     stream: str
     outcome: RunOutcome = RunOutcome.RUNNING
     error: str | None = None
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            ("read", "exported", "failed", "skipped", "api_calls"), 0
-        )
-    )
+    counts: RunCounts = field(default_factory=RunCounts)
+    usage: ApiUsage | None = None
 
 
 def _sort_key(row: SourceRow) -> tuple[Any, ...]:
@@ -102,6 +103,10 @@ class InMemoryStore:
         self.states: dict[str, StreamState] = {}
         self.errors: list[ErrorRow] = []
         self.runs: list[RunRow] = []
+        # (stream, record_key) -> fingerprint of what Salesforce last accepted.
+        self.fingerprints: dict[tuple[str, str], bytes] = {}
+        # How many fingerprint lookups were asked (the core must ask once per batch).
+        self.fingerprint_queries = 0
         # Raise this from the next acknowledge, before anything changes (a crash mid-commit).
         self.fail_next_ack: Exception | None = None
 
@@ -141,6 +146,24 @@ class InMemoryStore:
     ) -> list[SourceRow]:
         return []
 
+    def read_window(
+        self,
+        source: StreamSource,
+        since: SourceValue,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        upper = _order(upto.order_value, upto.key)
+        rows = [
+            r
+            for r in sorted(self.rows.get(source.name, []), key=_sort_key)
+            if r.order_value is not None and r.order_value >= since and _sort_key(r) <= upper
+        ]
+        if after is not None:
+            rows = [r for r in rows if _sort_key(r) > _order(after.order_value, after.key)]
+        return rows[:limit]
+
     def read_by_keys(self, source: StreamSource, keys: Sequence[str]) -> dict[str, SourceRow]:
         wanted = set(keys)
         return {
@@ -154,9 +177,35 @@ class InMemoryStore:
         self.runs.append(RunRow(len(self.runs) + 1, job_id, stream))
         return len(self.runs)
 
-    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        error: str | None = None,
+        *,
+        tail: RunCounts | None = None,
+        usage: ApiUsage | None = None,
+    ) -> None:
         run = self.runs[run_id - 1]
         run.outcome, run.error = outcome, error
+        run.counts += tail or RunCounts()
+        run.usage = usage or run.usage
+
+    def last_api_usage(self) -> ApiUsage | None:
+        return next((r.usage for r in reversed(self.runs) if r.usage is not None), None)
+
+    def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
+        self.fingerprint_queries += 1
+        failing = {e.record_key for e in self.open_error_rows(stream)}
+        return {
+            key: self.fingerprints[(stream, key)]
+            for key in keys
+            if (stream, key) in self.fingerprints and key not in failing
+        }
+
+    def request_resync(self, stream: str) -> None:
+        state = self.states.get(stream, StreamState(stream))
+        self.states[stream] = replace(state, resync_requested=True)
 
     def load_state(self, stream: str) -> StreamState:
         return self.states.get(stream, StreamState(stream))
@@ -190,7 +239,13 @@ class InMemoryStore:
             state = replace(state, paused=ack.pause)
         if ack.source_snapshot is not UNCHANGED:
             state = replace(state, source_snapshot=ack.source_snapshot)
+        if ack.resync_requested is not UNCHANGED:
+            state = replace(state, resync_requested=bool(ack.resync_requested))
         states[ack.stream] = state
+        fingerprints = dict(self.fingerprints)
+        if ack.forget_fingerprints:
+            fingerprints = {k: v for k, v in fingerprints.items() if k[0] != ack.stream}
+        fingerprints.update({(ack.stream, key): v for key, v in ack.fingerprints.items()})
         for failure in ack.failures:
             open_row = self._find_open(errors, ack.stream, failure.record_key)
             if open_row is None:
@@ -221,9 +276,8 @@ class InMemoryStore:
                 if open_row is not None:
                     open_row.status = status
         run = self.runs[ack.run_id - 1]
-        for name in ("read", "exported", "failed", "skipped", "api_calls"):
-            run.counts[name] += getattr(ack, name)
-        self.states, self.errors = states, errors
+        run.counts += ack.counts
+        self.states, self.errors, self.fingerprints = states, errors, fingerprints
 
     @staticmethod
     def _find_open(errors: list[ErrorRow], stream: str, key: str) -> ErrorRow | None:
@@ -281,6 +335,9 @@ class InMemorySink:
         rules: Sequence[Rule] = (),
         payload_rules: Sequence[Rule] = (),
         describes: Iterable[SObjectDescribe] = (),
+        *,
+        api_limit: int | None = None,
+        max_api_usage_percent: int = 100,
     ) -> None:
         self.rules: list[Rule] = list(rules)
         self.payload_rules: list[Rule] = list(payload_rules)
@@ -299,10 +356,40 @@ class InMemorySink:
         # external ID -> how many more times it fails with UNABLE_TO_LOCK_ROW.
         self.locks: dict[str, int] = {}
         self._calls = 0
+        # The org's daily allocation (None: not reported) and its usage by everyone;
+        # ``org_used`` may be raised by a test to play the org's other integrations.
+        self.api_limit = api_limit
+        self.org_used = 0
+        self.budget = ApiBudget(max_api_usage_percent)
+        self.limits_reads = 0
 
     @property
     def api_calls(self) -> int:
         return self._calls
+
+    @property
+    def logins(self) -> int:
+        return 0
+
+    @property
+    def api_usage(self) -> ApiUsage | None:
+        """As an answer to this sink reported it (a hint from an earlier run is not)."""
+        return self.budget.usage if self.budget.fresh else None
+
+    def hint_api_usage(self, usage: ApiUsage) -> None:
+        self.budget.hint(usage)
+
+    def _charge(self) -> None:
+        """One charged call, answered with the usage it brings the org to."""
+        self._calls += 1
+        self.org_used += 1
+        if self.api_limit is not None:
+            self.budget.seen(ApiUsage(self.org_used, self.api_limit))
+
+    def read_limits(self) -> ApiUsage | None:
+        self.limits_reads += 1
+        self._charge()
+        return self.budget.usage
 
     def upsert(
         self,
@@ -312,7 +399,10 @@ class InMemorySink:
         *,
         all_or_none: bool,
     ) -> list[UpsertResult]:
-        self._calls += 1
+        self.budget.before_call(self.read_limits)
+        if self.api_limit is not None and self.org_used >= self.api_limit:
+            raise self.budget.spent()  # the org's own refusal: 403 TotalRequests
+        self._charge()
         ids = [str(r[external_id_field]) for r in records]
         self.requests.append((all_or_none, ids))
         if self.request_faults:
@@ -358,14 +448,17 @@ class InMemorySink:
         return None
 
     def describe(self, sobject: str) -> SObjectDescribe | None:
-        self._calls += 1
+        # Charged and governed like any API call, as SalesforceSink's are.
+        self.budget.before_call(self.read_limits)
+        self._charge()
         self.described.append(sobject)
         if sobject.casefold() in {m.casefold() for m in self.missing}:
             return None
         return self.describes.get(sobject.casefold()) or Undescribed(sobject, ())
 
     def query(self, soql: str) -> list[dict[str, Any]]:
-        self._calls += 1
+        self.budget.before_call(self.read_limits)
+        self._charge()
         match = _QUERY.match(soql.strip())
         if match is None:
             raise ValueError(f"InMemorySink.query reads SELECT ... WHERE F IN (...) only: {soql}")

@@ -12,19 +12,38 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
 from crm_export.config.relations import dependencies
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
-from crm_export.export import Exporter, ExportPolicy, StreamPlan, StreamResult
+from crm_export.export import Exporter, ExportPolicy, Lookback, StreamPlan, StreamResult
+from crm_export.export.lookback import mismatch
 from crm_export.mapping import FieldMap, Lookup
-from crm_export.ports import (
-    StreamSource,
-)
+from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
 from crm_export.store import SqlStore, migrations, preflight_source
+from crm_export.store.sources import SourceReader
 from crm_export.stream_order import dependency_order
 from crm_export.watch import Watch
+
+# The lookback of a stream that sets none, where writers can commit out of order: wide
+# enough for any transaction of an application's (minutes at most), re-read on every run.
+# SQLite has one writer at a time, so rows commit in order; PostgreSQL tables are rescanned
+# by xmin instead (store/sources.py read_late). Everything else (PostgreSQL queries, MySQL,
+# SQL Server...) gets it.
+DEFAULT_LOOKBACK = Lookback(seconds=600.0, rows=1000)
+
+
+def lookback_for(stream: StreamConfig) -> Lookback:
+    """The stream's lookback: as configured (strict), or the default for its database."""
+    if stream.lookback_seconds is not None or stream.lookback_rows is not None:
+        return Lookback(stream.lookback_seconds or 0.0, stream.lookback_rows or 0, strict=True)
+    backend = make_url(stream.source_url).get_backend_name()
+    if backend == "sqlite" or (backend == "postgresql" and stream.table is not None):
+        return Lookback()
+    return DEFAULT_LOOKBACK
 
 
 def stream_plan(stream: StreamConfig, index: int | None = None) -> StreamPlan:
@@ -49,6 +68,7 @@ def stream_plan(stream: StreamConfig, index: int | None = None) -> StreamPlan:
         ),
         pause_on_error=stream.pause_on_error,
         config_path=stream_key_path(index, stream.name) if index is not None else "",
+        lookback=lookback_for(stream),
     )
 
 
@@ -74,8 +94,27 @@ def check_sources(config: Config) -> None:
             problems.append(
                 f"{where}.{'table' if stream.table else 'query'}: {_reason(stream, exc)}"
             )
+        else:
+            problems += _lookback_problems(stream, where)
     if problems:
         raise ConfigError(str(config.path), problems)
+
+
+def _lookback_problems(stream: StreamConfig, where: str) -> list[str]:
+    """A lookback set for an order_by it cannot measure, found from the newest order value
+    (a source with no row yet has nothing to tell: the run checks again)."""
+    plan = stream_plan(stream)
+    if not plan.lookback.strict or not (plan.lookback.seconds or plan.lookback.rows):
+        return []
+    reader = SourceReader()
+    try:
+        value = reader.latest_order_value(plan.source)
+    except (SourceError, TransientError):
+        return []
+    finally:
+        reader.close()
+    error = mismatch(value, plan.lookback, stream.order_by)
+    return [] if error is None else [f"{where}.{error.key}: {error}"]
 
 
 def _reason(stream: StreamConfig, exc: Exception) -> str:
@@ -201,8 +240,6 @@ def open_runtime(
         stack.callback(sink.close)
         if watch is not None:
             watch.sink_opened(sink)
-        # Before any stream: an API version the org does not serve is the config's fault.
-        sink.connect()
         exporter = Exporter(
             store,
             sink,

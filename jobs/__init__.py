@@ -1,6 +1,6 @@
 """The two scheduled jobs, by id. Each only wires the config to the export core.
 
-Installed as ``crm_export.jobs`` (pyproject's package-dir): the wheel has one import name.
+Installed as ``crm_export.jobs`` (through a symlink): the wheel has one import name.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from . import crm_export, crm_export_export_error
 
 class Job(Protocol):
     def __call__(
-        self, config: Config, stop: threading.Event | None = None, watch: Watch | None = None
+        self,
+        config: Config,
+        stop: threading.Event | None = None,
+        watch: Watch | None = None,
+        *,
+        resend_all: bool = False,
     ) -> list[StreamResult]: ...
 
 

@@ -11,7 +11,14 @@ from crm_export.wiring import open_runtime
 
 
 def run(
-    config: Config, stop: threading.Event | None = None, watch: Watch | None = None
+    config: Config,
+    stop: threading.Event | None = None,
+    watch: Watch | None = None,
+    *,
+    resend_all: bool = False,
 ) -> list[StreamResult]:
+    """``resend_all`` (``--resend-all``): send every row read, whatever Salesforce holds."""
     with open_runtime(config, stop, watch) as runtime:
-        return [runtime.exporter.export_stream(plan) for plan in runtime.plans]
+        return [
+            runtime.exporter.export_stream(plan, resend_all=resend_all) for plan in runtime.plans
+        ]

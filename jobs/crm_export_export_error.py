@@ -11,7 +11,13 @@ from crm_export.wiring import open_runtime
 
 
 def run(
-    config: Config, stop: threading.Event | None = None, watch: Watch | None = None
+    config: Config,
+    stop: threading.Event | None = None,
+    watch: Watch | None = None,
+    *,
+    resend_all: bool = False,
 ) -> list[StreamResult]:
+    """``resend_all`` changes nothing here: this job always sends every record it reads."""
+    del resend_all
     with open_runtime(config, stop, watch) as runtime:
         return [runtime.exporter.reexport_stream(plan) for plan in runtime.plans]

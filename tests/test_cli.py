@@ -86,7 +86,10 @@ def test_job_prints_a_summary_per_stream_and_exits_0_when_paused(
     env = {"SF_CLIENT_SECRET": sandbox.client_secret}
     done = crm_export("job", "CRMExport", "--config", str(config), env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("CRMExport contacts: paused - read 2, exported 1, failed 1")
+    assert done.stdout.startswith(
+        "CRMExport contacts: paused - read 2 = exported 1 + unchanged 0 + failed 0 + paused 1 "
+        "+ superseded 0; API calls 3, logins 1"  # the describe of Contact, then two upserts
+    )
     assert "paused at record 2 (INVALID_EMAIL_ADDRESS" in done.stdout
     assert '"event": "record_failed"' in done.stderr and '"key": "2"' in done.stderr
     assert sandbox.client_secret not in done.stdout + done.stderr
@@ -154,8 +157,11 @@ def test_demo_runs_the_main_job_on_the_embedded_defaults(tmp_path: Path) -> None
     done = crm_export("demo", "--dir", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr
     # The accounts go first, though the file lists contacts first: contacts look them up.
-    accounts_line = done.stdout.index("CRMExport accounts: completed - read 3, exported 3")
-    assert accounts_line < done.stdout.index("CRMExport contacts: paused - read 8, exported 7")
+    accounts_line = done.stdout.index("CRMExport accounts: completed - read 3 = exported 3")
+    contacts = (
+        "CRMExport contacts: paused - read 8 = exported 7 + unchanged 0 + failed 0 + paused 1"
+    )
+    assert accounts_line < done.stdout.index(contacts)
     assert "paused at record 8 (FIELD_CUSTOM_VALIDATION_EXCEPTION" in done.stdout
     # Each exported contact points at its account, found by the account's external ID.
     with sqlite3.connect(tmp_path / "demo" / "sandbox-records.db") as org:

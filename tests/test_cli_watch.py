@@ -100,7 +100,9 @@ def test_job_on_a_terminal_shows_a_progress_line_per_stream(
         tmp_path,
     )
     assert code == 0, terminal
-    assert stdout.startswith("CRMExport contacts: completed - read 450, exported 450")
+    assert stdout.startswith(
+        "CRMExport contacts: completed - read 450 = exported 450 + unchanged 0"
+    )
     assert "CRMExport contacts" in terminal
     assert "450 of 450" in terminal and "records/s" in terminal and "completed" in terminal
     # Log lines print above the display, in the console format, not as JSON.
@@ -175,14 +177,19 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def a_run_in_progress(tmp: Path, done: int) -> int:
     """What the state database holds while CRMExport is ``done`` rows into the stream: the
     run's row, its counters and the position, as the runner commits them per batch."""
-    from crm_export.ports import BatchAck, JobId, Position
+    from crm_export.ports import BatchAck, JobId, Position, RunCounts
     from crm_export.wiring import open_store
 
     with open_store(f"sqlite:///{tmp / 'state.db'}") as store:
         run_id = store.begin_run(JobId.EXPORT, "contacts")
         last = f"2026-01-01 {done // 3600:02d}:{done // 60 % 60:02d}:{done % 60:02d}"
         store.acknowledge(
-            BatchAck("contacts", run_id, position=Position(last, done), read=done, exported=done)
+            BatchAck(
+                "contacts",
+                run_id,
+                position=Position(last, done),
+                counts=RunCounts(read=done, exported=done),
+            )
         )
         return run_id
 

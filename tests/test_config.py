@@ -582,10 +582,17 @@ def test_a_missing_source_table_column_or_file_exits_2_naming_the_key_and_touche
             " email TEXT, updated_at TEXT)"
         )
         db.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
+        # For the lookback checks, which look at an order value: a version number and a
+        # timestamp as SQLite keeps it (text).
+        db.execute(
+            "CREATE TABLE members (id INTEGER PRIMARY KEY, name TEXT, version INTEGER, "
+            "changed_at TEXT)"
+        )
+        db.execute("INSERT INTO members VALUES (1, 'Smith', 7, '2026-01-01 10:00:00')")
     db.close()
     before = {p.name: p.stat().st_mtime_ns for p in corpus.iterdir()}
     configs = sorted(corpus.glob("*.toml"))
-    assert len(configs) >= 5
+    assert len(configs) >= 7
 
     commands = [
         [*cmd, "--config", str(p)] for p in configs for cmd in (["job", "CRMExport"], ["run"])

@@ -49,10 +49,9 @@ def test_a_login_url_that_cannot_be_right_fails_in_seconds_naming_the_key(
     )
     assert time.monotonic() - started < 10
     assert done.returncode == 2, done.stdout + done.stderr
-    # The login before any stream fails: the command stops with the key, runs no stream.
-    assert f"salesforce.login_url: {login_url}" in done.stderr and why in done.stderr
-    assert "CRMExport contacts:" not in done.stdout
-    # Nothing retried: one failed login attempt.
+    assert "CRMExport contacts: failed" in done.stdout
+    assert f"salesforce.login_url: {login_url}" in done.stdout and why in done.stdout
+    # Nothing retried: one failed login attempt, logged as a run failure.
     assert "salesforce_retry" not in done.stderr
 
 

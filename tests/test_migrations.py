@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -20,7 +21,13 @@ from crm_export.store import SqlStore, migrations
 from crm_export.store.schema import VERSION_TABLE, metadata
 from crm_export.wiring import open_store
 
-CRM_EXPORT_TABLES = {"export_runs", "exporterrors", "stream_state", "operator_actions"}
+CRM_EXPORT_TABLES = {
+    "export_runs",
+    "exporterrors",
+    "stream_state",
+    "operator_actions",
+    "record_fingerprints",
+}
 EXPORT_ERRORS_COLUMNS = [
     "id",
     "stream",
@@ -290,5 +297,81 @@ def test_0003_keeps_every_row_allows_skipped_and_downgrades_it_to_resolved(
             ).all()
         assert [tuple(r) for r in rows] == [("7", "resolved"), ("7", "open")]
         assert "operator_actions" not in tables(empty_state_url)
+    finally:
+        engine.dispose()
+
+
+def test_0002_counts_old_runs_once_and_keeps_every_error_s_run(empty_state_url: str) -> None:
+    """Upgrading a 0001 database with history: the halting record of a paused run moves to
+    records_paused, records_skipped's surplus over the failures becomes records_superseded,
+    and (SQLite rebuilds export_runs) ExportErrors keep their run_id; the downgrade puts the
+    old counters back."""
+    migrations.upgrade(empty_state_url, "0001")
+    engine = sa.create_engine(empty_state_url)
+    runs = (
+        # id, job, outcome, read, exported, failed, skipped
+        (1, "CRMExport", "paused", 8, 7, 1, 0),
+        (2, "CRMExport", "completed", 10, 6, 2, 4),
+        (3, "CRMExport_ExportError", "completed", 3, 1, 2, 0),
+    )
+    try:
+        with engine.begin() as conn:
+            for run in runs:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO export_runs (id, job_id, stream, started_at, outcome, "
+                        "records_read, records_exported, records_failed, records_skipped, "
+                        "api_calls, runner) VALUES (:id, :job, 's', :at, :outcome, :read, "
+                        ":exported, :failed, :skipped, 3, 'r')"
+                    ),
+                    dict(
+                        zip(
+                            ("id", "job", "outcome", "read", "exported", "failed", "skipped"),
+                            run,
+                            strict=True,
+                        ),
+                        at=datetime(2026, 1, 1, tzinfo=UTC),
+                    ),
+                )
+            for error_id, run_id in ((1, 1), (2, 2)):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO exporterrors (id, stream, record_key, sobject, external_id, "
+                        "error_code, error_message, attempts, first_failed_at, last_failed_at, "
+                        "status, run_id) VALUES (:id, 's', :id, 'Contact', :id, 'X', 'm', 1, "
+                        ":at, :at, 'open', :run)"
+                    ),
+                    {"id": error_id, "run": run_id, "at": datetime(2026, 1, 1, tzinfo=UTC)},
+                )
+        migrations.upgrade(empty_state_url)
+        columns = "id, records_read, records_exported, records_failed, records_paused, "
+        columns += "records_superseded, records_unchanged, logins"
+        with engine.connect() as conn:
+            got = [tuple(r) for r in conn.execute(sa.text(f"SELECT {columns} FROM export_runs"))]
+            errors = [
+                tuple(r) for r in conn.execute(sa.text("SELECT id, run_id FROM exporterrors"))
+            ]
+        assert sorted(got) == [
+            (1, 8, 7, 0, 1, 0, 0, 0),
+            (2, 10, 6, 2, 0, 2, 0, 0),
+            (3, 3, 1, 2, 0, 0, 0, 0),
+        ]
+        # Each row read counted once.
+        assert all(r[1] == r[2] + r[3] + r[4] + r[5] + r[6] for r in got)
+        assert sorted(errors) == [(1, 1), (2, 2)]
+
+        migrations.downgrade(empty_state_url, "0001")
+        with engine.connect() as conn:
+            old = conn.execute(
+                sa.text(
+                    "SELECT id, records_read, records_exported, records_failed, "
+                    "records_skipped FROM export_runs"
+                )
+            )
+            assert sorted(tuple(r) for r in old) == [(r[0], *r[3:]) for r in runs]
+            errors = [
+                tuple(r) for r in conn.execute(sa.text("SELECT id, run_id FROM exporterrors"))
+            ]
+        assert sorted(errors) == [(1, 1), (2, 2)]
     finally:
         engine.dispose()

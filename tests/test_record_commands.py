@@ -184,12 +184,21 @@ def test_reset_asks_then_re_exports_the_stream_from_the_start(
     yes = s.cli("stream", "reset", "contacts", "--to-start", stdin="yes\n")
     assert yes.returncode == 0, yes.stderr
     assert s.sql("SELECT position_key FROM stream_state") == [{"position_key": None}]
+    again = s.cli("job", "CRMExport")
+    assert again.returncode == 0
+    # Every row read again from the start; the two Salesforce holds as they are cost no
+    # call (change detection), the one with an open error is sent again.
+    assert "read 3 = exported 0 + unchanged 2 + failed 1" in again.stdout
+    assert s.written() == ["1", "3"]
+    # To send them all regardless, resync (audited too).
+    assert s.cli("stream", "resync", "contacts").returncode == 0
     assert s.cli("job", "CRMExport").returncode == 0
     assert s.written() == ["1", "3", "1", "3"]  # sent again, as updates: nothing duplicated
     assert len(sandbox.records("Contact")) == 2
     assert s.cli("stream", "reset", "contacts", "--to-start", "--yes").returncode == 0
-    assert [a["action"] for a in s.sql("SELECT action FROM operator_actions")] == [
+    assert [a["action"] for a in s.sql("SELECT action FROM operator_actions ORDER BY id")] == [
         "stream_reset",
+        "stream_resync",
         "stream_reset",
     ]
     unknown = s.cli("stream", "reset", "nosuch", "--to-start", "--yes")

@@ -1,10 +1,12 @@
 """The ``crm-export`` command line: one module per group of commands, each registering its
 parsers here.
 
-Exit codes: 0 the command did its work (a run that paused or logged record errors included),
-1 a run failed or the state database needs attention, 2 the config or the command line is
-invalid, or the config does not fit the org it names (``OrgMismatchError``: a mapped field
-the object lacks, a login URL that does not resolve), which names the key to change.
+Exit codes: 0 the command did its work (a run that paused, logged record errors, or was
+deferred because the org's API usage reached [salesforce] max_api_usage_percent included:
+nothing is wrong, a later run resumes), 1 a run failed or the state database needs
+attention, 2 the config or the command line is invalid, or the config does not fit the org
+it names (``OrgMismatchError``: a mapped field the object lacks, a login URL that does not
+resolve), which names the key to change.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 
 from crm_export import __version__
 from crm_export.errors import ConfigError, CrmExportError, OrgMismatchError
+from crm_export.ports import JobId
 
 from . import (
     check_commands,
@@ -71,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "resend_all", False) and args.job_id != JobId.EXPORT:
+        parser.error(
+            f"--resend-all applies to {JobId.EXPORT} only: {args.job_id} always sends every "
+            "record it reads"
+        )
     try:
         code: int = args.func(args)
         return code

@@ -29,7 +29,9 @@ from .common import (
 )
 
 JOB_CODES = {
-    EXIT_OK: "every stream's run completed or paused (record errors are in ExportErrors)",
+    EXIT_OK: "every stream's run completed, paused (record errors are in ExportErrors), or "
+    "was deferred because the org's API usage reached [salesforce] max_api_usage_percent "
+    "(a later run resumes it)",
     EXIT_FAILED: "a run failed or was interrupted, another runner is active, or the state "
     "database needs attention",
     EXIT_CONFIG: "the config file or the command line is invalid, or a stream's table or "
@@ -64,7 +66,7 @@ def cmd_job(args: argparse.Namespace) -> int:
         time.sleep(min(1.0, args.wait))
     try:
         with watching(config) as watch:
-            results = JOBS[JobId(args.job_id)](config, None, watch)
+            results = JOBS[JobId(args.job_id)](config, None, watch, resend_all=args.resend_all)
     finally:
         lock.release()
     for result in results:
@@ -103,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir)
     args.config = str(demo.prepare(directory))
-    args.job_id, args.wait = JobId.EXPORT, 0.0
+    args.job_id, args.wait, args.resend_all = JobId.EXPORT, 0.0, False
     print(f"crm-export demo in {directory}/: CRMExport on the embedded defaults", flush=True)
     code = cmd_job(args)
     config = load_config(args.config)
@@ -127,9 +129,11 @@ def register(commands: Commands) -> None:
     job = commands.add_parser(
         "job",
         **documented(
-            "run one job once, now, and print a line per stream",
+            "run one job once, now, and print a line per stream: read N = exported + "
+            "unchanged + failed + paused + superseded (each row once), API calls and logins",
             [
                 "crm-export job CRMExport --config crm-export.toml",
+                "crm-export job CRMExport --resend-all  # even rows Salesforce already holds",
                 "crm-export job CRMExport_ExportError --wait 600  # after the daemon's run",
             ],
             JOB_CODES,
@@ -137,6 +141,13 @@ def register(commands: Commands) -> None:
     )
     config_option(job, top=False)
     job.add_argument("job_id", choices=[j.value for j in JobId])
+    job.add_argument(
+        "--resend-all",
+        action="store_true",
+        help="CRMExport only: send every row this run reads, even those whose payload "
+        "Salesforce already holds (their fingerprints are replaced as records are accepted); "
+        "to resend rows behind the position too, use `crm-export stream resync NAME`",
+    )
     job.add_argument(
         "--wait",
         type=float,

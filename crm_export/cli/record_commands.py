@@ -266,6 +266,38 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_resync(args: argparse.Namespace) -> int:
+    config = load(args, secrets=False)
+    plans = _plans(config)
+    if args.name not in plans:
+        print(
+            f"crm-export: no stream named {args.name!r} in {config.path} "
+            f"(streams: {', '.join(plans)})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    who = actor()
+    with open_store(config) as store:
+        known = store.request_resync(args.name)
+        store.record_action(
+            "stream_resync",
+            actor=who,
+            stream=args.name,
+            error_ids=(),
+            reason=args.reason,
+            detail={"fingerprints": known},
+        )
+    log.info(
+        "operator_action", action="stream_resync", actor=who, stream=args.name, reason=args.reason
+    )
+    print(
+        f"{args.name}: the next CRMExport run starts over from the first row and sends "
+        f"every row again, forgetting the {known:,} fingerprints of what Salesforce holds "
+        "(as it goes, it records them anew). A run in progress finishes as it is."
+    )
+    return EXIT_OK
+
+
 def _confirmed(plan: StreamPlan, state: Any, store: Any, open_count: int) -> bool:
     where = "at the start already"
     if state.position is not None:
@@ -344,7 +376,10 @@ def register(commands: Commands) -> None:
         "stream",
         **documented(
             "act on a whole stream",
-            ["crm-export stream reset contacts --to-start"],
+            [
+                "crm-export stream reset contacts --to-start",
+                "crm-export stream resync contacts",
+            ],
             {EXIT_OK: "done", EXIT_FAILED: "not done", EXIT_CONFIG: "invalid config or stream"},
         ),
     )
@@ -375,3 +410,20 @@ def register(commands: Commands) -> None:
     reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     reset.add_argument("--reason", metavar="TEXT", help="why (kept in operator_actions)")
     reset.set_defaults(func=cmd_reset)
+
+    resync = stream_actions.add_parser(
+        "resync",
+        **documented(
+            "make the next CRMExport run start over from the first row and SEND every row "
+            "again, whatever Salesforce is known to hold (unlike reset, which re-reads every "
+            "row but sends only those whose payload changed): for records edited or deleted "
+            "in Salesforce by someone else, or an org refreshed from a sandbox. The run "
+            "applies it in one transaction of its own, so a run in progress is never undercut",
+            ["crm-export stream resync contacts --reason 'org refreshed'"],
+            {EXIT_OK: "requested", EXIT_CONFIG: "the config is invalid, or the stream is unknown"},
+        ),
+    )
+    config_option(resync, top=False)
+    resync.add_argument("name", metavar="NAME", help="the stream's name")
+    resync.add_argument("--reason", metavar="TEXT", help="why (kept in operator_actions)")
+    resync.set_defaults(func=cmd_resync)

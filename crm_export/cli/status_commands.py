@@ -11,6 +11,7 @@ from crm_export import report as report_mod
 from crm_export.classify import missing_parent
 from crm_export.config import Config
 from crm_export.counters import run_row_counts
+from crm_export.errors import CrmExportError
 from crm_export.ports import JobId, PausedRecord, Position, RecordError, RunOutcome
 
 from .common import (
@@ -30,17 +31,22 @@ if TYPE_CHECKING:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from crm_export.budget import forecast
     from crm_export.wiring import stream_plan
 
     config = load(args, secrets=False)
+    batch_size = config.export.batch_size
     with open_store(config) as store:
         overview = {o["stream"]: o for o in store.stream_overview()}
+        budget = _api_budget(config, store.api_usage())
         report = []
         for stream in config.streams:
             item = overview.get(stream.name, {})
             paused = item.get("paused")
             position = item.get("position")
             run = item.get("last_run")
+            pending = _pending(store, stream_plan(stream).source, position)
+            calls = None if pending is None else forecast(pending, batch_size)
             entry: dict[str, Any] = {
                 "stream": stream.name,
                 "pause_on_error": stream.pause_on_error,
@@ -53,16 +59,23 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if run is not None and run["outcome"] == RunOutcome.RUNNING
                 else None,
                 "open_errors": item.get("open_errors", 0),
+                "forecast": None
+                if calls is None
+                else {
+                    "pending_rows": calls.pending,
+                    "collections_calls": calls.collections,
+                    "bulk_calls_estimate": calls.bulk,
+                },
+                "api_budget": budget,
             }
             if paused is not None:
-                waiting = store.count_after(stream_plan(stream).source, position)
                 entry["paused"] = {
                     "record_key": paused.record_key,
                     "since": paused.since,
                     "error_code": paused.error_code,
                     "error_message": paused.error_message,
                     # The paused record itself is the first row after the position.
-                    "waiting_behind": max(0, waiting - 1),
+                    "waiting_behind": None if pending is None else max(0, pending - 1),
                     "waiting_for": _parent_waited_for(config, paused),
                 }
             report.append(entry)
@@ -73,16 +86,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     report_mod.render_table(
         "crm-export status",
         rows,
-        ["stream", "state", "position", "last run", "open errors"],
+        ["stream", "state", "position", "last run", "open errors", "pending", "calls"],
         sys.stdout,
     )
+    print(_budget_line(budget, report, batch_size))
     for e in report:
         if e["paused"]:
             p = e["paused"]
             print(
                 f"{e['stream']}: paused since {p['since']:%Y-%m-%d %H:%M:%S} UTC at record "
                 f"{p['record_key']}: {p['error_code']}: {p['error_message']} "
-                f"({p['waiting_behind']} rows wait behind it)"
+                f"({'?' if p['waiting_behind'] is None else p['waiting_behind']} rows wait "
+                "behind it)"
             )
             parent = p["waiting_for"]
             if parent is not None:
@@ -94,6 +109,53 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "the next run sends it"
                 )
     return EXIT_OK
+
+
+def _api_budget(config: Config, usage: dict[str, Any] | None) -> dict[str, Any]:
+    """The org's usage as the last run saw it, and crm-export's line."""
+    from crm_export.budget import ApiBudget
+
+    percent = config.salesforce.max_api_usage_percent
+    budget: dict[str, Any] = {"max_api_usage_percent": percent, "used": None, "max": None}
+    budget.update(line=None, seen_at=None)
+    if usage is not None:
+        budget.update(usage, line=ApiBudget(percent).line(usage["max"]))
+    return budget
+
+
+def _pending(store: Any, source: Any, position: Any) -> int | None:
+    try:
+        return int(store.count_after(source, position))
+    except CrmExportError:
+        return None  # the source can not be read now; status still reports the rest
+
+
+def _budget_line(budget: dict[str, Any], report: list[dict[str, Any]], batch_size: int) -> str:
+    percent = budget["max_api_usage_percent"]
+    if budget["used"] is None:
+        usage = "the org's API usage: not seen yet (the first run that calls Salesforce sees it)"
+    else:
+        share = 100 * budget["used"] / budget["max"]
+        usage = (
+            f"the org's API usage: {budget['used']:,} of {budget['max']:,} daily calls "
+            f"({share:.1f}%), as of {budget['seen_at']:%Y-%m-%d %H:%M:%S} UTC"
+        )
+    if percent >= 100:
+        usage += "; crm-export's line: none (max_api_usage_percent = 100)"
+    elif budget["line"] is not None:
+        usage += f"; crm-export stops at {budget['line']:,} ({percent}%)"
+    else:
+        usage += f"; crm-export stops at {percent}% of it"
+    forecasts = [e["forecast"] for e in report if e["forecast"] is not None]
+    pending = sum(f["pending_rows"] for f in forecasts)
+    collections = sum(f["collections_calls"] for f in forecasts)
+    bulk = sum(f["bulk_calls_estimate"] for f in forecasts)
+    return (
+        f"{usage}.\nForecast: {pending:,} rows pending need at most {collections:,} "
+        f"Collections calls (batches of {batch_size}; rows found unchanged cost none), or "
+        f"about {bulk:,} Bulk API 2.0 calls (an estimate: create, upload, close, status "
+        "polls and results per job of up to 100,000 records)."
+    )
 
 
 def _parent_waited_for(config: Config, paused: PausedRecord) -> dict[str, Any] | None:
@@ -146,6 +208,7 @@ def _state(entry: dict[str, Any]) -> str:
 def _status_row(entry: dict[str, Any]) -> dict[str, Any]:
     run = entry["last_run"]
     position = entry["position"]
+    forecast = entry["forecast"]
     return {
         "stream": entry["stream"],
         "state": _state(entry),
@@ -155,6 +218,8 @@ def _status_row(entry: dict[str, Any]) -> dict[str, Any]:
         else f"{run['job_id']} {run['outcome']} at {run['started_at']:%Y-%m-%d %H:%M:%S}"
         + (f" ({run['error']})" if run.get("error") else ""),
         "open errors": entry["open_errors"],
+        "pending": "?" if forecast is None else f"{forecast['pending_rows']:,}",
+        "calls": "?" if forecast is None else f"{forecast['collections_calls']:,}",
     }
 
 

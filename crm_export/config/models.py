@@ -75,6 +75,10 @@ LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
 MAX_BATCH_SIZE: Final = 200
 # Salesforce ends any REST/SOAP call after 10 minutes; waiting longer only hides a hang.
 MAX_TIMEOUT_SECONDS: Final = 600
+# A lookback re-reads its whole window on every run: a day is already far more than any
+# transaction lasts, and a wider window only costs reads.
+MAX_LOOKBACK_SECONDS: Final = 86_400
+MAX_LOOKBACK_ROWS: Final = 1_000_000
 
 Seconds = Annotated[float, Field(gt=0)]
 
@@ -217,6 +221,14 @@ class SalesforceConfig(_Section):
         description="Salesforce ends any API call after 10 minutes",
     )
     max_reauth: int = Field(2, ge=0)
+    # The share of the org's daily API allocation crm-export may use, counting every
+    # integration's calls: at the line it stops sending (runs end "deferred"). 100: no line.
+    max_api_usage_percent: int = Field(
+        80,
+        ge=1,
+        le=100,
+        description="a percentage of the org's daily API allocation; 100 means no line",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -388,6 +400,22 @@ class StreamConfig(_Section):
     def _depends_on_list(cls, value: object) -> object:
         return stream_names(value)
 
+    # Late commits: each run also re-reads the rows whose order_by lies this far behind the
+    # position (seconds for a timestamp or date order_by, order values for an integer one);
+    # unchanged ones cost nothing. None: the default for the source database (wiring.py).
+    lookback_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOOKBACK_SECONDS,
+        description="re-read on every run: the longest a writer's transaction lasts is enough",
+    )
+    lookback_rows: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOOKBACK_ROWS,
+        description="re-read on every run: the rows written while a transaction lasts",
+    )
+
     @field_validator("fields", mode="before")
     @classmethod
     def _fields_table(cls, value: object, info: ValidationInfo) -> object:
@@ -404,6 +432,17 @@ class StreamConfig(_Section):
                 "no_source",
                 'missing: set table = "name" (or schema.name), or query = "SELECT ..."',
                 key="table",
+            )
+        return value
+
+    @field_validator("lookback_rows")
+    @classmethod
+    def _one_lookback(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("lookback_seconds") is not None:
+            raise problem(
+                "two_lookbacks",
+                "set lookback_seconds (a timestamp or date order_by) or lookback_rows (an "
+                "integer order_by), not both: one order_by has one type",
             )
         return value
 

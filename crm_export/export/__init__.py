@@ -6,6 +6,8 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
 - ``sending``: one batch to Salesforce, in pause mode (allOrNone, cut before the culprit) or
   skip mode, with record-level retries;
 - ``outcome``: a batch's outcome and the acknowledgement it commits; the flood rule;
+- ``fingerprints``: change detection (what Salesforce would store for a record, hashed);
+- ``lookback``: the window behind the position that each run re-reads for late commits;
 - ``stream_run``: what one run of one stream shares (acknowledging, counters, logs, the
   progress it reports to an observer);
 - ``incremental`` (CRMExport) and ``reexport`` (CRMExport_ExportError): the two jobs' loops;
@@ -16,7 +18,7 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
 
 from .exporter import Exporter
 from .outcome import BatchOutcome, FloodGuard, Rejected
-from .plan import ExportPolicy, StreamPlan, StreamResult, null_key_name
+from .plan import ExportPolicy, Lookback, StreamPlan, StreamResult, null_key_name
 from .stream_run import ProgressObserver, StreamProgress
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "ExportPolicy",
     "Exporter",
     "FloodGuard",
+    "Lookback",
     "ProgressObserver",
     "Rejected",
     "StreamPlan",

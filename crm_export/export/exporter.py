@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from crm_export.errors import CrmExportError, OrgMismatchError, TerminalError
-from crm_export.ports import JobId, RunOutcome, Sink, Store
+from crm_export.errors import ApiBudgetReached, CrmExportError, OrgMismatchError, TerminalError
+from crm_export.ports import JobId, RunCounts, RunOutcome, Sink, Store
 from crm_export.retry import Clock, StopRequested
 
 from . import incremental, reexport
@@ -48,22 +48,43 @@ class Exporter:
         self.should_stop = should_stop
         self.on_progress = on_progress
         self.sender = BatchSender(sink, policy, clock, rng or random.Random())
+        self._usage_hinted = False
 
-    def export_stream(self, plan: StreamPlan) -> StreamResult:
-        """CRMExport: what is new or changed since the stream's position."""
-        return self._run(JobId.EXPORT, plan, incremental.export)
+    def export_stream(self, plan: StreamPlan, *, resend_all: bool = False) -> StreamResult:
+        """CRMExport: what is new or changed since the stream's position. ``resend_all``
+        sends every row it reads, whatever Salesforce last accepted."""
+        return self._run(JobId.EXPORT, plan, incremental.export, compare=not resend_all)
 
     def reexport_stream(
         self, plan: StreamPlan, only: Collection[int] | None = None
     ) -> StreamResult:
-        """CRMExport_ExportError: every open ExportErrors row, from its source row now; with
-        ``only``, the rows of these ids alone (``crm-export errors retry``)."""
+        """CRMExport_ExportError: every open ExportErrors row, from its source row now,
+        always sent; with ``only``, the rows of these ids alone (``crm-export errors
+        retry``)."""
         chosen = None if only is None else frozenset(only)
-        return self._run(JobId.REEXPORT, plan, lambda run: reexport.reexport(run, chosen))
+        return self._run(
+            JobId.REEXPORT, plan, lambda run: reexport.reexport(run, chosen), compare=False
+        )
+
+    def _hint_usage(self) -> None:
+        """Once per job: the org's usage as the last run saw it, so that a job starting at
+        the budget line asks /limits before it spends anything (see crm_export.budget)."""
+        if self._usage_hinted:
+            return
+        self._usage_hinted = True
+        usage = self.store.last_api_usage()
+        if usage is not None:
+            self.sink.hint_api_usage(usage)
 
     def _run(
-        self, job_id: JobId, plan: StreamPlan, body: Callable[[StreamRun], None]
+        self,
+        job_id: JobId,
+        plan: StreamPlan,
+        body: Callable[[StreamRun], None],
+        *,
+        compare: bool,
     ) -> StreamResult:
+        self._hint_usage()
         run_id = self.store.begin_run(job_id, plan.name)
         result = StreamResult(job_id, plan.name, run_id)
         run = StreamRun(
@@ -77,6 +98,8 @@ class Exporter:
             self.should_stop,
             calls_acked=self.sink.api_calls,
             on_progress=self.on_progress,
+            logins_acked=self.sink.logins,
+            compare=compare,
         )
         try:
             self.store.check_source(plan.source)
@@ -86,6 +109,19 @@ class Exporter:
             body(run)
             if result.outcome is RunOutcome.RUNNING:
                 result.outcome = RunOutcome.COMPLETED
+        except ApiBudgetReached as exc:
+            # Nothing is wrong: the position holds, no ExportErrors row, a later run resumes.
+            result.outcome = RunOutcome.DEFERRED
+            result.deferred = str(exc)
+            log.warning(
+                "api_budget_reached",
+                job=job_id,
+                stream=plan.name,
+                used=exc.used,
+                limit=exc.limit,
+                line=exc.line,
+                detail=str(exc),
+            )
         except StopRequested:
             result.outcome = RunOutcome.INTERRUPTED
             result.error = "stopped on request before the stream was finished"
@@ -101,19 +137,25 @@ class Exporter:
             result.outcome = RunOutcome.FAILED
             result.error = f"unexpected {type(exc).__name__}: {exc}"
             log.exception("run_crashed", job=job_id, stream=plan.name)
-        result.api_calls += self.sink.api_calls - run.calls_acked
-        self.store.finish_run(run_id, result.outcome, result.error)
+        # What no acknowledgement carried: the calls of a batch that ended in failure.
+        tail = RunCounts(
+            api_calls=self.sink.api_calls - run.calls_acked,
+            logins=self.sink.logins - run.logins_acked,
+        )
+        result.counts += tail
+        self.store.finish_run(
+            run_id, result.outcome, result.error, tail=tail, usage=self.sink.api_usage
+        )
+        usage = self.sink.api_usage
         log.info(
             "run_finished",
             job=job_id,
             stream=plan.name,
             run_id=run_id,
             outcome=str(result.outcome),
-            read=result.read,
-            exported=result.exported,
-            failed=result.failed,
-            skipped=result.skipped,
-            api_calls=result.api_calls,
+            **result.counts.as_dict(),
+            org_api_used=None if usage is None else usage.used,
+            org_api_max=None if usage is None else usage.max,
             error=result.error,
         )
         run.report(finished=True)

@@ -1,13 +1,16 @@
 """CRMExport for one stream: everything new or changed since its position, in order.
 
-First the record the stream is paused at (from its current source row), then rows that
-committed late behind the position, then the rows after it, batch by batch. Each batch's
-outcome is acknowledged (position, ExportErrors, counters) in one transaction before the
-next batch is read.
+First a resync if one was asked for (the stream starts over, every row sent again), then
+the record the stream is paused at (from its current source row), then rows that committed
+late behind the position (the xmin rescan of PostgreSQL tables, and the lookback window),
+then the rows after it, batch by batch. Rows whose payload Salesforce already holds are not
+sent. Each batch's outcome is acknowledged (position, ExportErrors, fingerprints, counters)
+in one transaction before the next batch is read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -16,6 +19,7 @@ from crm_export.mapping import NULL_KEY
 from crm_export.ports import BatchAck, PausedRecord, Position, SourceRow
 from crm_export.retry import StopRequested
 
+from .lookback import window_start
 from .outcome import BatchOutcome, FloodGuard, Rejected, null_order_error
 from .stream_run import StreamRun
 
@@ -30,6 +34,9 @@ def export(run: StreamRun) -> None:
     # Taken before anything is read: whatever commits after it is found again next run.
     snapshot = store.source_snapshot(plan.source)
     state = store.load_state(plan.name)
+    if state.resync_requested:
+        _resync(run)
+        state = store.load_state(plan.name)
     position = state.position
     # A released record that a fix moved later in the order is met again below; it was
     # just sent as it is now, so it is stepped over rather than sent twice.
@@ -42,6 +49,8 @@ def export(run: StreamRun) -> None:
         position = store.load_state(plan.name).position
     late_from = state.source_snapshot
     if late_from and position and _send_late_rows(run, late_from, position):
+        return
+    if position is not None and _send_window(run, position):
         return
     if snapshot is not None:
         run.ack(BatchAck(plan.name, run.result.run_id, source_snapshot=snapshot))
@@ -65,26 +74,77 @@ def export(run: StreamRun) -> None:
         raise StopRequested()
 
 
-def _send_late_rows(run: StreamRun, snapshot: str, position: Position) -> bool:
-    """Send rows that committed behind the position since ``snapshot``; True if halted.
+def _resync(run: StreamRun) -> None:
+    """`crm-export stream resync`: forget what Salesforce holds and start from the first row.
 
-    The position does not move: these rows sort before it. They go in their own order,
-    and a record error in pause mode pauses the stream at that record as anywhere else.
+    One transaction: the fingerprints, the position and the request go together, so a crash
+    either leaves the request for the next run or has done all of it. A pause stays: the
+    paused record is still retried first, and nothing ordered after it goes before it.
+    """
+    plan = run.plan
+    log.info(
+        "stream_resync",
+        stream=plan.name,
+        detail="every row is read and sent again, from the first one",
+    )
+    run.ack(
+        BatchAck(
+            plan.name,
+            run.result.run_id,
+            position=None,
+            forget_fingerprints=True,
+            resync_requested=False,
+        )
+    )
+
+
+def _send_late_rows(run: StreamRun, snapshot: str, position: Position) -> bool:
+    """Send rows that committed behind the position since ``snapshot``; True if halted."""
+    plan, store, limit = run.plan, run.store, run.policy.batch_size
+    return _send_behind(
+        run, lambda after: store.read_late(plan.source, snapshot, position, after, limit), "xmin"
+    )
+
+
+def _send_window(run: StreamRun, position: Position) -> bool:
+    """Re-read the lookback window behind the position; send what changed. True if halted."""
+    plan, store, limit = run.plan, run.store, run.policy.batch_size
+    since = window_start(position.order_value, plan.lookback, plan.source.order_by)
+    if since is None:
+        return False
+    return _send_behind(
+        run,
+        lambda after: store.read_window(plan.source, since, position, after, limit),
+        "lookback",
+    )
+
+
+def _send_behind(
+    run: StreamRun, read: Callable[[Position | None], list[SourceRow]], found_by: str
+) -> bool:
+    """Send the rows ``read`` pages through, which sort behind the position; True if halted.
+
+    The position does not move: these rows sort before it. They go in their own order, and
+    a record error in pause mode pauses the stream at that record as anywhere else. Rows
+    whose payload Salesforce already holds cost nothing; those sent are counted as late.
     """
     plan = run.plan
     after: Position | None = None
     while True:
-        rows = run.store.read_late(plan.source, snapshot, position, after, run.policy.batch_size)
+        rows = read(after)
         if not rows:
             return False
-        log.info(
-            "late_rows",
-            stream=plan.name,
-            count=len(rows),
-            detail="committed behind the position; sending them now",
-        )
         outcome = run.send(rows)
-        run.acknowledge(rows, outcome, move_position=False)
+        ack = run.acknowledge(rows, outcome, move_position=False, late=True)
+        if ack.counts.late:
+            log.info(
+                "late_rows",
+                stream=plan.name,
+                count=ack.counts.late,
+                read=len(rows),
+                found_by=found_by,
+                detail="committed behind the position, changed; sent now",
+            )
         if outcome.halt is not None:
             return True
         after = rows[-1].position
@@ -140,7 +200,8 @@ def _retry_paused(run: StreamRun, paused: PausedRecord, position: Position | Non
         )
         run.ack(BatchAck(plan.name, run_id, pause=None, source_deleted_keys=[paused.record_key]))
         return SourceRow(paused.record_key, _GONE, {})
-    outcome = run.send([row])
+    # Always sent: only Salesforce's answer may release a pause, never a fingerprint.
+    outcome = run.send([row], compare=False)
     failure = outcome.halt or (outcome.failures[0] if outcome.failures else None)
     if failure is not None and plan.pause_on_error:
         # Still failing: the pause goes on, from the day it began.

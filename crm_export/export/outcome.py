@@ -16,7 +16,13 @@ from typing import Any
 from crm_export.classify import missing_parent
 from crm_export.errors import SalesforceConfigurationError
 from crm_export.mapping import NULL_ORDER_BY
-from crm_export.ports import UNCHANGED, BatchAck, PausedRecord, RecordError, SourceRow
+from crm_export.ports import (
+    BatchAck,
+    PausedRecord,
+    RecordError,
+    RunCounts,
+    SourceRow,
+)
 
 from .plan import StreamPlan
 
@@ -42,6 +48,10 @@ class BatchOutcome:
     halt: Rejected | None = None
     # Rows not sent because a later row of the same batch has the same key.
     superseded: list[SourceRow] = field(default_factory=list)
+    # Rows not sent because Salesforce already holds their payload (same fingerprint).
+    unchanged: list[SourceRow] = field(default_factory=list)
+    # id(row) -> the fingerprint of the payload built for it (kept for exported rows).
+    fingerprints: dict[int, bytes] = field(default_factory=dict)
 
     def errors_in_order(self, rows: Sequence[SourceRow]) -> Iterator[RecordError | None]:
         """Each decided record's error (None: exported), in the order of ``rows``."""
@@ -64,40 +74,59 @@ class BatchOutcome:
         *,
         move_position: bool = True,
         paused_since: datetime | None = None,
-        counts_skips: bool = True,
     ) -> BatchAck:
         """The acknowledgement of this outcome for ``rows`` (the batch as read).
 
         ``move_position`` is off for rows that sort behind the position (late commits, the
-        re-export); ``paused_since`` keeps the date of a pause that continues; the re-export
-        skips nothing (its failures stay where they are), so it sets ``counts_skips`` off.
+        re-export); ``paused_since`` keeps the date of a pause that continues.
+
+        Every row decided is counted once. After a halt only the rows before it (in batch
+        order) and the halting record are decided: rows after it were not sent, whatever
+        their fingerprint, and the position moves at most to the last row before it.
         """
+        place = {id(r): i for i, r in enumerate(rows)}
+        halt_at = len(rows)
+        if self.halt is not None:
+            halt_at = place.get(id(self.halt.row), len(rows))
+        unchanged = [r for r in self.unchanged if place.get(id(r), -1) < halt_at]
+        superseded = [r for r in self.superseded if place.get(id(r), -1) < halt_at]
+        paused = 0 if self.halt is None else 1
+        counts = RunCounts(
+            read=len(self.exported)
+            + len(unchanged)
+            + len(self.failures)
+            + paused
+            + len(superseded),
+            exported=len(self.exported),
+            unchanged=len(unchanged),
+            failed=len(self.failures),
+            paused=paused,
+            superseded=len(superseded),
+        )
         ack = BatchAck(
             plan.name,
             run_id,
-            read=len(rows),
-            exported=len(self.exported),
             resolved_keys=[r.record_key for r in self.exported],
             failures=[plan.failure(f.row, f.error, f.payload) for f in self.failures],
-            failed=len(self.failures),
-            skipped=len(self.failures) + len(self.superseded) if counts_skips else 0,
+            fingerprints={
+                r.record_key: self.fingerprints[id(r)]
+                for r in self.exported
+                if id(r) in self.fingerprints
+            },
+            counts=counts,
         )
         if self.halt is not None:
             halt = self.halt
             ack.failures.append(plan.failure(halt.row, halt.error, halt.payload))
-            ack.failed += 1
             ack.pause = PausedRecord(
                 plan.record_key(halt.row),
                 paused_since or now,
                 halt.error.code,
                 halt.error.message,
             )
-            ack.position = (
-                self.exported[-1].position if move_position and self.exported else UNCHANGED
-            )
-            # Rows after the halt were read but not consumed: count only what was decided.
-            ack.read = len(self.exported) + len(self.failures) + 1
-            ack.skipped = len(self.failures) if counts_skips else 0
+            done = [r for r in [*self.exported, *unchanged] if id(r) in place]
+            if move_position and done:
+                ack.position = max(done, key=lambda r: place[id(r)]).position
         elif move_position and rows:
             ack.position = rows[-1].position
         return ack

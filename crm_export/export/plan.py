@@ -13,6 +13,7 @@ from crm_export.ports import (
     PausedRecord,
     RecordError,
     RecordFailure,
+    RunCounts,
     RunOutcome,
     SourceRow,
     StreamSource,
@@ -34,6 +35,21 @@ def null_key_name(key_column: str, order_by: str, order_value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Lookback:
+    """How far behind its position a stream re-reads on every run (late commits).
+
+    ``seconds`` applies to a timestamp or date order_by (ISO text included), ``rows`` to an
+    integer one: the window is the order values within that distance of the position. A
+    ``strict`` lookback was set by the user, so an order_by of the wrong type is an error
+    naming the key; a default one simply does not apply to it.
+    """
+
+    seconds: float = 0.0
+    rows: int = 0
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class StreamPlan:
     """One configured stream, as the core needs it."""
 
@@ -44,6 +60,7 @@ class StreamPlan:
     # Where the stream is in the config file (``streams[0] ("contacts")``), so that a
     # problem found at run time names the key to change.
     config_path: str = ""
+    lookback: Lookback = Lookback()
 
     def record_key(self, row: SourceRow) -> str:
         """What ExportErrors, the pause and the logs call ``row``."""
@@ -81,23 +98,28 @@ class StreamResult:
     stream: str
     run_id: int
     outcome: RunOutcome = RunOutcome.RUNNING
-    read: int = 0
-    exported: int = 0
-    failed: int = 0
-    skipped: int = 0
-    api_calls: int = 0
+    counts: RunCounts = field(default_factory=RunCounts)
     error: str | None = None
     paused: PausedRecord | None = None
     # The config key to fix when the run failed on a config problem found at run time
     # (``OrgMismatchError``): the CLI then exits 2, as for a bad file.
     config_key: str | None = None
+    # Why the run was deferred (the org's API usage at the line), for people.
+    deferred: str | None = None
 
     def summary(self) -> str:
+        """One line; each record read is counted once (the sum), as in export_runs."""
+        c = self.counts
         text = (
-            f"{self.job_id} {self.stream}: {self.outcome} - read {self.read}, "
-            f"exported {self.exported}, failed {self.failed}, skipped {self.skipped}, "
-            f"API calls {self.api_calls}"
+            f"{self.job_id} {self.stream}: {self.outcome} - read {c.read} = "
+            f"exported {c.exported} + unchanged {c.unchanged} + failed {c.failed} + "
+            f"paused {c.paused} + superseded {c.superseded}"
         )
+        if c.late:
+            text += f" ({c.late} of them committed late, found behind the position)"
+        text += f"; API calls {c.api_calls}, logins {c.logins}"
+        if self.deferred:
+            text += f"; deferred: {self.deferred}"
         if self.paused is not None:
             text += (
                 f"; paused at record {self.paused.record_key} "

@@ -3,6 +3,11 @@
 A record that goes through is resolved; one that fails again bumps its episode's attempts;
 one whose source row is gone is closed as ``source_deleted``. When the record the stream is
 paused at goes through (or is gone), the pause is released.
+
+Every row is sent, whatever its fingerprint (the exporter runs this job with ``compare``
+off): it exists to ask Salesforce again about records it refused, and only Salesforce's
+answer may close an ExportErrors row. Its failures never halt it, so they count as
+``failed``, never ``paused``.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ def reexport(run: StreamRun, only: Collection[int] | None = None) -> None:
                 if paused_key in found
                 else UNCHANGED
             )
-        run.acknowledge(sent, outcome, move_position=False, counts_skips=False, **changes)
+        run.acknowledge(sent, outcome, move_position=False, **changes)
         if released:
             log.info("pause_released", stream=plan.name, key=paused_key)
             paused_key = None

@@ -14,7 +14,7 @@ commits the ``BatchOutcome``.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,10 @@ from crm_export.mapping import MappingError, build_payload
 from crm_export.ports import RecordError, Sink, SourceRow, UpsertResult, record_key_text
 from crm_export.retry import Backoff, Clock
 
+from .fingerprints import fingerprint
 from .outcome import BatchOutcome, FloodGuard, Rejected, configuration_error, null_order_error
 from .plan import ExportPolicy, StreamPlan
-from .presend import Presend
+from .presend import BatchCheck, Presend
 
 log = structlog.get_logger("crm_export.export")
 
@@ -130,21 +131,42 @@ class BatchSender:
         self.presend = Presend(sink, policy.max_identical_errors)
 
     def send(
-        self, plan: StreamPlan, rows: Sequence[SourceRow], *, all_or_none: bool | None = None
+        self,
+        plan: StreamPlan,
+        rows: Sequence[SourceRow],
+        *,
+        all_or_none: bool | None = None,
+        known: Mapping[str, bytes] | None = None,
     ) -> BatchOutcome:
-        """Send ``rows`` and decide every record's outcome."""
+        """Send ``rows`` and decide every record's outcome.
+
+        ``known`` holds the fingerprints of what Salesforce last accepted, by record key: a
+        row whose payload has the same fingerprint is not sent (``unchanged``). In pause mode
+        it is decided in its place, like a record sent and accepted.
+        """
+        known = known or {}
         pause = plan.pause_on_error if all_or_none is None else all_or_none
         outcome = BatchOutcome()
         prepared: list[_Prepared] = []
         keys: set[str] = set()
-        check = self.presend.batch_check(plan)  # describes once per run; may stop the stream
+        # The describe behind the pre-send checks is asked (once per run) only when a row is
+        # to be sent: a batch Salesforce already holds costs no call at all.
+        check: BatchCheck | None = None
         for row in rows:
             if row.key is not None and row.order_value is None:
                 # No place in the order, so nothing waits behind it: it never pauses.
                 outcome.failures.append(Rejected(row, null_order_error(plan)))
                 continue
             try:
-                item = _Prepared(row, check(build_payload(plan.fmap, row)))
+                payload = build_payload(plan.fmap, row)
+                digest = fingerprint(plan.fmap, payload)
+                unchanged = known.get(row.record_key) == digest
+                if not unchanged:
+                    check = check or self.presend.batch_check(plan)  # may stop the stream
+                    payload = check(payload)
+                elif check is not None:
+                    check.flood.note(None)  # Salesforce accepted this payload: no streak
+                item = _Prepared(row, payload)
             except MappingError as exc:
                 if pause:
                     # Nothing ordered after an unsendable record may go out.
@@ -152,9 +174,13 @@ class BatchSender:
                     break
                 outcome.failures.append(Rejected(row, exc.error))
                 continue
+            outcome.fingerprints[id(row)] = digest
             if row.record_key in keys:
                 self._supersede(plan, prepared, item, outcome)
             keys.add(row.record_key)
+            if unchanged:
+                outcome.unchanged.append(row)
+                continue
             prepared.append(item)
         if pause:
             self._send_in_order(plan, prepared, outcome)
@@ -172,23 +198,34 @@ class BatchSender:
         earlier anyway (as it does when they fall in different batches), so only it goes.
         """
         key = item.row.record_key
+        for index, earlier_row in enumerate(outcome.unchanged):
+            if earlier_row.record_key == key:
+                del outcome.unchanged[index]
+                self._superseded(plan, earlier_row, item, outcome)
+                return
         for index, earlier in enumerate(prepared):
             if earlier.row.record_key == key:
                 del prepared[index]
-                outcome.superseded.append(earlier.row)
-                log.warning(
-                    "duplicate_key",
-                    stream=plan.name,
-                    key=key,
-                    detail=(
-                        f"more than one source row has {plan.source.key} = {key}; the one "
-                        f"with {plan.source.order_by} = {record_key_text(item.row.order_value)}"
-                        f" is sent, the one with {plan.source.order_by} = "
-                        f"{record_key_text(earlier.row.order_value)} is not. Make "
-                        f"{plan.source.key} unique."
-                    ),
-                )
+                self._superseded(plan, earlier.row, item, outcome)
                 return
+
+    def _superseded(
+        self, plan: StreamPlan, earlier: SourceRow, item: _Prepared, outcome: BatchOutcome
+    ) -> None:
+        key = item.row.record_key
+        outcome.superseded.append(earlier)
+        log.warning(
+            "duplicate_key",
+            stream=plan.name,
+            key=key,
+            detail=(
+                f"more than one source row has {plan.source.key} = {key}; the one "
+                f"with {plan.source.order_by} = {record_key_text(item.row.order_value)}"
+                f" is sent, the one with {plan.source.order_by} = "
+                f"{record_key_text(earlier.order_value)} is not. Make "
+                f"{plan.source.key} unique."
+            ),
+        )
 
     def _send_in_order(
         self, plan: StreamPlan, prepared: list[_Prepared], outcome: BatchOutcome

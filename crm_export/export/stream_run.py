@@ -1,9 +1,11 @@
 """One run of one stream: what both jobs share while they work on it.
 
-It acknowledges through the store (adding the API calls spent since the last
-acknowledgement, so a crash never counts a call twice), keeps the run's counters, logs
-each record failure once, and reports its progress to an observer after every
-acknowledgement (``StreamProgress``: plain values; what shows them lives outside the core).
+It looks up the fingerprints of each batch before it is sent (one query per batch), so that
+rows Salesforce already holds are not sent again; acknowledges through the store (adding the
+API calls and logins spent since the last acknowledgement, so a crash never counts a call
+twice); keeps the run's counters; logs each record failure once; and reports its progress
+to an observer after every acknowledgement (``StreamProgress``: plain values; what shows
+them lives outside the core).
 """
 
 from __future__ import annotations
@@ -56,21 +58,31 @@ class StreamRun:
     calls_acked: int = 0
     on_progress: ProgressObserver | None = None
     pending: int | None = None
+    logins_acked: int = 0
+    # Off for the re-export and `--resend-all`: every row read is sent, whatever Salesforce
+    # last accepted (the fingerprints are still replaced as records are accepted).
+    compare: bool = True
 
-    def send(self, rows: Sequence[SourceRow], *, all_or_none: bool | None = None) -> BatchOutcome:
-        return self.sender.send(self.plan, rows, all_or_none=all_or_none)
+    def send(
+        self, rows: Sequence[SourceRow], *, all_or_none: bool | None = None, compare: bool = True
+    ) -> BatchOutcome:
+        """Send ``rows``, except those whose payload Salesforce already holds (unless
+        ``compare`` is off for this call or this run)."""
+        known: dict[str, bytes] = {}
+        if compare and self.compare:
+            keys = [r.record_key for r in rows if r.key is not None]
+            known = self.store.known_fingerprints(self.plan.name, keys) if keys else {}
+        return self.sender.send(self.plan, rows, all_or_none=all_or_none, known=known)
 
     def ack(self, ack: BatchAck) -> None:
-        calls = self.sink.api_calls
-        ack.api_calls = calls - self.calls_acked
-        self.calls_acked = calls
+        calls, logins = self.sink.api_calls, self.sink.logins
+        ack.counts = replace(
+            ack.counts, api_calls=calls - self.calls_acked, logins=logins - self.logins_acked
+        )
         self.store.acknowledge(ack)
-        r = self.result
-        r.read += ack.read
-        r.exported += ack.exported
-        r.failed += ack.failed
-        r.skipped += ack.skipped
-        r.api_calls += ack.api_calls
+        # Only once committed: a failed commit leaves them to finish_run.
+        self.calls_acked, self.logins_acked = calls, logins
+        self.result.counts += ack.counts
         self.report()
 
     def report(self, *, finished: bool = False) -> None:
@@ -89,11 +101,15 @@ class StreamRun:
         outcome: BatchOutcome,
         *,
         move_position: bool = True,
-        counts_skips: bool = True,
         paused_since: datetime | None = None,
+        late: bool = False,
         **changes: Any,
     ) -> BatchAck:
-        """Commit one batch's outcome (plus ``changes`` to the ack: position, pause...)."""
+        """Commit one batch's outcome (plus ``changes`` to the ack: position, pause...).
+
+        ``late``: the rows sort behind the position (late commits, the lookback); those sent
+        are counted as found late.
+        """
         self.log_failures(outcome)
         ack = outcome.to_ack(
             self.plan,
@@ -102,8 +118,10 @@ class StreamRun:
             self.now(),
             move_position=move_position,
             paused_since=paused_since,
-            counts_skips=counts_skips,
         )
+        if late:
+            c = ack.counts
+            ack.counts = replace(c, late=c.exported + c.failed + c.paused)
         for name, value in changes.items():
             setattr(ack, name, value)
         self.ack(ack)

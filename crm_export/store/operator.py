@@ -15,8 +15,9 @@ import sqlalchemy as sa
 
 from crm_export.ports import RunOutcome, StreamState
 from crm_export.store.engines import StateDatabase
-from crm_export.store.schema import export_errors, export_runs, stream_state
+from crm_export.store.schema import export_errors, export_runs, record_fingerprints, stream_state
 from crm_export.store.state import pause_columns, state_from_row
+from crm_export.store.statements import upsert
 
 __all__ = ["MonitoringSnapshot", "OperatorQueries"]
 
@@ -34,7 +35,8 @@ class MonitoringSnapshot:
 
 
 class OperatorQueries:
-    """Reads for the operator commands, and ``clear_pause`` behind ``resume``."""
+    """Reads for the operator commands, ``clear_pause`` behind ``resume`` and
+    ``request_resync`` behind ``stream resync``."""
 
     def __init__(self, db: StateDatabase) -> None:
         self._db = db
@@ -156,3 +158,39 @@ class OperatorQueries:
                 )
             )
             return result.rowcount == 1
+
+    def request_resync(self, stream: str) -> int:
+        """Ask the next CRMExport run of ``stream`` to resend every row: it forgets the
+        stream's fingerprints and starts over from the first row, in one transaction of its
+        own (so a run in progress is never undercut). Returns how many fingerprints there
+        are to forget."""
+        now = self._db.now()
+        with self._db.write() as conn:
+            insert = upsert(conn, stream_state).values(
+                stream=stream, resync_requested_at=now, updated_at=now
+            )
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[stream_state.c.stream],
+                    set_={"resync_requested_at": now, "updated_at": now},
+                )
+            )
+            f = record_fingerprints
+            count = sa.select(sa.func.count()).select_from(f).where(f.c.stream == stream)
+            return int(conn.execute(count).scalar_one())
+
+    def api_usage(self) -> dict[str, Any] | None:
+        """The org's API usage as the latest run that saw it recorded it: ``used``, ``max``
+        and ``seen_at`` (that run's finish), or None."""
+        r = export_runs
+        stmt = (
+            sa.select(r.c.org_api_used, r.c.org_api_max, r.c.finished_at, r.c.started_at)
+            .where(r.c.org_api_used.is_not(None), r.c.org_api_max.is_not(None))
+            .order_by(r.c.id.desc())
+            .limit(1)
+        )
+        with self._db.read() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return {"used": int(row[0]), "max": int(row[1]), "seen_at": row[2] or row[3]}

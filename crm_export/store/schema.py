@@ -3,7 +3,8 @@
 Users read these tables with plain SQL in ``sqlite3`` or ``psql``, so every name is
 lower_snake (PostgreSQL folds unquoted names to lower case: ``SELECT * FROM ExportErrors``
 finds ``exporterrors`` in both databases). Timestamps are UTC. The hand-written migrations in
-``migrations/versions/`` create exactly these tables; a test compares the two.
+``migrations/versions/`` (0001_initial, 0002_api_budget, 0003_operator_actions) create
+exactly these tables; a test compares the two.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
 
 
 ERROR_STATUSES = ("open", "resolved", "source_deleted", "skipped")
-RUN_OUTCOMES = ("running", "completed", "paused", "failed", "interrupted")
-OPERATOR_ACTIONS = ("errors_skip", "errors_retry", "stream_reset")
+RUN_OUTCOMES = ("running", "completed", "paused", "failed", "interrupted", "deferred")
+OPERATOR_ACTIONS = ("errors_skip", "errors_retry", "stream_reset", "stream_resync")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -82,13 +83,23 @@ export_runs = sa.Table(
     sa.Column("started_at", UtcDateTime(), nullable=False),
     sa.Column("finished_at", UtcDateTime(), nullable=True),
     sa.Column("outcome", sa.String(20), nullable=False),
+    # The counters of ports.RunCounts (README documents each): every row read is counted
+    # once, records_read = exported + unchanged + failed + paused + superseded.
     sa.Column("records_read", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("records_exported", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("records_failed", sa.BigInteger(), nullable=False, server_default="0"),
-    sa.Column("records_skipped", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("api_calls", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("runner", sa.String(300), nullable=False),
+    sa.Column("records_unchanged", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("records_paused", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("records_superseded", sa.BigInteger(), nullable=False, server_default="0"),
+    # Of the rows above, those found behind the position (late commits, lookback) and sent.
+    sa.Column("records_late", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("logins", sa.BigInteger(), nullable=False, server_default="0"),
+    # The org's api-usage=used/max as last seen during the run (NULL: the run saw none).
+    sa.Column("org_api_used", sa.BigInteger(), nullable=True),
+    sa.Column("org_api_max", sa.BigInteger(), nullable=True),
     sa.CheckConstraint(_in("outcome", RUN_OUTCOMES), name="outcome"),
     sa.Index("ix_export_runs_stream_started_at", "stream", "started_at"),
 )
@@ -161,6 +172,8 @@ stream_state = sa.Table(
     # Bumped by every operator action on the stream (skip, reset): an acknowledgement by a
     # run that read the state before the action is refused instead of overwriting it.
     sa.Column("revision", sa.BigInteger(), nullable=False, server_default="0"),
+    # `crm-export stream resync` asked the next CRMExport run to send every row again.
+    sa.Column("resync_requested_at", UtcDateTime(), nullable=True),
     sa.CheckConstraint(
         "(position_order IS NULL) = (position_key IS NULL)",
         name="position_complete",
@@ -187,4 +200,18 @@ operator_actions = sa.Table(
     # JSON: what the action changed (a released pause, the position before a reset...).
     sa.Column("detail", sa.Text(), nullable=True),
     sa.CheckConstraint(_in("action", OPERATOR_ACTIONS), name="action"),
+)
+
+# What Salesforce last accepted for each record, as a 16-byte BLAKE2b of the payload (with the
+# sobject and external ID field): a row whose payload hashes the same is not sent again.
+# Written only in the transaction that acknowledges the accepting batch, so a fingerprint
+# never claims a record Salesforce did not accept. SQLite: WITHOUT ROWID, so the primary key
+# is the table and each fingerprint is stored once.
+record_fingerprints = sa.Table(
+    "record_fingerprints",
+    metadata,
+    sa.Column("stream", sa.String(200), primary_key=True),
+    sa.Column("record_key", sa.Text(), primary_key=True),
+    sa.Column("fingerprint", sa.LargeBinary(16), nullable=False),
+    sqlite_with_rowid=False,
 )

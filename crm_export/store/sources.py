@@ -174,6 +174,40 @@ class SourceReader:
                 q,
             )
 
+    def read_window(
+        self,
+        source: StreamSource,
+        since: SourceValue,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        """Up to ``limit`` rows in (order_by, key) order whose order_by is at least
+        ``since``, at or before ``upto`` and after ``after``: the lookback window behind a
+        position, paged like ``read_batch``. The bound compares in the column's own type
+        (text with text, as SQLite keeps timestamps), so an index on order_by serves it."""
+        if upto.order_value is None:
+            return []
+        q = _SourceQuery(source)
+        not_past = sa.not_(_ordered_after(q, upto))
+        with self._source(source) as conn:
+            return self._fetch(
+                conn,
+                q.select()
+                .where(q.order >= _bind(since), _ordered_after(q, after), not_past)
+                .order_by(q.order, _nulls_first(q.key, conn.dialect))
+                .limit(limit),
+                q,
+            )
+
+    def latest_order_value(self, source: StreamSource) -> SourceValue:
+        """The greatest order_by value of the source (None when it has no ordered row): what
+        the type of a stream's order values is, for the lookback check."""
+        q = _SourceQuery(source)
+        stmt = sa.select(q.order).where(q.order.is_not(None)).order_by(q.order.desc()).limit(1)
+        with self._source(source) as conn:
+            return conn.execute(stmt).scalar()
+
     @staticmethod
     def _fetch(conn: Connection, stmt: sa.Select[Any], q: _SourceQuery) -> list[SourceRow]:
         return [q.to_row(r) for r in conn.execute(stmt)]

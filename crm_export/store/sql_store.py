@@ -14,11 +14,14 @@ from sqlalchemy.engine import Engine, make_url
 
 from crm_export.errors import TerminalError
 from crm_export.ports import (
+    ApiUsage,
     BatchAck,
     OpenError,
     Position,
+    RunCounts,
     RunOutcome,
     SourceRow,
+    SourceValue,
     Store,
     StreamSource,
     StreamState,
@@ -93,8 +96,19 @@ class SqlStore:
     def begin_run(self, job_id: str, stream: str) -> int:
         return self._state.begin_run(job_id, stream)
 
-    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
-        self._state.finish_run(run_id, outcome, error)
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        error: str | None = None,
+        *,
+        tail: RunCounts | None = None,
+        usage: ApiUsage | None = None,
+    ) -> None:
+        self._state.finish_run(run_id, outcome, error, tail=tail, usage=usage)
+
+    def last_api_usage(self) -> ApiUsage | None:
+        return self._state.last_api_usage()
 
     def mark_interrupted_runs(self) -> int:
         return self._state.mark_interrupted_runs()
@@ -107,6 +121,12 @@ class SqlStore:
 
     def acknowledge(self, ack: BatchAck) -> None:
         self._state.acknowledge(ack)
+
+    def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
+        return self._state.known_fingerprints(stream, keys)
+
+    def fingerprint_count(self, stream: str | None = None) -> int:
+        return self._state.fingerprint_count(stream)
 
     # -- source reading (SourceReader) ------------------------------------------------------
 
@@ -127,6 +147,19 @@ class SqlStore:
         limit: int,
     ) -> list[SourceRow]:
         return self._sources.read_late(source, snapshot, upto, after, limit)
+
+    def read_window(
+        self,
+        source: StreamSource,
+        since: SourceValue,
+        upto: Position,
+        after: Position | None,
+        limit: int,
+    ) -> list[SourceRow]:
+        return self._sources.read_window(source, since, upto, after, limit)
+
+    def latest_order_value(self, source: StreamSource) -> SourceValue:
+        return self._sources.latest_order_value(source)
 
     def count_after(self, source: StreamSource, position: Position | None) -> int:
         return self._sources.count_after(source, position)
@@ -197,6 +230,12 @@ class SqlStore:
 
     def list_actions(self, limit: int = 50) -> list[dict[str, Any]]:
         return self._actions.list_actions(limit)
+
+    def request_resync(self, stream: str) -> int:
+        return self._operator.request_resync(stream)
+
+    def api_usage(self) -> dict[str, Any] | None:
+        return self._operator.api_usage()
 
 
 if TYPE_CHECKING:

@@ -18,21 +18,42 @@ from sqlalchemy.engine import Connection
 from crm_export.errors import StreamChangedError
 from crm_export.ports import (
     UNCHANGED,
+    ApiUsage,
     BatchAck,
     ErrorStatus,
     OpenError,
     PausedRecord,
     RecordFailure,
+    RunCounts,
     RunOutcome,
     StreamState,
 )
 from crm_export.store.engines import StateDatabase, state_database_errors
 from crm_export.store.locks import RunLocks
 from crm_export.store.positions import position_columns, position_from_columns
-from crm_export.store.schema import export_errors, export_runs, stream_state
+from crm_export.store.schema import export_errors, export_runs, record_fingerprints, stream_state
 from crm_export.store.statements import chunks, upsert
 
-__all__ = ["INTERRUPTED_MESSAGE", "StateStore", "pause_columns", "state_from_row"]
+__all__ = [
+    "COUNTER_COLUMNS",
+    "INTERRUPTED_MESSAGE",
+    "StateStore",
+    "pause_columns",
+    "state_from_row",
+]
+
+# ports.RunCounts field -> export_runs column.
+COUNTER_COLUMNS: Mapping[str, str] = {
+    "read": "records_read",
+    "exported": "records_exported",
+    "unchanged": "records_unchanged",
+    "failed": "records_failed",
+    "paused": "records_paused",
+    "superseded": "records_superseded",
+    "late": "records_late",
+    "api_calls": "api_calls",
+    "logins": "logins",
+}
 
 INTERRUPTED_MESSAGE = "runner stopped before the run finished"
 
@@ -79,15 +100,31 @@ class StateStore:
         with state_database_errors(self._db.url):
             return self._run_locks.begin_locked(insert_run)
 
-    def finish_run(self, run_id: int, outcome: RunOutcome, error: str | None = None) -> None:
-        """Close a run with its outcome (and the error text of a failed run)."""
+    def finish_run(
+        self,
+        run_id: int,
+        outcome: RunOutcome,
+        error: str | None = None,
+        *,
+        tail: RunCounts | None = None,
+        usage: ApiUsage | None = None,
+    ) -> None:
+        """Close a run with its outcome (and the error text of a failed run), adding the
+        counters no acknowledgement carried (``tail``: the calls of a batch that failed) and
+        recording the org's API usage as last seen."""
         if outcome is RunOutcome.RUNNING:
             raise ValueError("a run can not finish as 'running'")
+        values: dict[str, Any] = {
+            "outcome": RunOutcome(outcome).value,
+            "finished_at": self._db.now(),
+            "error": error,
+            **_counter_increments(tail or RunCounts()),
+        }
+        if usage is not None:
+            values.update(org_api_used=usage.used, org_api_max=usage.max)
         with self._db.write() as conn:
             result = conn.execute(
-                export_runs.update()
-                .where(export_runs.c.id == run_id)
-                .values(outcome=RunOutcome(outcome).value, finished_at=self._db.now(), error=error)
+                export_runs.update().where(export_runs.c.id == run_id).values(values)
             )
             if result.rowcount != 1:
                 raise LookupError(f"no export run with id {run_id}")
@@ -130,6 +167,19 @@ class StateStore:
                 marked += int(result.rowcount)
             return marked
 
+    def last_api_usage(self) -> ApiUsage | None:
+        """The org's usage as recorded by the latest run that saw it."""
+        r = export_runs
+        stmt = (
+            sa.select(r.c.org_api_used, r.c.org_api_max)
+            .where(r.c.org_api_used.is_not(None), r.c.org_api_max.is_not(None))
+            .order_by(r.c.id.desc())
+            .limit(1)
+        )
+        with self._db.read() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else ApiUsage(int(row[0]), int(row[1]))
+
     # -- stream state -----------------------------------------------------------------------
 
     def load_state(self, stream: str) -> StreamState:
@@ -158,6 +208,34 @@ class StateStore:
                 for r in conn.execute(stmt)
             ]
 
+    # -- fingerprints -------------------------------------------------------------------------
+
+    def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """What Salesforce last accepted for these records, except records with an open
+        ExportErrors row: a record Salesforce refused since is always sent. One statement per
+        500 keys (a batch is at most 200), on the primary key and the open-errors index."""
+        f, e = record_fingerprints, export_errors
+        open_error = (
+            sa.select(e.c.id)
+            .where(e.c.stream == f.c.stream, e.c.record_key == f.c.record_key)
+            .where(e.c.resolved_at.is_(None))
+        )
+        found: dict[str, bytes] = {}
+        with self._db.read() as conn:
+            for chunk in chunks(list(dict.fromkeys(keys))):
+                stmt = sa.select(f.c.record_key, f.c.fingerprint).where(
+                    f.c.stream == stream, f.c.record_key.in_(chunk), ~open_error.exists()
+                )
+                found.update((str(k), bytes(v)) for k, v in conn.execute(stmt))
+        return found
+
+    def fingerprint_count(self, stream: str | None = None) -> int:
+        stmt = sa.select(sa.func.count()).select_from(record_fingerprints)
+        if stream is not None:
+            stmt = stmt.where(record_fingerprints.c.stream == stream)
+        with self._db.read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
     # -- the hot path -----------------------------------------------------------------------
 
     def acknowledge(self, ack: BatchAck) -> None:
@@ -166,7 +244,8 @@ class StateStore:
         the stream's position and pause, the ExportErrors episodes (closed for
         ``resolved_keys`` and ``source_deleted_keys``, then opened or bumped for
         ``failures``; a key in both gets its old episode closed and a new one opened, so the
-        failure stays visible), and the counters added to the run's row.
+        failure stays visible), the fingerprints of the records Salesforce accepted, and the
+        counters added to the run's row.
         """
         now = self._db.now()
         with self._db.write() as conn:
@@ -174,6 +253,7 @@ class StateStore:
             self._save_state(conn, ack, now)
             self._close_errors(conn, ack, ack.resolved_keys, ErrorStatus.RESOLVED, now)
             self._close_errors(conn, ack, ack.source_deleted_keys, ErrorStatus.SOURCE_DELETED, now)
+            self._save_fingerprints(conn, ack)
             self._record_failures(conn, ack, now)
             self._add_counters(conn, ack)
 
@@ -210,6 +290,8 @@ class StateStore:
             changes.update(pause_columns(ack.pause))
         if ack.source_snapshot is not UNCHANGED:
             changes["source_snapshot"] = ack.source_snapshot
+        if ack.resync_requested is not UNCHANGED:
+            changes["resync_requested_at"] = now if ack.resync_requested else None
         if not changes:
             return
         changes["updated_at"] = now
@@ -289,18 +371,29 @@ class StateStore:
             conn.execute(stmt, list(chunk))
 
     @staticmethod
+    def _save_fingerprints(conn: Connection, ack: BatchAck) -> None:
+        f = record_fingerprints
+        if ack.forget_fingerprints:
+            conn.execute(f.delete().where(f.c.stream == ack.stream))
+        if not ack.fingerprints:
+            return
+        insert = upsert(conn, f)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[f.c.stream, f.c.record_key],
+            set_={"fingerprint": insert.excluded.fingerprint},
+        )
+        rows = [
+            {"stream": ack.stream, "record_key": key, "fingerprint": value}
+            for key, value in ack.fingerprints.items()
+        ]
+        for chunk in chunks(rows):
+            conn.execute(stmt, list(chunk))
+
+    @staticmethod
     def _add_counters(conn: Connection, ack: BatchAck) -> None:
         r = export_runs
         result = conn.execute(
-            r.update()
-            .where(r.c.id == ack.run_id)
-            .values(
-                records_read=r.c.records_read + ack.read,
-                records_exported=r.c.records_exported + ack.exported,
-                records_failed=r.c.records_failed + ack.failed,
-                records_skipped=r.c.records_skipped + ack.skipped,
-                api_calls=r.c.api_calls + ack.api_calls,
-            )
+            r.update().where(r.c.id == ack.run_id).values(_counter_increments(ack.counts))
         )
         if result.rowcount != 1:
             # Raising here rolls back the whole batch: nothing is recorded against a run
@@ -310,6 +403,12 @@ class StateStore:
 
 # --------------------------------------------------------------------------------------------
 # Rows and columns
+
+
+def _counter_increments(counts: RunCounts) -> dict[str, Any]:
+    """export_runs' counter columns, each plus its share in ``counts``."""
+    r = export_runs
+    return {column: r.c[column] + getattr(counts, name) for name, column in COUNTER_COLUMNS.items()}
 
 
 def state_from_row(m: Mapping[Any, Any]) -> StreamState:
@@ -328,6 +427,7 @@ def state_from_row(m: Mapping[Any, Any]) -> StreamState:
         position=position,
         paused=paused,
         source_snapshot=m["source_snapshot"],
+        resync_requested=m["resync_requested_at"] is not None,
     )
 
 

@@ -2,12 +2,13 @@
 audit table, and stream_state.revision.
 
 Revision ID: 0003
-Revises: 0001 (to be 0002 once issue 13's revision is merged before it)
+Revises: 0002
 Create Date: 2026-12-02
 
 - exporterrors.status may be 'skipped' (closed by `crm-export errors skip`); closed_by and
   close_reason say who closed a row by hand, and why (resolved_at says when).
 - operator_actions: one row per operator action (who, when, what, on which rows, why).
+- operator_actions.action: errors_skip, errors_retry, stream_reset, stream_resync.
 - stream_state.revision: bumped by every operator action on a stream, so that a run that
   read the stream's state before the action can not overwrite it (see store/state.py).
 
@@ -26,9 +27,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-# LEAD: issue 13's migration is 0002 and is not on this branch yet; set this to "0002" when
-# merging both.
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -36,7 +35,7 @@ ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 OLD_STATUSES = "status IN ('open', 'resolved', 'source_deleted')"
 NEW_STATUSES = "status IN ('open', 'resolved', 'source_deleted', 'skipped')"
-ACTIONS = "action IN ('errors_skip', 'errors_retry', 'stream_reset')"
+ACTIONS = "action IN ('errors_skip', 'errors_retry', 'stream_reset', 'stream_resync')"
 
 
 def _ts(name: str, *, nullable: bool) -> sa.Column[datetime]:
@@ -44,7 +43,8 @@ def _ts(name: str, *, nullable: bool) -> sa.Column[datetime]:
 
 
 def _exporterrors(statuses: str, *, closing_columns: bool) -> sa.Table:
-    """exporterrors as it stands before this revision (upgrade) or after it (downgrade)."""
+    """exporterrors as it stands before this revision (upgrade) or after it (downgrade);
+    0002 does not touch it."""
     columns: list[sa.Column[Any]] = [
         sa.Column("id", ID, primary_key=True, autoincrement=True),
         sa.Column("stream", sa.String(200), nullable=False),
@@ -113,6 +113,7 @@ def _stream_state() -> sa.Table:
         sa.Column("paused_error_message", sa.Text(), nullable=True),
         sa.Column("source_snapshot", sa.Text(), nullable=True),
         _ts("updated_at", nullable=False),
+        _ts("resync_requested_at", nullable=True),  # from 0002
         sa.Column("revision", sa.BigInteger(), nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("stream", name="pk_stream_state"),
         sa.CheckConstraint(

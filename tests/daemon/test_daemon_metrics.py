@@ -68,7 +68,7 @@ def db_sums(state_url: str) -> dict[tuple[str, str], int]:
     """(stream, outcome) -> the records export_runs counted, as the metric names them."""
     totals: dict[tuple[str, str], int] = {}
     for run in runs(state_url):
-        for outcome in ("exported", "failed", "skipped"):
+        for outcome in ("exported", "unchanged", "failed", "paused", "superseded"):
             key = (run["stream"], outcome)
             totals[key] = totals.get(key, 0) + int(run[f"records_{outcome}"])
     return totals

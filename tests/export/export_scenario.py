@@ -52,6 +52,9 @@ class Scenario:
             "record_retry_attempts": 5,
             "max_identical_errors": 50,
             "client_secret": sandbox.client_secret,
+            # Extra lines for [salesforce] and for the stream (issue 13's keys, say).
+            "salesforce_lines": "",
+            "stream_lines": "",
         }
 
     # -- the source table ---------------------------------------------------------------
@@ -78,8 +81,32 @@ class Scenario:
             )
 
     def add_many(self, keys: range, **values: Any) -> None:
+        if len(keys) <= 100:
+            for key in keys:
+                self.add(key, **values)
+            return
+        # One transaction for a large table (the rows still get one second each).
+        rows = []
         for key in keys:
-            self.add(key, **values)
+            row = {"first_name": f"F{key}", "email": f"c{key}@acme.test", "title": None}
+            rows.append({**row, "birthdate": None, "last_name": "Smith", **values, "id": key})
+            rows[-1]["at"] = self._now()
+        with sqlite3.connect(self.source) as db:
+            db.executemany(
+                "INSERT INTO contacts (id, first_name, last_name, email, title, birthdate, "
+                "updated_at) VALUES (:id, :first_name, :last_name, :email, :title, :birthdate, "
+                ":at)",
+                rows,
+            )
+
+    def touch_all(self) -> None:
+        """What a trigger-happy app does: bump updated_at of every row, changing nothing."""
+        with sqlite3.connect(self.source) as db:
+            keys = [k for (k,) in db.execute("SELECT id FROM contacts ORDER BY id")]
+            db.executemany(
+                "UPDATE contacts SET updated_at = ? WHERE id = ?",
+                [(self._now(), key) for key in keys],
+            )
 
     def update(self, key: int, **values: Any) -> None:
         sets = ", ".join(f"{k} = :{k}" for k in values)
@@ -110,6 +137,7 @@ client_secret_env = "SF_CLIENT_SECRET"
 api_version = "64.0"
 ca_bundle = "{self.sandbox.ca_path}"
 timeout_seconds = {s["timeout_seconds"]}
+{s["salesforce_lines"]}
 
 [retry]
 {retry}
@@ -131,6 +159,7 @@ key = "id"
 order_by = "updated_at"
 sobject = "Contact"
 external_id_field = "External_Id__c"
+{s["stream_lines"]}
 
 [streams.fields]
 {fields}

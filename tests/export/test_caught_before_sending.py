@@ -60,7 +60,7 @@ def test_skip_mode_rejects_what_describe_proves_before_sending(scenario: Scenari
     result = scenario.run(pause_on_error=False, fields=FIELDS)
 
     assert result.outcome is RunOutcome.COMPLETED
-    assert (result.exported, result.failed) == (3, 4)
+    assert (result.counts.exported, result.counts.failed) == (3, 4)
     assert {k: code for k, (code, _) in scenario.open_errors().items()} == CODES
     # The org never saw them: one call for the batch, no rejection in its log.
     assert scenario.sandbox.counters()["calls"]["composite_upsert"] == 1

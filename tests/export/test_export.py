@@ -19,7 +19,7 @@ def test_exports_every_row_and_a_rerun_never_duplicates(scenario: Scenario) -> N
     scenario.add_many(range(1, 451))
     result = scenario.run()
     assert result.outcome is RunOutcome.COMPLETED
-    assert (result.read, result.exported, result.failed) == (450, 450, 0)
+    assert (result.counts.read, result.counts.exported, result.counts.failed) == (450, 450, 0)
     contacts = scenario.contacts()
     assert len(contacts) == 450
     assert contacts["17"]["LastName"] == "Smith" and contacts["17"]["Email"] == "c17@acme.test"
@@ -27,14 +27,14 @@ def test_exports_every_row_and_a_rerun_never_duplicates(scenario: Scenario) -> N
     assert scenario.sandbox.counters()["calls"]["composite_upsert"] == 3
 
     again = scenario.run()
-    assert again.outcome is RunOutcome.COMPLETED and again.read == 0
+    assert again.outcome is RunOutcome.COMPLETED and again.counts.read == 0
     assert len(scenario.contacts()) == 450
     assert len(scenario.written()) == 450  # nothing was sent twice
 
     # A changed row goes again, as an update of the same record.
     scenario.update(17, last_name="Jones")
     changed = scenario.run()
-    assert changed.exported == 1
+    assert changed.counts.exported == 1
     assert len(scenario.contacts()) == 450
     assert scenario.contacts()["17"]["LastName"] == "Jones"
     [run] = scenario.sql(
@@ -83,7 +83,7 @@ def test_skip_mode_logs_the_record_and_moves_on(scenario: Scenario) -> None:
     scenario.add_many(range(6, 9))
     result = scenario.run(pause_on_error=False)
     assert result.outcome is RunOutcome.COMPLETED
-    assert (result.exported, result.failed, result.skipped) == (6, 2, 2)
+    assert (result.counts.exported, result.counts.failed, result.counts.paused) == (6, 2, 0)
     assert sorted(scenario.contacts(), key=int) == ["1", "2", "3", "6", "7", "8"]
     assert scenario.open_errors() == {
         "4": ("FIELD_CUSTOM_VALIDATION_EXCEPTION", 1),
@@ -98,7 +98,7 @@ def test_skip_mode_logs_the_record_and_moves_on(scenario: Scenario) -> None:
     assert "Title" in row["error_fields"]
     assert '"Title": "DO NOT EXPORT"' in row["payload"]
     # Nothing new: the next run reads nothing and the errors stay as they were.
-    assert scenario.run(pause_on_error=False).read == 0
+    assert scenario.run(pause_on_error=False).counts.read == 0
     assert scenario.open_errors()["4"] == ("FIELD_CUSTOM_VALIDATION_EXCEPTION", 1)
 
 
@@ -247,7 +247,7 @@ def test_an_outage_past_the_retry_budget_fails_the_run_and_the_next_resumes(
     scenario.sandbox.clear_faults()
     resumed = scenario.run()
     assert resumed.outcome is RunOutcome.COMPLETED
-    assert resumed.exported == 100
+    assert resumed.counts.exported == 100
     assert len(scenario.contacts()) == 200
 
 

@@ -31,8 +31,8 @@ def test_a_connection_dropped_while_idle_costs_no_failed_call(scenario: Scenario
     # The counters call opens a connection of its own.
     exporter_handshakes = _handshakes(scenario) - before - 1
 
-    assert (first.outcome, first.exported) == (RunOutcome.COMPLETED, 1000)
-    assert (second.outcome, second.exported) == (RunOutcome.COMPLETED, 100)
+    assert (first.outcome, first.counts.exported) == (RunOutcome.COMPLETED, 1000)
+    assert (second.outcome, second.counts.exported) == (RunOutcome.COMPLETED, 100)
     assert [e for e in logs if e["event"] == "salesforce_retry"] == []
     counters = scenario.sandbox.counters()
     assert counters["transport"]["idle_resets"] == 1
@@ -53,7 +53,7 @@ def test_the_wait_after_a_503_honours_retry_after(scenario: Scenario) -> None:
         result = scenario.run()
     elapsed = time.monotonic() - started
 
-    assert (result.outcome, result.exported) == (RunOutcome.COMPLETED, 50)
+    assert (result.outcome, result.counts.exported) == (RunOutcome.COMPLETED, 50)
     waits = [e["wait_seconds"] for e in logs if e["event"] == "salesforce_retry"]
     assert waits and all(wait >= 1.0 for wait in waits)
     assert elapsed >= 1.5

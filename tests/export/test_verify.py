@@ -52,7 +52,7 @@ def test_verify_reports_what_was_changed_behind_crm_export_s_back(scenario: Scen
         scenario.add(key, title="Engineer")
     # Salesforce trims text, and stores "" as nothing: no difference for either.
     scenario.update(4, title="  VP Sales  ", first_name="")
-    assert scenario.run(fields=FIELDS).exported == 6
+    assert scenario.run(fields=FIELDS).counts.exported == 6
 
     code, clean = verify(scenario, "--all", "--json")
     assert code == 0, clean

@@ -11,7 +11,7 @@ from export_scenario import Scenario
 
 from crm_export.export import StreamProgress
 from crm_export.jobs import JOBS
-from crm_export.ports import RunOutcome
+from crm_export.ports import ApiUsage, RunOutcome
 from crm_export.salesforce import SalesforceSink
 from crm_export.watch import Watch, Watches
 
@@ -46,7 +46,7 @@ def test_every_call_and_retry_reaches_the_watch(scenario: Scenario) -> None:
     scenario.sandbox.set_faults({"http_error_rate": {"503": 0.3}, "paths": "/composite/"})
     recorder = Recorder()
     [result] = JOBS["CRMExport"](scenario.config(), None, Watches([Broken(), recorder]))
-    assert result.outcome is RunOutcome.COMPLETED and result.exported == 450
+    assert result.outcome is RunOutcome.COMPLETED and result.counts.exported == 450
 
     counters = scenario.sandbox.counters()
     by_path = Counter((method, path) for method, path, _, _ in recorder.calls)
@@ -70,5 +70,5 @@ def test_every_call_and_retry_reaches_the_watch(scenario: Scenario) -> None:
     assert all(seconds > 0 for _, _, seconds, _ in recorder.calls)
     # The watch is handed the run's sink, which has seen the org's API usage.
     [sink] = recorder.sinks
-    assert sink.api_usage == (counters["api_usage"]["used"], counters["api_usage"]["max"])
+    assert sink.api_usage == ApiUsage(counters["api_usage"]["used"], counters["api_usage"]["max"])
     assert recorder.progresses[0].pending == 450 and recorder.progresses[-1].finished

@@ -9,7 +9,7 @@ import pytest
 from store_kit import T0, Clock, failure
 
 from crm_export.errors import StreamChangedError
-from crm_export.ports import BatchAck, PausedRecord, Position
+from crm_export.ports import BatchAck, PausedRecord, Position, RunCounts
 from crm_export.store import SqlStore
 from crm_export.store.actions import StepOver
 
@@ -122,7 +122,7 @@ def test_a_run_cannot_overwrite_what_an_operator_changed_meanwhile(
             position=Position(9, 9),
             pause=PausedRecord("7", T0, "X", "again"),
             failures=[failure("7")],
-            failed=1,
+            counts=RunCounts(read=1, paused=1),
         )
         with pytest.raises(StreamChangedError, match="changed by an operator"):
             daemon.acknowledge(stale)

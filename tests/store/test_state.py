@@ -22,9 +22,11 @@ from crm_export.ports import (
     PausedRecord,
     Position,
     RecordError,
+    RunCounts,
     RunOutcome,
 )
 from crm_export.store import INTERRUPTED_MESSAGE, SqlStore, migrations
+from crm_export.store.state import COUNTER_COLUMNS
 
 
 def test_a_record_failing_again_bumps_its_open_row(timed_store: SqlStore, clock: Clock) -> None:
@@ -161,7 +163,7 @@ def test_position_and_pause_change_only_when_asked(timed_store: SqlStore) -> Non
     run = store.begin_run("CRMExport", "contacts")
     pause = PausedRecord("7", T0, "INVALID_EMAIL", "bad email")
     store.acknowledge(BatchAck("contacts", run, position=Position("2026-01-01", 6), pause=pause))
-    store.acknowledge(BatchAck("contacts", run, read=1))  # both UNCHANGED
+    store.acknowledge(BatchAck("contacts", run, counts=RunCounts(read=1)))  # both UNCHANGED
     state = store.load_state("contacts")
     assert state.position == Position("2026-01-01", 6)
     assert state.paused == pause
@@ -177,21 +179,30 @@ def test_position_and_pause_change_only_when_asked(timed_store: SqlStore) -> Non
 def test_counters_add_up_and_finish_closes_the_run(timed_store: SqlStore, clock: Clock) -> None:
     store = timed_store
     run = store.begin_run("CRMExport", "contacts")
-    store.acknowledge(BatchAck("contacts", run, read=200, exported=199, failed=1, api_calls=3))
-    store.acknowledge(BatchAck("contacts", run, read=50, exported=48, failed=2, skipped=2))
-    store.acknowledge(BatchAck("contacts", run, api_calls=1))
+    counts = RunCounts(read=200, exported=190, unchanged=9, failed=1, api_calls=3, logins=1)
+    store.acknowledge(BatchAck("contacts", run, counts=counts))
+    counts = RunCounts(read=50, exported=45, failed=2, paused=1, superseded=2, late=3)
+    store.acknowledge(BatchAck("contacts", run, counts=counts))
+    store.acknowledge(BatchAck("contacts", run, counts=RunCounts(api_calls=1)))
     finished = clock.tick()
-    store.finish_run(run, RunOutcome.FAILED, "Salesforce said no")
+    # The calls of a batch that failed were never acknowledged: finish_run records them.
+    tail = RunCounts(api_calls=5, logins=2)
+    store.finish_run(run, RunOutcome.FAILED, "Salesforce said no", tail=tail)
 
     row = store.get_run(run)
     assert row is not None
-    assert (
-        row["records_read"],
-        row["records_exported"],
-        row["records_failed"],
-        row["records_skipped"],
-        row["api_calls"],
-    ) == (250, 247, 3, 2, 4)
+    assert {name: row[name] for name in COUNTER_COLUMNS.values()} == {
+        "records_read": 250,
+        "records_exported": 235,
+        "records_unchanged": 9,
+        "records_failed": 3,
+        "records_paused": 1,
+        "records_superseded": 2,
+        "records_late": 3,
+        "api_calls": 9,
+        "logins": 3,
+    }
+    assert (row["org_api_used"], row["org_api_max"]) == (None, None)
     assert (row["outcome"], row["error"]) == ("failed", "Salesforce said no")
     assert (row["started_at"], row["finished_at"]) == (T0, finished)
     assert row["job_id"] == "CRMExport"
@@ -237,7 +248,13 @@ def test_timestamps_come_back_aware_utc(store: SqlStore) -> None:
 def test_acknowledge_is_all_or_nothing(store: SqlStore) -> None:
     run = store.begin_run("CRMExport", "contacts")
     store.acknowledge(
-        BatchAck("contacts", run, position=Position(1, 1), failures=[failure("1")], read=1)
+        BatchAck(
+            "contacts",
+            run,
+            position=Position(1, 1),
+            failures=[failure("1")],
+            counts=RunCounts(read=1),
+        )
     )
     before = (store.load_state("contacts"), store.list_errors(include_resolved=True))
 
@@ -253,18 +270,22 @@ def test_acknowledge_is_all_or_nothing(store: SqlStore) -> None:
                 pause=PausedRecord("2", T0, "X", "y"),
                 resolved_keys=["1"],
                 failures=[failure("3"), broken],
-                read=5,
+                fingerprints={"3": b"x" * 16},
+                counts=RunCounts(read=5),
             )
         )
 
     assert (store.load_state("contacts"), store.list_errors(include_resolved=True)) == before
+    assert store.fingerprint_count() == 0
     row = store.get_run(run)
     assert row is not None and row["records_read"] == 1
 
 
 def test_acknowledge_for_an_unknown_run_writes_nothing(store: SqlStore) -> None:
     with pytest.raises(LookupError, match="no export run with id 12345"):
-        store.acknowledge(BatchAck("contacts", 12345, position=Position(1, 1), read=1))
+        store.acknowledge(
+            BatchAck("contacts", 12345, position=Position(1, 1), counts=RunCounts(read=1))
+        )
     assert store.load_state("contacts").position is None
 
 
@@ -279,7 +300,13 @@ def test_concurrent_writers_on_sqlite_neither_fail_nor_lose_updates(tmp_path: Pa
         try:
             for i in range(40):
                 store.acknowledge(
-                    BatchAck(stream, run, position=Position(i, i), failures=[failure("k")], read=1)
+                    BatchAck(
+                        stream,
+                        run,
+                        position=Position(i, i),
+                        failures=[failure("k")],
+                        counts=RunCounts(read=1),
+                    )
                 )
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

@@ -130,3 +130,24 @@ def test_a_missing_parent_is_read_from_salesforces_message() -> None:
     unknown = RecordError("INVALID_FIELD", "No such column 'Foo__c' on sobject of type Contact")
     assert missing_parent(unknown) is None
     assert classify_record_error(unknown) is ErrorClass.CONFIGURATION
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # The daily allocation is spent: retrying within the run only spends what is not
+        # there, so the run is deferred (neither retried nor failed).
+        ("TotalRequests Limit exceeded.", errors.ApiBudgetReached),
+        # A concurrency cap clears in seconds: retried with backoff.
+        ("ConcurrentPerOrgLongTxn Limit exceeded.", errors.RequestLimitError),
+        (
+            "ConcurrentRequests (Concurrent API Requests) Limit exceeded.",
+            errors.RequestLimitError,
+        ),
+    ],
+)
+def test_request_limits_apart_by_their_message(message: str, expected: type) -> None:
+    cls = request_error_class(403, "REQUEST_LIMIT_EXCEEDED", message)
+    assert cls is expected
+    if cls is errors.ApiBudgetReached:
+        assert not issubclass(cls, errors.TransientError | errors.TerminalError)

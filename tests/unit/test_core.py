@@ -60,10 +60,10 @@ def test_exports_every_row_in_order_and_advances_the_position() -> None:
     assert sink.writes == [str(i) for i in range(1, 8)]
     assert [len(ids) for _, ids in sink.requests] == [3, 3, 1]
     assert store.load_state("contacts").position == row(7).position
-    assert (result.read, result.exported, result.failed) == (7, 7, 0)
+    assert (result.counts.read, result.counts.exported, result.counts.failed) == (7, 7, 0)
     # A second run finds nothing new and sends nothing.
     again = exporter.export_stream(plan(pause=True))
-    assert again.read == 0 and len(sink.requests) == 3
+    assert again.counts.read == 0 and len(sink.requests) == 3
 
 
 def test_pause_halts_at_the_failing_record_and_writes_nothing_after_it() -> None:
@@ -105,7 +105,7 @@ def test_skip_mode_logs_the_failure_and_moves_on() -> None:
     assert result.outcome is RunOutcome.COMPLETED
     assert sink.writes == ["1", "3"]
     assert not any(aon for aon, _ in sink.requests)
-    assert (result.exported, result.failed, result.skipped) == (2, 1, 1)
+    assert (result.counts.exported, result.counts.failed, result.counts.paused) == (2, 1, 0)
     assert store.load_state("contacts").position == row(3).position
     assert [e.record_key for e in store.open_error_rows()] == ["2"]
 
@@ -252,7 +252,8 @@ def test_two_rows_with_one_key_in_a_batch_send_the_later_one_only() -> None:
     assert result.outcome is RunOutcome.COMPLETED
     assert sink.records["1"]["LastName"] == "New"
     assert sorted(sink.writes) == ["1", "2"]
-    assert (result.read, result.exported, result.skipped) == (3, 2, 1)
+    c = result.counts
+    assert (c.read, c.exported, c.superseded, c.failed) == (3, 2, 1, 0)
     assert store.errors == []
 
 
@@ -322,11 +323,11 @@ def test_a_crash_while_acknowledging_loses_nothing_and_counts_nothing_twice() ->
     first = exporter.export_stream(plan(pause=True))
     assert first.outcome is RunOutcome.FAILED
     assert store.load_state("contacts").position is None
-    assert store.runs[0].counts["exported"] == 0
+    assert store.runs[0].counts.exported == 0
     second = exporter.export_stream(plan(pause=True))
     assert second.outcome is RunOutcome.COMPLETED
     assert sorted(sink.records) == ["1", "2", "3", "4"]
-    assert store.runs[1].counts["exported"] == 4
+    assert store.runs[1].counts.exported == 4
 
 
 def test_terminal_request_error_fails_the_run_with_its_message() -> None:
@@ -422,7 +423,7 @@ def test_pause_mode_writes_the_records_before_a_refused_one_and_halts_at_it(pins
     assert len(sink.requests) == (2 if pins else 1 + 8)
     # ... plus one describe of the object for the run.
     calls = len(sink.requests) + len(sink.described)
-    assert result.api_calls == calls == store.runs[0].counts["api_calls"]
+    assert result.counts.api_calls == calls == store.runs[0].counts.api_calls
 
     # The paused record alone, every run, until its source row is fixed.
     again = exporter.export_stream(plan(pause=True))
@@ -446,7 +447,8 @@ def test_skip_mode_exports_the_rest_of_the_batch_around_refused_records(pins: bo
     assert {e.record_key: e.error_code for e in store.open_error_rows()} == dict.fromkeys(
         map(str, sorted(bad)), "JSON_PARSER_ERROR"
     )
-    assert (result.read, result.exported, result.failed, result.skipped) == (200, 196, 4, 4)
+    c = result.counts
+    assert (c.read, c.exported, c.failed, c.paused, c.superseded) == (200, 196, 4, 0, 0)
     assert store.load_state("contacts").position == row(200).position
     # Pinned: each refused record costs the one call that resends the others. Bisected: at
     # most two calls per halving for each.
@@ -454,7 +456,7 @@ def test_skip_mode_exports_the_rest_of_the_batch_around_refused_records(pins: bo
         assert len(sink.requests) == 1 + len(bad)
     else:
         assert len(sink.requests) <= 1 + len(bad) * 2 * 8
-    assert result.api_calls == len(sink.requests) + len(sink.described)
+    assert result.counts.api_calls == len(sink.requests) + len(sink.described)
 
 
 def test_a_record_error_before_a_refused_record_is_where_pause_mode_halts() -> None:
@@ -496,7 +498,7 @@ def test_refused_records_in_a_row_are_a_flood_that_stops_within_bounded_calls(
         assert len(sink.requests) == 1 + 9
     else:
         assert len(sink.requests) <= 1 + 8 + 2 * 9
-    assert result.api_calls == len(sink.requests) + len(sink.described)
+    assert result.counts.api_calls == len(sink.requests) + len(sink.described)
 
 
 def test_refusals_too_dense_to_isolate_stop_after_one_call_per_record() -> None:

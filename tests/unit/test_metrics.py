@@ -7,7 +7,7 @@ import pytest
 
 from crm_export.export import StreamProgress, StreamResult
 from crm_export.metrics import Metrics, call_kind, status_class
-from crm_export.ports import JobId, RunOutcome
+from crm_export.ports import ApiUsage, JobId, RunCounts, RunOutcome
 
 BASE = "https://acme.my.salesforce.com"
 
@@ -43,8 +43,8 @@ def test_status_classes() -> None:
 
 
 def report(metrics: Metrics, run_id: int, read: int, failed: int, finished: bool = False) -> None:
-    result = StreamResult(JobId.EXPORT, "contacts", run_id, read=read, exported=read - failed)
-    result.failed = result.skipped = failed
+    counts = RunCounts(read=read, exported=read - failed, failed=failed)
+    result = StreamResult(JobId.EXPORT, "contacts", run_id, counts=counts)
     if finished:
         result.outcome = RunOutcome.COMPLETED
     metrics.progress(StreamProgress(result, 500, finished))
@@ -90,14 +90,14 @@ def test_calls_retries_and_the_runner_role() -> None:
 
 
 class Sink:
-    def __init__(self, usage: tuple[int, int] | None) -> None:
+    def __init__(self, usage: ApiUsage | None) -> None:
         self.api_usage = usage
 
 
 def test_the_org_usage_is_the_last_one_salesforce_reported() -> None:
     metrics = Metrics()
     assert value(metrics, "crm_export_org_api_usage_percent") is None  # no call yet
-    metrics.sink_opened(Sink((4_500, 5_000)))  # type: ignore[arg-type]
+    metrics.sink_opened(Sink(ApiUsage(4_500, 5_000)))  # type: ignore[arg-type]
     assert value(metrics, "crm_export_org_api_usage_percent") == 90.0
     # A run that makes no call learns nothing new: the last usage seen stays.
     metrics.sink_opened(Sink(None))  # type: ignore[arg-type]

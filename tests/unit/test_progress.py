@@ -11,7 +11,7 @@ import structlog
 from rich.console import Console
 
 from crm_export.export import StreamProgress, StreamResult
-from crm_export.ports import JobId, RunOutcome
+from crm_export.ports import JobId, RunCounts, RunOutcome
 from crm_export.progress import ProgressLog, TerminalProgress, figures
 
 
@@ -32,7 +32,8 @@ def at(
     finished: bool = False,
 ) -> StreamProgress:
     job = JobId.EXPORT if pending is not None else JobId.REEXPORT
-    result = StreamResult(job, stream, run_id, read=read, exported=read - 2, failed=2, skipped=2)
+    counts = RunCounts(read=read, exported=read - 2, failed=2)
+    result = StreamResult(job, stream, run_id, counts=counts)
     if finished:
         result.outcome = RunOutcome.COMPLETED
     return StreamProgress(result, pending, finished)

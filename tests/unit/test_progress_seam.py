@@ -51,7 +51,7 @@ def test_a_run_reports_its_pending_rows_then_each_batch_then_its_end() -> None:
     store, exporter, seen = watched([row(i) for i in range(1, 8)])
     exporter.export_stream(PLAN)
     assert [p.pending for p in seen] == [7] * len(seen)
-    assert [(p.result.read, p.result.exported) for p in seen] == [
+    assert [(p.result.counts.read, p.result.counts.exported) for p in seen] == [
         (0, 0),
         (3, 3),
         (6, 6),
@@ -62,13 +62,13 @@ def test_a_run_reports_its_pending_rows_then_each_batch_then_its_end() -> None:
     assert seen[-1].result.outcome is RunOutcome.COMPLETED
     assert seen[0].result.outcome is RunOutcome.RUNNING
     # Each report is a copy: what the observer kept does not change under it.
-    assert seen[1].result.read == 3
+    assert seen[1].result.counts.read == 3
 
     # The next run counts only what is new since the position.
     store.put_row("contacts", row(8))
     seen.clear()
     exporter.export_stream(PLAN)
-    assert seen[0].pending == 1 and seen[-1].result.read == 1
+    assert seen[0].pending == 1 and seen[-1].result.counts.read == 1
 
 
 def test_a_paused_stream_counts_its_paused_record_among_the_pending() -> None:
@@ -88,7 +88,7 @@ def test_the_re_export_reports_progress_without_a_count() -> None:
     store.put_row("contacts", row(2, "Fixed"))
     exporter.reexport_stream(PLAN)
     assert {p.pending for p in seen} == {None}
-    assert seen[-1].finished and seen[-1].result.exported == 1
+    assert seen[-1].finished and seen[-1].result.counts.exported == 1
 
 
 def test_an_observer_that_raises_does_not_fail_the_export() -> None:
@@ -101,5 +101,5 @@ def test_an_observer_that_raises_does_not_fail_the_export() -> None:
         store, InMemorySink(), ExportPolicy(), FakeClock(), rng=random.Random(1), on_progress=broken
     )
     result = exporter.export_stream(PLAN)
-    assert result.outcome is RunOutcome.COMPLETED and result.exported == 2
+    assert result.outcome is RunOutcome.COMPLETED and result.counts.exported == 2
     assert store.load_state("contacts").position == row(2).position
