@@ -24,6 +24,7 @@ from crm_export.sandbox.dml import (
     RequestError,
     Saver,
     SaveResult,
+    json_text,
     relationship_column,
     sf_datetime,
 )
@@ -244,7 +245,8 @@ class BulkJobs:
                 raise RequestError(
                     400,
                     "INVALIDJOBSTATE",
-                    f"Invalid state {state!r}: use UploadComplete or Aborted",
+                    # Sandbox wording (Salesforce's is not documented): no Python repr.
+                    f"Invalid state {json_text(state)}: use UploadComplete or Aborted",
                 )
             job.modstamp = sf_datetime()
         return job
