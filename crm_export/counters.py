@@ -16,7 +16,7 @@ from crm_export.export import StreamResult
 # The outcomes a record read by a run is counted under (the metric's ``outcome`` label).
 RECORD_OUTCOMES: tuple[str, ...] = ("exported", "unchanged", "failed", "paused", "superseded")
 
-# The export_runs column behind each counter of ``run_counts``.
+# The export_runs column behind each counter a run reports.
 RUN_COLUMNS: Mapping[str, str] = {
     "read": "records_read",
     **{outcome: f"records_{outcome}" for outcome in RECORD_OUTCOMES},
@@ -32,12 +32,6 @@ def record_counts(result: StreamResult) -> dict[str, int]:
     return {outcome: getattr(counts, outcome) for outcome in RECORD_OUTCOMES}
 
 
-def run_counts(result: StreamResult) -> dict[str, int]:
-    """Every counter of a run so far: ``read``, the records by outcome, ``late`` and the
-    calls."""
-    return {name: getattr(result.counts, name) for name in RUN_COLUMNS}
-
-
 def run_row_counts(row: Mapping[str, Any]) -> dict[str, int]:
-    """``run_counts`` of an export_runs row (as committed with the run's last batch)."""
+    """The counters of an export_runs row (as committed with the run's last batch)."""
     return {name: int(row.get(column) or 0) for name, column in RUN_COLUMNS.items()}

@@ -1,4 +1,4 @@
-"""The operator's questions: the queries behind ``crm-export status``, ``errors`` and ``resume``.
+"""The operator's questions: the queries behind ``crm-export status`` and ``errors``.
 
 The export core never calls these. The same questions, as plain SQL to paste into sqlite3 or
 psql, are in ``sql/operator_queries.<dialect>.sql`` beside this module (``errors --sql``
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from crm_export.ports import RunOutcome, StreamState
 from crm_export.store.engines import StateDatabase
 from crm_export.store.schema import export_errors, export_runs, record_fingerprints, stream_state
-from crm_export.store.state import pause_columns, state_from_row
+from crm_export.store.state import state_from_row
 from crm_export.store.statements import upsert
 
 __all__ = ["MonitoringSnapshot", "OperatorQueries"]
@@ -35,8 +35,7 @@ class MonitoringSnapshot:
 
 
 class OperatorQueries:
-    """Reads for the operator commands, ``clear_pause`` behind ``resume`` and
-    ``request_resync`` behind ``stream resync``."""
+    """Reads for the operator commands, and ``request_resync`` behind ``stream resync``."""
 
     def __init__(self, db: StateDatabase) -> None:
         self._db = db
@@ -140,24 +139,6 @@ class OperatorQueries:
             stmt = stmt.where(export_runs.c.stream == stream)
         with self._db.read() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt)]
-
-    def clear_pause(self, stream: str) -> bool:
-        """Release a stream's pause (operator ``resume``). True if it was paused."""
-        with self._db.write() as conn:
-            result = conn.execute(
-                stream_state.update()
-                .where(stream_state.c.stream == stream)
-                .where(stream_state.c.paused_record_key.is_not(None))
-                .values(
-                    {
-                        **pause_columns(None),
-                        "updated_at": self._db.now(),
-                        # An operator's change: a run in progress must not overwrite it.
-                        "revision": stream_state.c.revision + 1,
-                    }
-                )
-            )
-            return result.rowcount == 1
 
     def request_resync(self, stream: str) -> int:
         """Ask the next CRMExport run of ``stream`` to resend every row: it forgets the

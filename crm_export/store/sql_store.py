@@ -190,9 +190,6 @@ class SqlStore:
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         return self._operator.get_run(run_id)
 
-    def clear_pause(self, stream: str) -> bool:
-        return self._operator.clear_pause(stream)
-
     def monitoring_snapshot(self) -> MonitoringSnapshot:
         return self._operator.monitoring_snapshot()
 

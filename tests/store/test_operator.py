@@ -14,16 +14,6 @@ from crm_export.ports import (
 from crm_export.store import SqlStore
 
 
-def test_clear_pause_releases_a_paused_stream(store: SqlStore) -> None:
-    run = store.begin_run("CRMExport", "contacts")
-    pause = PausedRecord("7", T0, "X", "y")
-    store.acknowledge(BatchAck("contacts", run, pause=pause, position=Position(1, 1)))
-    assert store.clear_pause("contacts") is True
-    assert store.clear_pause("contacts") is False
-    assert store.load_state("contacts").paused is None
-    assert store.load_state("contacts").position == Position(1, 1)
-
-
 def test_list_runs_newest_first(store: SqlStore) -> None:
     ids = [store.begin_run("CRMExport", s) for s in ("contacts", "accounts", "contacts")]
     assert [r["id"] for r in store.list_runs()] == ids[::-1]
