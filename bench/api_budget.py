@@ -34,11 +34,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-_TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(_TESTS))
+# The shared harness is the tests package at the repository root (tests/harness.py).
+_REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
 
 import sqlalchemy as sa  # noqa: E402
-from harness import (  # noqa: E402
+
+from crm_export.ports import BatchAck  # noqa: E402
+from crm_export.sandbox.admin_client import verified_session  # noqa: E402
+from crm_export.store import SqlStore, migrations  # noqa: E402
+from tests.harness import (  # noqa: E402
     POSTGRES_ENV,
     SandboxProcess,
     Stream,
@@ -52,10 +57,6 @@ from harness import (  # noqa: E402
     write_config,
     write_contacts,
 )
-
-from crm_export.ports import BatchAck  # noqa: E402
-from crm_export.sandbox.admin_client import verified_session  # noqa: E402
-from crm_export.store import SqlStore, migrations  # noqa: E402
 
 SECRET = "sandbox-secret"
 BATCH = 200

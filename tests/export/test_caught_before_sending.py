@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from export_scenario import Scenario
-
 from crm_export.ports import RunOutcome
+from tests.export.export_scenario import Scenario
 
 FIELDS = {
     "LastName": "last_name",

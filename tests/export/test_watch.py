@@ -7,13 +7,12 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from export_scenario import Scenario
-
 from crm_export.export import StreamProgress
 from crm_export.jobs import JOBS
 from crm_export.ports import ApiUsage, RunOutcome
 from crm_export.salesforce import SalesforceSink
 from crm_export.watch import Watch, Watches
+from tests.export.export_scenario import Scenario
 
 
 class Recorder(Watch):

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from harness import (
+
+from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.harness import (
     Org,
     Stream,
     contact_rows,
@@ -28,8 +30,6 @@ from harness import (
     write_config,
     write_contacts,
 )
-
-from crm_export.sandbox.testing import SandboxHandle, running_sandbox
 
 # Every Contact field of the default org the bad rows aim at, by type: string (40 and 80
 # characters), textarea (32,000), date, boolean, phone.

@@ -1,4 +1,4 @@
-"""Helpers shared by the sandbox tests (importable because pytest puts this dir on sys.path)."""
+"""Helpers shared by the sandbox tests (``from tests.sandbox.sandbox_helpers import ...``)."""
 
 from __future__ import annotations
 

@@ -8,11 +8,11 @@ import time
 
 import pytest
 import requests
-from sandbox_helpers import VERSION
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceOperationError
 
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import VERSION
 
 
 def rows(text: str) -> list[dict[str, str]]:

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 import requests
-from sandbox_helpers import VERSION, contact, upsert_contacts
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import VERSION, contact, upsert_contacts
 
 ORG_ID = "00DSb0000000001EAA"
 

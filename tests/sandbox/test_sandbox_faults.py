@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import requests
-from sandbox_helpers import VERSION, contact, upsert_contacts
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceExpiredSession,
@@ -20,6 +19,7 @@ from simple_salesforce.exceptions import (
 from crm_export.sandbox.admin_client import SandboxAdminError
 from crm_export.sandbox.faults import FaultsError
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.sandbox.sandbox_helpers import VERSION, contact, upsert_contacts
 
 
 def test_latency_delays_each_call(sandbox: SandboxHandle, sf: Salesforce) -> None:

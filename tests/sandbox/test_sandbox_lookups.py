@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sandbox_helpers import contact, upsert_contacts
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import contact, upsert_contacts
 
 NOT_FOUND = {
     "statusCode": "INVALID_FIELD",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import requests
-from sandbox_helpers import VERSION, contact, upsert_contacts
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceMalformedRequest,
@@ -15,6 +14,7 @@ from simple_salesforce.format import format_external_id
 
 from crm_export.sandbox.ids import looks_like_id
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import VERSION, contact, upsert_contacts
 
 ROLLED_BACK = {
     "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",

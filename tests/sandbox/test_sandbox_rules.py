@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import requests
-from sandbox_helpers import VERSION, contact, upsert_contacts
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 
 from crm_export.sandbox.org import OrgError, load_org
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.sandbox.sandbox_helpers import VERSION, contact, upsert_contacts
 
 
 def only_error(sf: Salesforce, **fields: Any) -> dict[str, Any]:

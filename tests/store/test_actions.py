@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from store_kit import T0, Clock, failure
 
 from crm_export.errors import StreamChangedError
 from crm_export.ports import BatchAck, PausedRecord, Position, RunCounts
 from crm_export.store import SqlStore
 from crm_export.store.actions import StepOver
+from tests.store.store_kit import T0, Clock, failure
 
 
 def paused_stream(store: SqlStore) -> tuple[int, dict[str, int]]:
