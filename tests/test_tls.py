@@ -3,6 +3,7 @@ given, and not one slipped in through REQUESTS_CA_BUNDLE. Over real HTTPS to the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from tests.harness import (
 
 
 @pytest.fixture
-def sandbox() -> SandboxHandle:
+def sandbox() -> Iterator[SandboxHandle]:
     with running_sandbox() as handle:
         yield handle
 
