@@ -448,7 +448,7 @@ def test_a_postgresql_source_with_nan_infinity_and_far_dates(
         with engine.begin() as conn:
             conn.exec_driver_sql(f"CREATE TABLE people ({columns})")
             for i, (row, _, _) in enumerate(PG_ROWS):
-                values = {"score": None, "amount": None, "born": None, "note": None}
+                values: dict[str, Any] = {"score": None, "amount": None, "born": None, "note": None}
                 values |= {"tags": None, **row, "at": f"2026-01-01T00:00:{i:02d}Z"}
                 conn.execute(
                     sa.text(
