@@ -38,7 +38,6 @@ _REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO))
 
 import sqlalchemy as sa  # noqa: E402
-from simple_salesforce import Salesforce  # noqa: E402
 
 from crm_export.sandbox.admin_client import verified_session  # noqa: E402
 from crm_export.store import migrations  # noqa: E402
@@ -55,6 +54,7 @@ from tests.harness import (  # noqa: E402
     write_config,
     write_contacts,
 )
+from tests.sandbox.sandbox_helpers import Salesforce  # noqa: E402
 
 SECRET = "sandbox-secret"
 API = "64.0"
