@@ -34,11 +34,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-_TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(_TESTS))
+# The shared harness is the tests package at the repository root (tests/harness.py).
+_REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
 
 import sqlalchemy as sa  # noqa: E402
-from harness import (  # noqa: E402
+
+from crm_export.ports import BatchAck  # noqa: E402
+from crm_export.sandbox.admin_client import verified_session  # noqa: E402
+from crm_export.store import SqlStore, migrations  # noqa: E402
+from tests.harness import (  # noqa: E402
     POSTGRES_ENV,
     SandboxProcess,
     Stream,
@@ -52,10 +57,6 @@ from harness import (  # noqa: E402
     write_config,
     write_contacts,
 )
-
-from crm_export.ports import BatchAck  # noqa: E402
-from crm_export.sandbox.admin_client import verified_session  # noqa: E402
-from crm_export.store import SqlStore, migrations  # noqa: E402
 
 SECRET = "sandbox-secret"
 BATCH = 200
@@ -145,7 +146,7 @@ def calls_past_the_line(bench: Bench, line: int) -> int:
 
 def budget_scenario(
     bench: Bench, state_url: str, source: Path, *, concurrent: bool
-) -> dict[str, object]:
+) -> dict[str, float]:
     """10,000 rows need 50 calls; the allocation is 200, the line 50% = 100; others have
     spent 70 before, and (concurrent) keep spending while the export runs."""
     admin = bench.sandbox.admin
@@ -315,10 +316,12 @@ def main() -> int:
         print(f"measuring: {args.fingerprints:,} fingerprints, SQLite", file=sys.stderr)
         path = workdir / "fingerprints.db"
         sizes["SQLite"] = fingerprint_size(sqlite_url(path), args.fingerprints, sqlite_path=path)
-        with pg_state(args.postgres_url, "size") as url:
-            if url:
+        with pg_state(args.postgres_url, "size") as size_url:
+            if size_url:
                 print(f"measuring: {args.fingerprints:,} fingerprints, PostgreSQL", file=sys.stderr)
-                sizes["PostgreSQL"] = fingerprint_size(url, args.fingerprints, sqlite_path=None)
+                sizes["PostgreSQL"] = fingerprint_size(
+                    size_url, args.fingerprints, sqlite_path=None
+                )
 
     print(
         f"\napi budget: {args.records:,} contacts, sandbox latency {args.latency_ms} ms per "

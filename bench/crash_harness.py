@@ -16,12 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-_TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path[:0] = [str(_TESTS), str(_TESTS / "reliability")]
+# The shared harness is the tests package at the repository root (tests/harness.py).
+_REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
 
-# The harness lives with the tests, which put these folders on sys.path themselves.
-from crash import CrashOptions, run_crash_harness  # noqa: E402
-from harness import POSTGRES_ENV  # noqa: E402
+from tests.harness import POSTGRES_ENV  # noqa: E402
+from tests.reliability.crash import CrashOptions, run_crash_harness  # noqa: E402
 
 
 def main() -> int:

@@ -31,11 +31,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-_TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path[:0] = [str(_TESTS), str(_TESTS / "reliability")]
+# The shared harness is the tests package at the repository root (tests/harness.py).
+_REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
 
-from harness import POSTGRES_ENV, postgres_database, sqlite_url  # noqa: E402
-from test_faults import (  # noqa: E402
+from crm_export.store import migrations  # noqa: E402
+from tests.harness import POSTGRES_ENV, postgres_database, sqlite_url  # noqa: E402
+from tests.reliability.test_faults import (  # noqa: E402
     FaultMix,
     LimitBurst,
     MixResult,
@@ -43,8 +45,6 @@ from test_faults import (  # noqa: E402
     fault_counts,
     run_fault_mix,
 )
-
-from crm_export.store import migrations  # noqa: E402
 
 
 @contextmanager

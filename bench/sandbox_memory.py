@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(_TESTS))
-
-from harness import SandboxProcess  # noqa: E402
+# The shared harness is the tests package at the repository root (tests/harness.py).
+_REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
 
 from crm_export.sandbox.admin_client import verified_session  # noqa: E402
+from tests.harness import SandboxProcess  # noqa: E402
 
 API = "64.0"
 BATCH = 200

@@ -33,11 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(_TESTS))
+# The shared harness is the tests package at the repository root (tests/harness.py).
+_REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
 
 import sqlalchemy as sa  # noqa: E402
-from harness import (  # noqa: E402
+
+from crm_export.sandbox.admin_client import verified_session  # noqa: E402
+from crm_export.store import migrations  # noqa: E402
+from tests.harness import (  # noqa: E402
     CONTACT_FIELDS,
     POSTGRES_ENV,
     SandboxProcess,
@@ -50,10 +54,7 @@ from harness import (  # noqa: E402
     write_config,
     write_contacts,
 )
-from simple_salesforce import Salesforce  # noqa: E402
-
-from crm_export.sandbox.admin_client import verified_session  # noqa: E402
-from crm_export.store import migrations  # noqa: E402
+from tests.sandbox.sandbox_helpers import Salesforce  # noqa: E402
 
 SECRET = "sandbox-secret"
 API = "64.0"

@@ -4,8 +4,8 @@ A SQLite source table of contacts, a config file, the state database (SQLite or
 PostgreSQL), the sandbox org (in-process, or as its own ``crm-export sandbox serve``
 process), and ``crm-export`` run as a process. Nothing is mocked.
 
-Importable from every test (pytest puts ``tests/`` on ``sys.path`` for ``tests/conftest.py``)
-and from ``bench/`` (which adds it).
+Imported as ``tests.harness``, by the tests and by ``bench/`` (which puts the repository root
+on ``sys.path``).
 """
 
 from __future__ import annotations

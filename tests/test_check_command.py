@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli import crm_export, make_config
 
 from crm_export.cli.check_commands import check_stream
 from crm_export.export import StreamPlan
@@ -18,6 +17,7 @@ from crm_export.mapping import FieldMap, Lookup
 from crm_export.ports import FieldDescribe, SourceRow, StreamSource
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
 from crm_export.testing import InMemorySink, describe_of
+from tests.test_cli import crm_export, make_config
 
 
 @pytest.fixture

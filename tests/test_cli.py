@@ -158,10 +158,10 @@ def test_demo_runs_the_main_job_on_the_embedded_defaults(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     # The accounts go first, though the file lists contacts first: contacts look them up.
     accounts_line = done.stdout.index("CRMExport accounts: completed - read 3 = exported 3")
-    contacts = (
+    contacts_line = (
         "CRMExport contacts: paused - read 8 = exported 7 + unchanged 0 + failed 0 + paused 1"
     )
-    assert accounts_line < done.stdout.index(contacts)
+    assert accounts_line < done.stdout.index(contacts_line)
     assert "paused at record 8 (FIELD_CUSTOM_VALIDATION_EXCEPTION" in done.stdout
     # Each exported contact points at its account, found by the account's external ID.
     with sqlite3.connect(tmp_path / "demo" / "sandbox-records.db") as org:

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli import crm_export, make_config
 
 from crm_export.config import load_config
 from crm_export.errors import OrgMismatchError, RetriesExhaustedError
 from crm_export.retry import SystemClock
 from crm_export.salesforce import SalesforceSink
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.test_cli import crm_export, make_config
 
 
 @pytest.fixture

@@ -129,10 +129,10 @@ def test_select_star_from_exporterrors_works_as_users_type_it(state_url: str) ->
             conn.close()
     else:
         dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with psycopg.connect(dsn) as pg, pg.cursor() as cursor:
-            cursor.execute("SELECT * FROM ExportErrors")
-            rows = cursor.fetchall()
-            names = [d.name for d in cursor.description or ()]
+        with psycopg.connect(dsn) as pg, pg.cursor() as pg_cursor:
+            pg_cursor.execute("SELECT * FROM ExportErrors")
+            rows = pg_cursor.fetchall()
+            names = [d.name for d in pg_cursor.description or ()]
 
     assert names == EXPORT_ERRORS_COLUMNS
     [row] = rows

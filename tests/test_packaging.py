@@ -21,6 +21,13 @@ def _setuptools() -> dict[str, object]:
     return section
 
 
+def _listed_packages() -> set[str]:
+    """[tool.setuptools] packages: what the wheel carries."""
+    packages = _setuptools()["packages"]
+    assert isinstance(packages, list), packages
+    return set(packages)
+
+
 def _package_dirs() -> dict[str, Path]:
     """Every package under crm_export/ (symlinked ones included), by its installed name."""
     found: dict[str, Path] = {}
@@ -32,7 +39,7 @@ def _package_dirs() -> dict[str, Path]:
 
 
 def test_every_package_in_the_repository_is_in_the_wheel() -> None:
-    listed = set(_setuptools()["packages"])  # type: ignore[arg-type]
+    listed = _listed_packages()
     missing = sorted(set(_package_dirs()) - listed)
     assert not missing, f"add these to [tool.setuptools] packages in pyproject.toml: {missing}"
 
@@ -41,7 +48,7 @@ def test_jobs_and_migrations_install_inside_crm_export() -> None:
     for name in ("jobs", "migrations"):
         link = ROOT / "crm_export" / name
         assert link.is_symlink() and link.resolve() == ROOT / name, link
-    listed = set(_setuptools()["packages"])  # type: ignore[arg-type]
+    listed = _listed_packages()
     assert {"crm_export.jobs", "crm_export.migrations", "crm_export.migrations.versions"} <= listed
     assert all(name.split(".")[0] == "crm_export" for name in listed)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import crm_export, make_config
 
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
 from crm_export.store import runner_lock
+from tests.test_cli import crm_export, make_config
 
 
 @pytest.fixture

@@ -3,11 +3,14 @@ given, and not one slipped in through REQUESTS_CA_BUNDLE. Over real HTTPS to the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
-from harness import (
+
+from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.harness import (
     Org,
     Stream,
     contact_rows,
@@ -19,11 +22,9 @@ from harness import (
     write_contacts,
 )
 
-from crm_export.sandbox.testing import SandboxHandle, running_sandbox
-
 
 @pytest.fixture
-def sandbox() -> SandboxHandle:
+def sandbox() -> Iterator[SandboxHandle]:
     with running_sandbox() as handle:
         yield handle
 

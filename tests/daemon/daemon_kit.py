@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from harness import (
+from sqlalchemy.engine import make_url
+
+from crm_export.sandbox.admin_client import AdminClient
+from tests.harness import (
     Org,
     Stream,
     crm_export_command,
@@ -30,9 +33,6 @@ from harness import (
     sql,
     write_config,
 )
-from sqlalchemy.engine import make_url
-
-from crm_export.sandbox.admin_client import AdminClient
 
 SECRET = "sandbox-secret"
 # Deadlines are far above what a run needs, so that a loaded machine never fails a test.

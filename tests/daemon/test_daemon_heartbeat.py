@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon_kit import DaemonProcess, poll, write_daemon_config
-from harness import SandboxProcess, Stream, contact_rows, sqlite_url, write_contacts
+from tests.daemon.daemon_kit import DaemonProcess, poll, write_daemon_config
+from tests.harness import SandboxProcess, Stream, contact_rows, sqlite_url, write_contacts
 
 ROWS = 200
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import requests
 import yaml
-from daemon_kit import DaemonProcess, as_utc, poll, runs, write_daemon_config
-from harness import SandboxProcess, Stream, contact_rows, sql, sqlite_url, write_contacts
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.daemon.daemon_kit import DaemonProcess, as_utc, poll, runs, write_daemon_config
+from tests.harness import SandboxProcess, Stream, contact_rows, sql, sqlite_url, write_contacts
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 RULES = Path(__file__).resolve().parents[2] / "docs" / "prometheus-alerts.yml"
@@ -216,7 +217,8 @@ def test_a_listen_address_already_taken_stops_the_daemon_at_start(tmp_path: Path
     import socket
 
     import certifi
-    from harness import Org
+
+    from tests.harness import Org
 
     source = tmp_path / "source.db"
     write_contacts(source, contact_rows(range(1, 3)).rows)

@@ -10,7 +10,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from daemon_kit import (
+from tests.daemon.daemon_kit import (
     SECRET,
     DaemonProcess,
     external_ids,
@@ -21,7 +21,7 @@ from daemon_kit import (
     write_daemon_config,
     written_keys,
 )
-from harness import (
+from tests.harness import (
     SandboxProcess,
     Stream,
     contact_rows,

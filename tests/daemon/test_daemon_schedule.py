@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_kit import (
+
+from crm_export.report import guard_formula
+from tests.daemon.daemon_kit import (
     DaemonProcess,
     external_ids,
     open_errors,
@@ -34,7 +36,7 @@ from daemon_kit import (
     runs,
     write_daemon_config,
 )
-from harness import (
+from tests.harness import (
     SandboxProcess,
     Stream,
     contact_rows,
@@ -44,8 +46,6 @@ from harness import (
     sqlite_url,
     write_contacts,
 )
-
-from crm_export.report import guard_formula
 
 INTERVAL = 2
 CONTACTS = contact_rows(range(1, 31), reject_every=10)  # 10, 20 and 30 are rejected
@@ -213,7 +213,7 @@ def test_the_reexport_runs_on_its_cron_and_resolves_the_fixed_record(
 
 
 def runs_errors(state_url: str) -> list[dict[str, Any]]:
-    from harness import sql
+    from tests.harness import sql
 
     return sql(state_url, "SELECT * FROM ExportErrors ORDER BY id")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_kit import (
+
+from tests.daemon.daemon_kit import (
     DaemonProcess,
     as_utc,
     external_ids,
@@ -26,7 +27,7 @@ from daemon_kit import (
     runs,
     write_daemon_config,
 )
-from harness import (
+from tests.harness import (
     SandboxProcess,
     Stream,
     contact_rows,

@@ -13,14 +13,15 @@ import signal
 import time
 from pathlib import Path
 
-from daemon_kit import (
+from crm_export.sandbox.admin_client import AdminClient
+from tests.daemon.daemon_kit import (
     DaemonProcess,
     external_ids,
     poll,
     runs,
     write_daemon_config,
 )
-from harness import (
+from tests.harness import (
     ContactSet,
     SandboxProcess,
     Stream,
@@ -29,8 +30,6 @@ from harness import (
     sqlite_url,
     write_contacts,
 )
-
-from crm_export.sandbox.admin_client import AdminClient
 
 CONTACTS = contact_rows(range(1, 401), reject_every=40)  # ten rejects, every code
 

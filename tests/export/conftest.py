@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from export_scenario import Scenario
 
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.export.export_scenario import Scenario
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from crm_export.config import Config, load_config
 from crm_export.export import StreamResult
 from crm_export.jobs import JOBS
+from crm_export.ports import JobId
 from crm_export.sandbox.testing import SandboxHandle
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -170,7 +171,7 @@ external_id_field = "External_Id__c"
 
     # -- running and looking --------------------------------------------------------------
     def run(self, job: str = "CRMExport", **changes: Any) -> StreamResult:
-        [result] = JOBS[job](self.config(**changes), None)
+        [result] = JOBS[JobId(job)](self.config(**changes), None)
         return result
 
     def sql(self, query: str) -> list[dict[str, Any]]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from export_scenario import Scenario
 from structlog.testing import capture_logs
 
 from crm_export.ports import RunOutcome
+from tests.export.export_scenario import Scenario
 
 
 def org_usage(scenario: Scenario) -> int:

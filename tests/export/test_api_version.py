@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import (
+
+from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.harness import (
     Org,
     Stream,
     contact_rows,
@@ -18,8 +20,6 @@ from harness import (
     write_config,
     write_contacts,
 )
-
-from crm_export.sandbox.testing import SandboxHandle, running_sandbox
 
 
 @pytest.fixture

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from export_scenario import Scenario
-
 from crm_export.ports import RunOutcome
+from tests.export.export_scenario import Scenario
 
 FIELDS = {
     "LastName": "last_name",
@@ -16,7 +15,7 @@ FIELDS = {
     "LeadSource": "title",
     "Birthdate": "birthdate",
 }
-BAD = {
+BAD: dict[int, dict[str, Any]] = {
     2: {"last_name": "L" * 81},
     3: {"title": "Carrier Pigeon"},
     4: {"birthdate": "not-a-date"},
@@ -74,12 +73,13 @@ def test_skip_mode_rejects_what_describe_proves_before_sending(scenario: Scenari
 
     # The same code, and the same words, as the org gives for the same value: SQL on
     # error_code means the same whichever side caught it.
-    for key, record in {
+    probes: dict[str, dict[str, Any]] = {
         "2": {"External_Id__c": "X-2", "LastName": "L" * 81},
         "3": {"External_Id__c": "X-3", "LastName": "S", "LeadSource": "Carrier Pigeon"},
         "4": {"External_Id__c": "X-4", "LastName": "S", "Birthdate": "not-a-date"},
         "5": {"External_Id__c": "X-5", "LastName": None},
-    }.items():
+    }
+    for key, record in probes.items():
         code, message = org_answer(scenario, record)
         assert code == CODES[key]
         ours = messages[key]
@@ -100,5 +100,6 @@ def test_pause_mode_halts_at_a_row_caught_before_sending(scenario: Scenario) -> 
     assert scenario.sandbox.counters()["calls"]["composite_upsert"] == calls
     assert scenario.open_errors()["2"] == ("STRING_TOO_LONG", 2)
     scenario.update(2, last_name="Fixed")
-    assert scenario.run(fields=FIELDS).paused.record_key == "3"  # type: ignore[union-attr]
+    paused = scenario.run(fields=FIELDS).paused
+    assert paused is not None and paused.record_key == "3"
     assert scenario.written() == ["1", "2"]

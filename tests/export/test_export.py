@@ -8,9 +8,8 @@ import sqlite3
 import subprocess
 import sys
 
-from export_scenario import Scenario
-
 from crm_export.ports import RunOutcome
+from tests.export.export_scenario import Scenario
 
 BAD_EMAIL = {"email": "not-an-email"}
 

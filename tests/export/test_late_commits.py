@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from crm_export.config import load_config
 from crm_export.jobs import JOBS
-from crm_export.ports import RunOutcome
+from crm_export.ports import JobId, RunOutcome
 from crm_export.sandbox.testing import SandboxHandle
 
 pytestmark = pytest.mark.postgres
@@ -93,7 +93,7 @@ def test_rows_committed_behind_the_position_still_reach_the_org(
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
             with capture_logs() as logs:
-                [result] = JOBS["CRMExport"](config, None)
+                [result] = JOBS[JobId.EXPORT](config, None)
             assert result.outcome is RunOutcome.COMPLETED, result.error
             late += sum(e["count"] for e in logs if e["event"] == "late_rows")
     finally:
@@ -102,7 +102,7 @@ def test_rows_committed_behind_the_position_still_reach_the_org(
             t.join()
     # The writers are done; two more runs pick up the last late rows and then find nothing.
     for _ in range(2):
-        [result] = JOBS["CRMExport"](config, None)
+        [result] = JOBS[JobId.EXPORT](config, None)
         assert result.outcome is RunOutcome.COMPLETED
     engine.dispose()
 
@@ -200,7 +200,7 @@ def test_out_of_order_commits_reach_the_org_with_their_last_value_for_tables_and
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            for result in JOBS["CRMExport"](config, None):
+            for result in JOBS[JobId.EXPORT](config, None):
                 assert result.outcome is RunOutcome.COMPLETED, result.error
                 late[result.stream] += result.counts.late
     finally:
@@ -208,11 +208,13 @@ def test_out_of_order_commits_reach_the_org_with_their_last_value_for_tables_and
         for t in threads:
             t.join()
     # The writers are done; one more run picks up what committed late during the last one.
-    for result in JOBS["CRMExport"](config, None):
+    for result in JOBS[JobId.EXPORT](config, None):
         assert result.outcome is RunOutcome.COMPLETED
         late[result.stream] += result.counts.late
     with engine.connect() as conn:
-        truth = dict(conn.exec_driver_sql("SELECT id, last_name FROM contacts").all())
+        truth: dict[int, str] = dict(
+            conn.exec_driver_sql("SELECT id, last_name FROM contacts").all()
+        )
     engine.dispose()
     in_org = {r["External_Id__c"]: r["LastName"] for r in sandbox.records("Contact")}
     for name, offset in (("by_table", 0), ("by_query", QUERY_OFFSET)):
@@ -232,6 +234,6 @@ def test_out_of_order_commits_reach_the_org_with_their_last_value_for_tables_and
             assert writes.get(ext, 0) <= count, (ext, writes.get(ext), count)
     # And re-reading costs nothing: the query stream's window re-reads every row (all are
     # within 600 s), none changed, so no call is made.
-    quiet = {r.stream: r for r in JOBS["CRMExport"](config, None)}
+    quiet = {r.stream: r for r in JOBS[JobId.EXPORT](config, None)}
     assert quiet["by_query"].counts.unchanged == len(truth)
     assert sum(r.counts.api_calls for r in quiet.values()) == 0

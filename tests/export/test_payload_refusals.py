@@ -10,9 +10,8 @@ end."""
 
 from __future__ import annotations
 
-from export_scenario import Scenario
-
 from crm_export.ports import RunOutcome
+from tests.export.export_scenario import Scenario
 
 WITH_BIRTHDATE = {"LastName": "last_name", "Email": "email", "Birthdate": "birthdate"}
 

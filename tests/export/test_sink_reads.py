@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from export_scenario import Scenario
 
 from crm_export.retry import SystemClock
 from crm_export.salesforce import SalesforceSink
 from crm_export.sandbox.testing import SandboxHandle
+from tests.export.export_scenario import Scenario
 
 
 @pytest.fixture

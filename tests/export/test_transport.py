@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 
-from export_scenario import Scenario
 from structlog.testing import capture_logs
 
 from crm_export.ports import RunOutcome
 from crm_export.wiring import open_runtime
+from tests.export.export_scenario import Scenario
 
 
 def _handshakes(scenario: Scenario) -> int:

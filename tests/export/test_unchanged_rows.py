@@ -6,9 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from export_scenario import Scenario
-
 from crm_export.ports import RunOutcome
+from tests.export.export_scenario import Scenario
 
 
 def upserts(scenario: Scenario) -> int:

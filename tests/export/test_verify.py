@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
-from export_scenario import Scenario
+from tests.export.export_scenario import Scenario
 
 FIELDS = {"FirstName": "first_name", "LastName": "last_name", "Email": "email", "Title": "title"}
 

@@ -7,13 +7,12 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from export_scenario import Scenario
-
 from crm_export.export import StreamProgress
 from crm_export.jobs import JOBS
-from crm_export.ports import ApiUsage, RunOutcome
+from crm_export.ports import ApiUsage, JobId, RunOutcome
 from crm_export.salesforce import SalesforceSink
 from crm_export.watch import Watch, Watches
+from tests.export.export_scenario import Scenario
 
 
 class Recorder(Watch):
@@ -45,7 +44,7 @@ def test_every_call_and_retry_reaches_the_watch(scenario: Scenario) -> None:
     scenario.add_many(range(1, 451))
     scenario.sandbox.set_faults({"http_error_rate": {"503": 0.3}, "paths": "/composite/"})
     recorder = Recorder()
-    [result] = JOBS["CRMExport"](scenario.config(), None, Watches([Broken(), recorder]))
+    [result] = JOBS[JobId.EXPORT](scenario.config(), None, Watches([Broken(), recorder]))
     assert result.outcome is RunOutcome.COMPLETED and result.counts.exported == 450
 
     counters = scenario.sandbox.counters()

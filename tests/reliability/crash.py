@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from harness import (
+
+from crm_export.sandbox.admin_client import verified_session
+from tests.harness import (
     ContactSet,
     SandboxProcess,
     Stream,
@@ -57,8 +59,6 @@ from harness import (
     write_config,
     write_contacts,
 )
-
-from crm_export.sandbox.admin_client import verified_session
 
 SECRET = "sandbox-secret"
 # What crm-export writes into export_runs.error of a run it finds left 'running'.

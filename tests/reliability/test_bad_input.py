@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from harness import (
+
+from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.harness import (
     Org,
     Stream,
     contact_rows,
@@ -28,8 +30,6 @@ from harness import (
     write_config,
     write_contacts,
 )
-
-from crm_export.sandbox.testing import SandboxHandle, running_sandbox
 
 # Every Contact field of the default org the bad rows aim at, by type: string (40 and 80
 # characters), textarea (32,000), date, boolean, phone.
@@ -448,7 +448,7 @@ def test_a_postgresql_source_with_nan_infinity_and_far_dates(
         with engine.begin() as conn:
             conn.exec_driver_sql(f"CREATE TABLE people ({columns})")
             for i, (row, _, _) in enumerate(PG_ROWS):
-                values = {"score": None, "amount": None, "born": None, "note": None}
+                values: dict[str, Any] = {"score": None, "amount": None, "born": None, "note": None}
                 values |= {"tags": None, **row, "at": f"2026-01-01T00:00:{i:02d}Z"}
                 conn.execute(
                     sa.text(

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from crash import INTERRUPTED_ERROR, CrashOptions, run_crash_harness
 
 from crm_export.store import SqlStore
+from tests.reliability.crash import INTERRUPTED_ERROR, CrashOptions, run_crash_harness
 
 
 @pytest.mark.parametrize("state", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (
+
+from tests.harness import (
     ContactSet,
     SandboxProcess,
     Stream,

@@ -20,7 +20,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from harness import (
+from sqlalchemy.engine import make_url
+
+from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from crm_export.store import advisory_runner_lock
+from tests.harness import (
     CONTACTS_DDL,
     Org,
     Stream,
@@ -32,10 +36,6 @@ from harness import (
     write_config,
     write_contacts,
 )
-from sqlalchemy.engine import make_url
-
-from crm_export.sandbox.testing import SandboxHandle, running_sandbox
-from crm_export.store import advisory_runner_lock
 
 CLIENT_SECRET = "Planted-Client-Secret-7f3a9c"
 WRONG_SECRET = "Planted-Wrong-Secret-51d0e2"

@@ -6,10 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from sandbox_helpers import VERSION
-from simple_salesforce import Salesforce
 
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.sandbox.sandbox_helpers import VERSION, Salesforce
 
 
 @pytest.fixture

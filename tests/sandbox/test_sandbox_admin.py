@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sandbox_helpers import VERSION, contact, upsert_contacts
-from simple_salesforce import Salesforce
-
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.sandbox.sandbox_helpers import VERSION, Salesforce, contact, upsert_contacts
 
 
 def test_counters_count_calls_faults_and_records(sandbox: SandboxHandle, sf: Salesforce) -> None:

@@ -9,11 +9,11 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sandbox_helpers import VERSION
-from simple_salesforce import Salesforce, SalesforceLogin
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceExpiredSession
+from simple_salesforce.login import SalesforceLogin
 
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import VERSION, Salesforce, error_body
 
 
 def token_url(sandbox: SandboxHandle) -> str:
@@ -224,7 +224,7 @@ def test_data_endpoints_refuse_an_unknown_token(
     with pytest.raises(SalesforceExpiredSession) as expired:
         sf.limits()
     assert expired.value.status == 401
-    assert expired.value.content == [
+    assert error_body(expired.value) == [
         {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
     ]
     missing = session.get(f"{sandbox.base_url}/services/data/v{VERSION}/limits/")

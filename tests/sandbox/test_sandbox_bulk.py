@@ -8,11 +8,10 @@ import time
 
 import pytest
 import requests
-from sandbox_helpers import VERSION
-from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceOperationError
 
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import VERSION, Salesforce, bulk2_job_id
 
 
 def rows(text: str) -> list[dict[str, str]]:
@@ -31,7 +30,7 @@ def test_bulk_upsert_end_to_end_with_result_files(sandbox: SandboxHandle, sf: Sa
     assert result["numberRecordsProcessed"] == 4
     assert result["numberRecordsFailed"] == 2
     assert result["numberRecordsTotal"] == 4
-    job_id = result["job_id"]
+    job_id = bulk2_job_id(result)
     assert job_id.startswith("750")
 
     successful = rows(sf.bulk2.Contact.get_successful_records(job_id))
@@ -83,7 +82,7 @@ def test_bulk_insert_update_and_delete(sandbox: SandboxHandle, sf: Salesforce) -
 
     [again] = sf.bulk2.Account.insert(records=[{"Name": "Dup", "External_Id__c": "A-1"}], wait=0)
     assert again["numberRecordsFailed"] == 1
-    [dup] = rows(sf.bulk2.Account.get_failed_records(again["job_id"]))
+    [dup] = rows(sf.bulk2.Account.get_failed_records(bulk2_job_id(again)))
     assert dup["sf__Error"].startswith("DUPLICATE_VALUE:duplicate value found: External_Id__c")
 
     sf.bulk2.Account.update(records=[{"Id": ids["A-1"], "Name": "Renamed"}], wait=0)
@@ -119,7 +118,9 @@ def test_a_job_with_an_unknown_column_fails_and_leaves_rows_unprocessed(sf: Sale
             wait=0,
         )
     assert "InvalidBatch : Field name not found : Nope__c" in str(failed.value)
-    [job] = [j for j in sf.restful("jobs/ingest")["records"] if j["state"] == "Failed"]
+    jobs = sf.restful("jobs/ingest")
+    assert jobs is not None
+    [job] = [j for j in jobs["records"] if j["state"] == "Failed"]
     unprocessed = rows(sf.bulk2.Contact.get_unprocessed_records(job["id"]))
     assert unprocessed == [{"External_Id__c": "C-1", "LastName": "K", "Nope__c": "x"}]
 
@@ -246,14 +247,14 @@ def test_a_job_in_several_internal_batches_through_simple_salesforce(
     records[4]["LastName"] = ""
     [result] = sf.bulk2.Contact.upsert(records=records, external_id_field="External_Id__c", wait=0)
     assert (result["numberRecordsProcessed"], result["numberRecordsFailed"]) == (7, 1)
-    assert len(rows(sf.bulk2.Contact.get_successful_records(result["job_id"]))) == 6
+    assert len(rows(sf.bulk2.Contact.get_successful_records(bulk2_job_id(result)))) == 6
     assert len(sandbox.records("Contact")) == 6
 
 
 def test_a_missing_parent_fails_alike_in_bulk_and_in_collections(
     sandbox: SandboxHandle, sf: Salesforce
 ) -> None:
-    [collections] = sf.restful(
+    answer = sf.restful(
         "composite/sobjects/Contact/External_Id__c",
         method="PATCH",
         json={
@@ -268,13 +269,15 @@ def test_a_missing_parent_fails_alike_in_bulk_and_in_collections(
             ],
         },
     )
+    assert answer is not None
+    [collections] = answer
     [error] = collections["errors"]
     [result] = sf.bulk2.Contact.upsert(
         records=[{"External_Id__c": "C-2", "LastName": "K", "Account.External_Id__c": "A-9"}],
         external_id_field="External_Id__c",
         wait=0,
     )
-    [failed] = rows(sf.bulk2.Contact.get_failed_records(result["job_id"]))
+    [failed] = rows(sf.bulk2.Contact.get_failed_records(bulk2_job_id(result)))
     # CODE:message:fields -- , or CODE:message:-- when no field is named (reference B6).
     fields = "".join(f"{f} " for f in error["fields"])
     assert failed["sf__Error"] == f"{error['statusCode']}:{error['message']}:{fields}--"

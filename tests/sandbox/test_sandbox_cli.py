@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from sandbox_helpers import contact, upsert_contacts
-from simple_salesforce import Salesforce
 
 from crm_export.sandbox import cli
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import Salesforce, contact, upsert_contacts
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 import requests
-from sandbox_helpers import VERSION, contact, upsert_contacts
-from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import VERSION, Salesforce, contact, error_body, upsert_contacts
 
 ORG_ID = "00DSb0000000001EAA"
 
@@ -20,6 +19,7 @@ def test_userinfo_and_the_identity_url_name_the_integration_user(
     sandbox: SandboxHandle, sf: Salesforce, session: requests.Session
 ) -> None:
     info = sf.oauth2("userinfo")
+    assert info is not None
     assert info["preferred_username"] == "integration@sandbox.local"
     assert info["organization_id"] == ORG_ID
     user_id = info["user_id"]
@@ -29,6 +29,7 @@ def test_userinfo_and_the_identity_url_name_the_integration_user(
 
     # jsforce's identity(): the version's resources name the Identity URL, which answers JSON.
     resources = sf.restful("")
+    assert resources is not None
     assert resources["identity"] == info["sub"]
     assert resources["sobjects"] == f"/services/data/v{VERSION}/sobjects"
     headers = {"Authorization": f"Bearer {sf.session_id}"}
@@ -65,7 +66,7 @@ def test_organization_and_user_are_queryable_describable_and_read_only(sf: Sales
 
     with pytest.raises(SalesforceMalformedRequest) as refused:
         sf.User.create({"Username": "x@y.z", "LastName": "X", "Alias": "x", "Email": "x@y.z"})
-    assert refused.value.content == [
+    assert error_body(refused.value) == [
         {
             "message": "entity type cannot be inserted: User",
             "errorCode": "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
@@ -77,8 +78,11 @@ def test_organization_and_user_are_queryable_describable_and_read_only(sf: Sales
         method="PATCH",
         json={"records": [{"attributes": {"type": "User"}, "Id": user_id, "LastName": "New"}]},
     )
+    assert renamed is not None
     assert renamed[0]["errors"][0]["message"] == "entity type cannot be updated: User"
-    [gone] = sf.restful("composite/sobjects", method="DELETE", params={"ids": user_id})
+    deleted = sf.restful("composite/sobjects", method="DELETE", params={"ids": user_id})
+    assert deleted is not None
+    [gone] = deleted
     assert gone["errors"][0]["statusCode"] == "INSUFFICIENT_ACCESS_OR_READONLY"
     assert sf.query("SELECT LastName FROM User")["records"][0]["LastName"] == "Integration"
 
@@ -91,10 +95,10 @@ def test_create_answers_201_and_applies_the_rules(sandbox: SandboxHandle, sf: Sa
 
     with pytest.raises(SalesforceMalformedRequest) as duplicate:
         sf.Contact.create({"LastName": "Again", "External_Id__c": "c-1"})
-    assert duplicate.value.content[0]["errorCode"] == "DUPLICATE_VALUE"
+    assert error_body(duplicate.value)[0]["errorCode"] == "DUPLICATE_VALUE"
     with pytest.raises(SalesforceMalformedRequest) as with_id:
         sf.Contact.create({"Id": created["id"], "LastName": "Again"})
-    assert with_id.value.content == [
+    assert error_body(with_id.value) == [
         {
             "message": "cannot specify Id in an insert call",
             "errorCode": "INVALID_FIELD_FOR_INSERT_UPDATE",
@@ -195,6 +199,7 @@ def test_query_columns_in_the_shape_the_salesforce_cli_reads(sf: Salesforce) -> 
     columns = sf.restful(
         "query", params={"q": "SELECT Id, LastName, Account.Name FROM Contact", "columns": "true"}
     )
+    assert columns is not None
     assert columns["entityName"] == "Contact" and columns["idSelected"] is True
     names = [(c["columnName"], c["displayName"]) for c in columns["columnMetadata"]]
     assert names == [("Id", "Id"), ("LastName", "LastName"), ("Account", "Account")]

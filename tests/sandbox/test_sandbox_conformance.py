@@ -49,7 +49,7 @@ def mismatches(expected: Any, actual: Any, where: str = "") -> list[str]:
 
 
 def _run_python() -> list[dict[str, Any]]:
-    from conformance.python_client import SimpleSalesforceClient, run
+    from tests.sandbox.conformance.python_client import SimpleSalesforceClient, run
 
     with running_sandbox() as sandbox, sandbox.requests_session() as session:
         return run(SimpleSalesforceClient(sandbox.base_url, sandbox.access_token(), session), STEPS)

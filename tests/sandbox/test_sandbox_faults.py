@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 import requests
-from sandbox_helpers import VERSION, contact, upsert_contacts
-from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceExpiredSession,
     SalesforceGeneralError,
@@ -20,6 +18,7 @@ from simple_salesforce.exceptions import (
 from crm_export.sandbox.admin_client import SandboxAdminError
 from crm_export.sandbox.faults import FaultsError
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.sandbox.sandbox_helpers import VERSION, Salesforce, contact, error_body, upsert_contacts
 
 
 def test_latency_delays_each_call(sandbox: SandboxHandle, sf: Salesforce) -> None:
@@ -35,7 +34,7 @@ def test_http_500_is_unknown_exception_json(sandbox: SandboxHandle, sf: Salesfor
     with pytest.raises(SalesforceGeneralError) as failed:
         upsert_contacts(sf, [contact("C-1", LastName="A")])
     assert failed.value.status == 500
-    assert failed.value.content[0]["errorCode"] == "UNKNOWN_EXCEPTION"
+    assert error_body(failed.value)[0]["errorCode"] == "UNKNOWN_EXCEPTION"
     assert sandbox.records("Contact") == []  # nothing was written
 
 
@@ -119,7 +118,7 @@ def test_lock_row_fails_records_in_every_write_endpoint(
     ]
     with pytest.raises(SalesforceMalformedRequest) as single:
         sf.Contact.upsert("External_Id__c/C-1", {"LastName": "B"})
-    assert single.value.content[0]["errorCode"] == "UNABLE_TO_LOCK_ROW"
+    assert error_body(single.value)[0]["errorCode"] == "UNABLE_TO_LOCK_ROW"
     [bulk] = sf.bulk2.Contact.upsert(
         records=[{"External_Id__c": "C-2", "LastName": "New"}],
         external_id_field="External_Id__c",
@@ -177,7 +176,7 @@ def test_daily_api_limit(sandbox: SandboxHandle, sf: Salesforce) -> None:
     with pytest.raises(SalesforceRefusedRequest) as refused:
         sf.limits()
     assert refused.value.status == 403
-    assert refused.value.content == [
+    assert error_body(refused.value) == [
         {"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}
     ]
 
@@ -204,14 +203,14 @@ def test_max_concurrent_requests(sandbox: SandboxHandle) -> None:
         thread.join()
     refused = [o for o in outcomes if isinstance(o, SalesforceRefusedRequest)]
     assert 1 <= len(refused) <= 2
-    assert refused[0].content[0]["message"] == "ConcurrentPerOrgLongTxn Limit exceeded."
+    assert error_body(refused[0])[0]["message"] == "ConcurrentPerOrgLongTxn Limit exceeded."
 
 
 def test_request_limit_rate_bursts(sandbox: SandboxHandle, sf: Salesforce) -> None:
     sandbox.set_faults(request_limit_rate=1.0)
     with pytest.raises(SalesforceRefusedRequest) as refused:
         sf.limits()
-    assert refused.value.content[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+    assert error_body(refused.value)[0]["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
 
 
 def test_token_ttl_calls_then_a_new_token_works(sandbox: SandboxHandle, sf: Salesforce) -> None:
@@ -220,7 +219,7 @@ def test_token_ttl_calls_then_a_new_token_works(sandbox: SandboxHandle, sf: Sale
     sf.limits()
     with pytest.raises(SalesforceExpiredSession) as expired:
         sf.limits()
-    assert expired.value.content[0]["errorCode"] == "INVALID_SESSION_ID"
+    assert error_body(expired.value)[0]["errorCode"] == "INVALID_SESSION_ID"
     with pytest.raises(SalesforceExpiredSession):
         sf.limits()  # stays expired until a new token is fetched
     sf.session_id = sandbox.access_token()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sandbox_helpers import contact, upsert_contacts
-from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import Salesforce, contact, error_body, upsert_contacts
 
 NOT_FOUND = {
     "statusCode": "INVALID_FIELD",
@@ -72,7 +71,7 @@ def test_a_missing_parent_in_a_single_upsert_is_a_400_record_error(sf: Salesforc
         sf.Contact.upsert(
             "External_Id__c/C-1", {"LastName": "Orphan", "Account": {"External_Id__c": "A-9"}}
         )
-    assert missing.value.content == [
+    assert error_body(missing.value) == [
         {
             "message": NOT_FOUND["message"],
             "errorCode": "INVALID_FIELD",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import requests
-from sandbox_helpers import VERSION, contact, upsert_contacts
-from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceMalformedRequest,
     SalesforceMoreThanOneRecord,
@@ -15,6 +13,7 @@ from simple_salesforce.format import format_external_id
 
 from crm_export.sandbox.ids import looks_like_id
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import VERSION, Salesforce, contact, error_body, upsert_contacts
 
 ROLLED_BACK = {
     "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
@@ -94,11 +93,11 @@ def test_collections_same_external_id_twice_fails_both(sf: Salesforce) -> None:
 def test_collections_request_level_errors(sf: Salesforce) -> None:
     with pytest.raises(SalesforceMalformedRequest) as too_many:
         upsert_contacts(sf, [contact(f"C-{i}", LastName="X") for i in range(201)])
-    assert too_many.value.content[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
+    assert error_body(too_many.value)[0]["errorCode"] == "EXCEEDED_ID_LIMIT"
 
     with pytest.raises(SalesforceMalformedRequest) as bad_field:
         upsert_contacts(sf, [contact("C-1", LastName="X", Foo__c="y")])
-    assert bad_field.value.content == [
+    assert error_body(bad_field.value) == [
         {
             "message": "No such column 'Foo__c' on sobject of type Contact",
             "errorCode": "INVALID_FIELD",
@@ -107,7 +106,7 @@ def test_collections_request_level_errors(sf: Salesforce) -> None:
 
     with pytest.raises(SalesforceMalformedRequest) as no_type:
         upsert_contacts(sf, [{"External_Id__c": "C-1", "LastName": "X"}])
-    assert no_type.value.content[0]["errorCode"] == "INVALID_TYPE"
+    assert error_body(no_type.value)[0]["errorCode"] == "INVALID_TYPE"
 
     with pytest.raises(SalesforceResourceNotFound) as unknown_object:
         sf.restful(
@@ -115,7 +114,7 @@ def test_collections_request_level_errors(sf: Salesforce) -> None:
             method="PATCH",
             json={"allOrNone": False, "records": []},
         )
-    assert unknown_object.value.content == [
+    assert error_body(unknown_object.value) == [
         {"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}
     ]
 
@@ -136,7 +135,7 @@ def test_single_upsert_record_error_is_400_with_an_errorcode_array(sf: Salesforc
     with pytest.raises(SalesforceMalformedRequest) as failed:
         sf.Contact.upsert("External_Id__c/S-1", {"FirstName": "No last name"})
     assert failed.value.status == 400
-    assert failed.value.content == [
+    assert error_body(failed.value) == [
         {
             "message": "Required fields are missing: [LastName]",
             "errorCode": "REQUIRED_FIELD_MISSING",
@@ -159,7 +158,7 @@ def test_single_upsert_on_a_shared_external_id_is_300(
     with pytest.raises(SalesforceMoreThanOneRecord) as multiple:
         sf.Contact.upsert("External_Id__c/DUP", {"LastName": "C"})
     assert multiple.value.status == 300
-    assert sorted(multiple.value.content) == sorted(
+    assert sorted(error_body(multiple.value)) == sorted(
         f"/services/data/v{VERSION}/sobjects/Contact/{i}" for i in ids
     )
     results = upsert_contacts(sf, [contact("DUP", LastName="C")])
@@ -179,7 +178,7 @@ def test_single_upsert_unknown_object_or_external_field_is_404(sf: Salesforce) -
         sf.Widget__c.upsert("External_Id__c/X", {"Name": "x"})
     with pytest.raises(SalesforceResourceNotFound) as not_external:
         sf.Contact.upsert("LastName/Smith", {"FirstName": "x"})
-    assert not_external.value.content[0]["errorCode"] == "NOT_FOUND"
+    assert error_body(not_external.value)[0]["errorCode"] == "NOT_FOUND"
 
 
 def test_single_upsert_of_an_encoded_value_with_a_slash(
@@ -247,16 +246,16 @@ def test_query_reads_a_parent_field_through_the_relationship(sf: Salesforce) -> 
 def test_malformed_and_invalid_queries_are_400(sf: Salesforce) -> None:
     with pytest.raises(SalesforceMalformedRequest) as malformed:
         sf.query("SELECT FROM Contact")
-    assert malformed.value.content[0]["errorCode"] == "MALFORMED_QUERY"
+    assert error_body(malformed.value)[0]["errorCode"] == "MALFORMED_QUERY"
     with pytest.raises(SalesforceMalformedRequest) as stray:
         sf.query("SELECT Id FROM Contact WHERE LastName = 'x' #")
-    assert stray.value.content[0]["message"] == "unexpected token: '#'"
+    assert error_body(stray.value)[0]["message"] == "unexpected token: '#'"
     with pytest.raises(SalesforceMalformedRequest) as bad_field:
         sf.query("SELECT Nope__c FROM Contact")
-    assert bad_field.value.content[0]["errorCode"] == "INVALID_FIELD"
+    assert error_body(bad_field.value)[0]["errorCode"] == "INVALID_FIELD"
     with pytest.raises(SalesforceMalformedRequest) as bad_object:
         sf.query("SELECT Id FROM Nope__c")
-    assert bad_object.value.content[0]["errorCode"] == "INVALID_TYPE"
+    assert error_body(bad_object.value)[0]["errorCode"] == "INVALID_TYPE"
 
 
 def test_served_api_versions_and_a_trailing_slash_are_accepted(

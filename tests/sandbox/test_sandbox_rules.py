@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 import requests
-from sandbox_helpers import VERSION, contact, upsert_contacts
-from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 
 from crm_export.sandbox.org import OrgError, load_org
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.sandbox.sandbox_helpers import VERSION, Salesforce, contact, error_body, upsert_contacts
 
 
 def only_error(sf: Salesforce, **fields: Any) -> dict[str, Any]:
@@ -51,7 +50,7 @@ def request_error(sf: Salesforce, records: list[dict[str, Any]]) -> dict[str, An
     """The request-level error the default org gives a Collections upsert of ``records``."""
     with pytest.raises(SalesforceMalformedRequest) as refused:
         upsert_contacts(sf, records)
-    [error] = refused.value.content
+    [error] = error_body(refused.value)
     return dict(error)
 
 
@@ -176,7 +175,7 @@ def test_numbers_read_from_numeric_text_but_not_from_words(
     }
     with pytest.raises(SalesforceMalformedRequest) as refused:
         upsert(account("A-3", "abc"))
-    assert refused.value.content[0]["message"].startswith(
+    assert error_body(refused.value)[0]["message"].startswith(
         "Cannot deserialize instance of currency from VALUE_STRING value abc "
     )
 
@@ -184,7 +183,7 @@ def test_numbers_read_from_numeric_text_but_not_from_words(
 def test_single_upsert_refuses_an_unreadable_value_the_same_way(sf: Salesforce) -> None:
     with pytest.raises(SalesforceMalformedRequest) as refused:
         sf.Contact.upsert("External_Id__c/R-1", {"LastName": "A", "Birthdate": "not-a-date"})
-    [error] = refused.value.content
+    [error] = error_body(refused.value)
     assert error["errorCode"] == "JSON_PARSER_ERROR"
     # The body is {"LastName": "A", "Birthdate": ...}: the entry starts at the comma.
     assert error["message"] == (
@@ -342,13 +341,13 @@ def test_a_custom_org_file_with_combined_predicates() -> None:
         assert invoices.describe()["keyPrefix"] == "a00"
         with pytest.raises(SalesforceMalformedRequest) as rule:
             invoices.upsert("Number__c/X-1", {"Amount__c": 5000, "Status__c": "Draft"})
-        assert rule.value.content[0]["errorCode"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+        assert error_body(rule.value)[0]["errorCode"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
         assert invoices.upsert("Number__c/INV-1", {"Amount__c": 5000, "Status__c": "Draft"}) == 201
         # Case-sensitive external id: a different record.
         assert invoices.upsert("Number__c/inv-1", {"Amount__c": 1, "Status__c": "Sent"}) == 201
         with pytest.raises(SalesforceMalformedRequest) as trigger:
             invoices.upsert("Number__c/INV-1", {"Amount__c": -1})
-        assert trigger.value.content[0]["message"].startswith(
+        assert error_body(trigger.value)[0]["message"].startswith(
             "InvoiceTrigger: execution of AfterUpdate caused by: System.LimitException"
         )
         assert [r["Amount__c"] for r in sandbox.records("Invoice__c")] == [5000.0, 1.0]

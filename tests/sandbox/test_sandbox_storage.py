@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from sandbox_helpers import VERSION, contact, upsert_contacts
-from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceResourceNotFound
 
 from crm_export.sandbox.storage import RecordStore
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.sandbox.sandbox_helpers import VERSION, Salesforce, contact, upsert_contacts
 
 
 @pytest.fixture(params=["memory", "file"])

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from sandbox_helpers import VERSION
 
 from crm_export.sandbox.testing import SandboxHandle, running_sandbox
+from tests.sandbox.sandbox_helpers import VERSION
 
 DATA = f"/services/data/v{VERSION}"
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import pytest
 import requests
-from simple_salesforce import Salesforce, SalesforceLogin
 from simple_salesforce.exceptions import (
     SalesforceAuthenticationFailed,
     SalesforceGeneralError,
     SalesforceResourceNotFound,
 )
+from simple_salesforce.login import SalesforceLogin
 
 from crm_export.sandbox.admin_client import SandboxAdminError
 from crm_export.sandbox.testing import SandboxHandle
+from tests.sandbox.sandbox_helpers import Salesforce, error_body
 
 
 def _sf(sandbox: SandboxHandle, session: requests.Session, version: str) -> Salesforce:
@@ -43,6 +44,7 @@ def test_the_versions_list_needs_no_login_and_costs_no_call(
 def test_the_resources_of_a_version(sandbox: SandboxHandle, session: requests.Session) -> None:
     sf = _sf(sandbox, session, "64.0")
     resources = sf.restful("", method="GET")
+    assert resources is not None
     assert resources["sobjects"] == "/services/data/v64.0/sobjects"
     assert resources["limits"] == "/services/data/v64.0/limits"
 
@@ -52,7 +54,7 @@ def test_a_retired_version_is_gone(sandbox: SandboxHandle, session: requests.Ses
     with pytest.raises(SalesforceGeneralError) as gone:
         sf.limits()
     assert gone.value.status == 410
-    assert gone.value.content[0]["errorCode"] == "GONE"
+    assert error_body(gone.value)[0]["errorCode"] == "GONE"
     assert sandbox.counters()["api_usage"]["used"] == 0
 
 
@@ -62,7 +64,7 @@ def test_a_version_the_org_does_not_have_yet_is_not_found(
     sf = _sf(sandbox, session, "67.0")
     with pytest.raises(SalesforceResourceNotFound) as missing:
         sf.limits()
-    assert missing.value.content == [
+    assert error_body(missing.value) == [
         {"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}
     ]
     # Once the org is upgraded, the same call works.

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from store_kit import Clock
 
 from crm_export.store import SqlStore
+from tests.store.store_kit import Clock
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from store_kit import T0, Clock, failure
 
 from crm_export.errors import StreamChangedError
 from crm_export.ports import BatchAck, PausedRecord, Position, RunCounts
 from crm_export.store import SqlStore
 from crm_export.store.actions import StepOver
+from tests.store.store_kit import T0, Clock, failure
 
 
 def paused_stream(store: SqlStore) -> tuple[int, dict[str, int]]:
@@ -126,7 +126,8 @@ def test_a_run_cannot_overwrite_what_an_operator_changed_meanwhile(
             daemon.acknowledge(stale)
         assert daemon.load_state("contacts") == after
         assert cli.list_errors(include_resolved=True) == errors  # no row opened or bumped
-        assert daemon.get_run(run)["records_failed"] == 0  # type: ignore[index]
+        run_row = daemon.get_run(run)
+        assert run_row is not None and run_row["records_failed"] == 0
         # The next run reads the new state and goes on.
         daemon.acknowledge(BatchAck("contacts", run, position=Position(9, 9)))
         assert daemon.load_state("contacts").position == Position(9, 9)

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from store_kit import CreateSourceTable, contacts, failure
 
 from crm_export.ports import ApiUsage, BatchAck, Position, RunOutcome
 from crm_export.store import SqlStore
+from tests.store.store_kit import CreateSourceTable, contacts, failure
 
 FP = {str(k): bytes([k % 256]) * 16 for k in range(1, 1201)}
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from store_kit import T0, Clock, failure
-
 from crm_export.ports import BatchAck, JobId, PausedRecord, RunOutcome
 from crm_export.store import SqlStore
+from tests.store.store_kit import T0, Clock, failure
 
 
 def test_the_monitoring_snapshot(timed_store: SqlStore, clock: Clock) -> None:

@@ -3,8 +3,6 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-from store_kit import T0, failure
-
 from crm_export.ports import (
     BatchAck,
     PausedRecord,
@@ -12,6 +10,7 @@ from crm_export.ports import (
     RunOutcome,
 )
 from crm_export.store import SqlStore
+from tests.store.store_kit import T0, failure
 
 
 def test_list_runs_newest_first(store: SqlStore) -> None:

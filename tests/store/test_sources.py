@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from store_kit import BIG, CreateSourceTable, contacts, contacts_table, read_all
 
 from crm_export.errors import SourceError, TransientError
 from crm_export.ports import (
     Position,
 )
 from crm_export.store import SqlStore, migrations
+from tests.store.store_kit import BIG, CreateSourceTable, contacts, contacts_table, read_all
 
 
 def test_read_batch_pages_in_order_with_ties_broken_by_key(

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from store_kit import T0, Clock, failure
 
 from crm_export.errors import TerminalError
 from crm_export.ports import (
@@ -27,6 +26,7 @@ from crm_export.ports import (
 )
 from crm_export.store import INTERRUPTED_MESSAGE, SqlStore, migrations
 from crm_export.store.state import COUNTER_COLUMNS
+from tests.store.store_kit import T0, Clock, failure
 
 
 def test_a_record_failing_again_bumps_its_open_row(timed_store: SqlStore, clock: Clock) -> None:

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Stream, job_env, run_cli, sqlite_url, write_contacts
-from store_kit import failure
 
 from crm_export.ports import BatchAck, Position
 from crm_export.store import runner_lock
 from crm_export.wiring import open_store
+from tests.harness import Stream, job_env, run_cli, sqlite_url, write_contacts
+from tests.store.store_kit import failure
 
 
 def mode(path: Path) -> int:

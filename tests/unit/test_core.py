@@ -120,7 +120,8 @@ def test_lock_row_is_retried_and_never_reaches_export_errors() -> None:
     # The records before the lock go first, and their call stands in for a wait; the locked
     # record then waits once before its second retry.
     assert [keys for _, keys in sink.requests] == [["1", "2", "3"], ["1"], ["2", "3"], ["2", "3"]]
-    assert len(exporter.clock.sleeps) == 1  # type: ignore[attr-defined]
+    assert isinstance(exporter.clock, FakeClock)
+    assert len(exporter.clock.sleeps) == 1
 
 
 def test_lock_row_that_outlasts_its_budget_is_logged_with_its_code() -> None:
@@ -342,7 +343,8 @@ def test_backoff_between_record_retries_is_bounded(pause: bool) -> None:
     _, sink, exporter = make([row(1)], record_retry=Backoff(3, 60, 1.0, 4.0))
     sink.locks["1"] = 99
     exporter.export_stream(plan(pause=pause))
-    sleeps = exporter.clock.sleeps  # type: ignore[attr-defined]
+    assert isinstance(exporter.clock, FakeClock)
+    sleeps = exporter.clock.sleeps
     assert len(sleeps) == 2 and all(0 <= s <= 4.0 for s in sleeps)
 
 
@@ -371,7 +373,8 @@ def test_record_retries_stop_at_the_elapsed_time_budget(pause: bool) -> None:
     store, sink, exporter = make([row(1), row(2)], record_retry=Backoff(99, 5.0, 1.0, 4.0))
     sink.locks["1"] = 10_000
     result = exporter.export_stream(plan(pause=pause))
-    clock: FakeClock = exporter.clock  # type: ignore[assignment]
+    clock = exporter.clock
+    assert isinstance(clock, FakeClock)
     assert clock.now <= 5.0
     assert len(sink.requests) < 99
     [err] = store.open_error_rows()

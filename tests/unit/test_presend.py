@@ -11,7 +11,7 @@ import pytest
 from crm_export.export import Exporter, ExportPolicy, StreamPlan
 from crm_export.export.presend import RowCheck, mapping_problems
 from crm_export.mapping import FieldMap, Lookup
-from crm_export.ports import FieldDescribe, RunOutcome, SourceRow, StreamSource
+from crm_export.ports import FieldDescribe, RunOutcome, SObjectDescribe, SourceRow, StreamSource
 from crm_export.testing import FakeClock, InMemorySink, InMemoryStore, describe_of
 
 CONTACT = describe_of(
@@ -58,8 +58,8 @@ def fmap(*fields: str, external_id: str = "External_Id__c", **lookups: Lookup) -
     )
 
 
-def codes(fm: FieldMap, **parents: object) -> dict[str, str]:
-    found = mapping_problems(fm, CONTACT, parents or None)  # type: ignore[arg-type]
+def codes(fm: FieldMap, **parents: SObjectDescribe | None) -> dict[str, str]:
+    found = mapping_problems(fm, CONTACT, parents or None)
     return {p.key: p.code for p in found}
 
 

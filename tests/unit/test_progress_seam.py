@@ -4,6 +4,7 @@ the start with the rows pending, after every acknowledged batch, and once at the
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from crm_export.export import Exporter, ExportPolicy, StreamPlan, StreamProgress
@@ -27,7 +28,7 @@ PLAN = StreamPlan(
 )
 
 
-def reject_bad(record: dict[str, object]) -> RecordError | None:
+def reject_bad(record: Mapping[str, object]) -> RecordError | None:
     if record["LastName"] == "BAD":
         return RecordError("FIELD_CUSTOM_VALIDATION_EXCEPTION", "no BADs", ("LastName",))
     return None

@@ -18,17 +18,19 @@ from crm_export.salesforce import network_error
 from crm_export.testing import FakeClock
 
 
-def failing(times: int, exc: Exception) -> object:
-    calls = {"n": 0}
+class Failing:
+    """A call that raises ``exc`` the first ``times`` times, then answers "ok"."""
 
-    def fn() -> str:
-        calls["n"] += 1
-        if calls["n"] <= times:
-            raise exc
+    def __init__(self, times: int, exc: Exception) -> None:
+        self.times = times
+        self.exc = exc
+        self.calls = {"n": 0}
+
+    def __call__(self) -> str:
+        self.calls["n"] += 1
+        if self.calls["n"] <= self.times:
+            raise self.exc
         return "ok"
-
-    fn.calls = calls  # type: ignore[attr-defined]
-    return fn
 
 
 def test_full_jitter_stays_under_an_exponential_ceiling_and_the_cap() -> None:
@@ -47,46 +49,46 @@ def test_retry_after_is_a_floor() -> None:
 
 def test_transient_errors_are_retried_until_success() -> None:
     clock = FakeClock()
-    fn = failing(3, ServerError("503"))
-    assert call_with_retries(fn, Backoff(5, 100, 1, 10), clock, random.Random(1)) == "ok"  # type: ignore[arg-type]
+    fn = Failing(3, ServerError("503"))
+    assert call_with_retries(fn, Backoff(5, 100, 1, 10), clock, random.Random(1)) == "ok"
     assert len(clock.sleeps) == 3
 
 
 def test_attempts_are_bounded() -> None:
     clock = FakeClock()
-    fn = failing(99, ServerError("503"))
+    fn = Failing(99, ServerError("503"))
     with pytest.raises(RetriesExhaustedError, match="after 4 attempts"):
-        call_with_retries(fn, Backoff(4, 1e9, 1, 10), clock, random.Random(1))  # type: ignore[arg-type]
-    assert fn.calls["n"] == 4  # type: ignore[attr-defined]
+        call_with_retries(fn, Backoff(4, 1e9, 1, 10), clock, random.Random(1))
+    assert fn.calls["n"] == 4
 
 
 def test_elapsed_time_is_bounded() -> None:
     clock = FakeClock()
-    fn = failing(99, ServerError("503", retry_after=30))
+    fn = Failing(99, ServerError("503", retry_after=30))
     with pytest.raises(RetriesExhaustedError, match="retry budget 100s"):
-        call_with_retries(fn, Backoff(1000, 100, 1, 10), clock, random.Random(1))  # type: ignore[arg-type]
+        call_with_retries(fn, Backoff(1000, 100, 1, 10), clock, random.Random(1))
     assert clock.now <= 100
 
 
 def test_terminal_errors_are_not_retried() -> None:
     clock = FakeClock()
-    fn = failing(1, SalesforceConfigurationError("invalid_client"))
+    fn = Failing(1, SalesforceConfigurationError("invalid_client"))
     with pytest.raises(SalesforceConfigurationError):
-        call_with_retries(fn, Backoff(5, 100, 1, 10), clock, random.Random(1))  # type: ignore[arg-type]
+        call_with_retries(fn, Backoff(5, 100, 1, 10), clock, random.Random(1))
     assert clock.sleeps == []
 
 
 def test_the_message_names_the_bound_that_ran_out() -> None:
     with pytest.raises(RetriesExhaustedError, match=r"\[retry\] max_attempts = 3"):
         call_with_retries(
-            failing(99, ServerError("HTTP 503")),  # type: ignore[arg-type]
+            Failing(99, ServerError("HTTP 503")),
             Backoff(3, 1e9, 1, 10),
             FakeClock(),
             random.Random(1),
         )
     with pytest.raises(RetriesExhaustedError, match=r"\[retry\] max_elapsed_seconds\): HTTP 503"):
         call_with_retries(
-            failing(99, ServerError("HTTP 503", retry_after=30)),  # type: ignore[arg-type]
+            Failing(99, ServerError("HTTP 503", retry_after=30)),
             Backoff(1000, 100, 1, 10),
             FakeClock(),
             random.Random(1),

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
-from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
+
+from tests.sandbox.sandbox_helpers import Salesforce
 
 VERSION = "64.0"
 
@@ -55,6 +56,7 @@ class SimpleSalesforceClient:
     def identity(self) -> dict[str, Any]:
         # simple-salesforce has no identity(); its oauth2() reaches the UserInfo endpoint.
         info = self._sf.oauth2("userinfo")
+        assert info is not None
         return {
             "username": info["preferred_username"],
             "organization_id": info["organization_id"],
@@ -95,6 +97,7 @@ class SimpleSalesforceClient:
             method="PATCH",
             json={"allOrNone": all_or_none, "records": typed},
         )
+        assert results is not None
         return [
             {
                 "success": r["success"],
