@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
 from crm_export.config.relations import dependencies
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
-from crm_export.export import Exporter, ExportPolicy, Lookback, StreamPlan, StreamResult
+from crm_export.export import BulkPolicy, Exporter, ExportPolicy, Lookback, StreamPlan, StreamResult
 from crm_export.export.lookback import mismatch
 from crm_export.mapping import FieldMap, Lookup
 from crm_export.ports import StreamSource
@@ -153,6 +153,14 @@ def export_policy(config: Config) -> ExportPolicy:
             retry.max_backoff_seconds,
         ),
         max_identical_errors=config.export.max_identical_errors,
+        bulk=BulkPolicy(
+            threshold=config.export.bulk_threshold,
+            max_records=config.export.bulk_max_records,
+            max_jobs_in_flight=config.export.bulk_max_jobs_in_flight,
+            poll_initial=config.export.bulk_poll_initial_seconds,
+            poll_max=config.export.bulk_poll_max_seconds,
+            poll_timeout=config.export.bulk_poll_timeout_seconds,
+        ),
     )
 
 

@@ -20,6 +20,7 @@ from crm_export.ports import (
     UNCHANGED,
     ApiUsage,
     BatchAck,
+    BulkJob,
     ErrorStatus,
     OpenError,
     PausedRecord,
@@ -28,6 +29,7 @@ from crm_export.ports import (
     RunOutcome,
     StreamState,
 )
+from crm_export.store import bulk_jobs
 from crm_export.store.engines import StateDatabase, state_database_errors
 from crm_export.store.locks import RunLocks
 from crm_export.store.positions import position_columns, position_from_columns
@@ -256,6 +258,19 @@ class StateStore:
             self._save_fingerprints(conn, ack)
             self._record_failures(conn, ack, now)
             self._add_counters(conn, ack)
+            if ack.bulk_job_started is not None:
+                bulk_jobs.insert_job(conn, ack.bulk_job_started, ack.run_id, now)
+            if ack.bulk_job_done is not None:
+                bulk_jobs.finish_job(conn, ack.bulk_job_done, now)
+
+    def open_bulk_jobs(self, stream: str) -> list[BulkJob]:
+        with self._db.read() as conn:
+            return bulk_jobs.open_jobs(conn, stream)
+
+    def fail_bulk_job(self, job_id: str, reason: str) -> None:
+        now = self._db.now()
+        with self._db.write() as conn:
+            bulk_jobs.fail_job(conn, job_id, reason, now)
 
     def _check_revision(self, conn: Connection, stream: str) -> None:
         """Refuse the acknowledgement if an operator acted on the stream since this store
