@@ -23,6 +23,7 @@ from crm_export.mapping import FieldMap, Lookup
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
+from crm_export.salesforce.bulk import SalesforceBulk
 from crm_export.store import SqlStore, migrations, preflight_source
 from crm_export.store.sources import SourceReader
 from crm_export.stream_order import dependency_order
@@ -255,6 +256,7 @@ def open_runtime(
             clock,
             should_stop=stop.is_set,
             on_progress=watch.progress if watch else None,
+            bulk=SalesforceBulk(sink),
         )
         index = {s.name: i for i, s in enumerate(config.streams)}
         plans = [stream_plan(s, index[s.name]) for s in ordered_streams(config)]

@@ -3,8 +3,8 @@
 Users read these tables with plain SQL in ``sqlite3`` or ``psql``, so every name is
 lower_snake (PostgreSQL folds unquoted names to lower case: ``SELECT * FROM ExportErrors``
 finds ``exporterrors`` in both databases). Timestamps are UTC. The hand-written migrations in
-``migrations/versions/`` (0001_initial, 0002_api_budget, 0003_operator_actions, 0004_bulk_jobs) create
-exactly these tables; a test compares the two.
+``migrations/versions/`` (0001_initial, 0002_api_budget, 0003_operator_actions,
+0004_bulk_jobs) create exactly these tables; a test compares the two.
 """
 
 from __future__ import annotations
