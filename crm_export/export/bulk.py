@@ -177,7 +177,7 @@ class _BulkSender:
                     break  # the job is full (bytes)
             if chunk.read == 0:
                 break
-            self._start(chunk)
+            position = self._start(chunk) or position
             while len(self.in_flight) >= self.policy.max_jobs_in_flight:
                 position = self._finish_oldest()
         while self.in_flight:
@@ -234,9 +234,10 @@ class _BulkSender:
             chunk.last = row.position
         return taken
 
-    def _start(self, chunk: _Chunk) -> None:
+    def _start(self, chunk: _Chunk) -> Position | None:
         """Create the job, record it (with what building it decided), upload and close it.
-        A chunk with nothing to send is acknowledged in its turn, without a job."""
+        A chunk with nothing to send is acknowledged in its turn, without a job: then the
+        position it moved to."""
         assert chunk.first is not None and chunk.last is not None
         plan, run = self.plan, self.run
         decided = BatchAck(
@@ -255,7 +256,7 @@ class _BulkSender:
             self._drain()
             decided.position = chunk.last
             run.ack(decided)
-            return
+            return chunk.last
         if any(f.sent is None or not f.sent.keys().isdisjoint(chunk.sent) for f in self.in_flight):
             # A record in a job still processing: Salesforce runs jobs in parallel, so the
             # older version could land last. That job finishes first.
@@ -281,6 +282,7 @@ class _BulkSender:
             bytes=len(data),
         )
         self.in_flight.append(_InFlight(job, chunk.sent))
+        return None
 
     def _abandon(self, job: BulkJob, reason: str) -> None:
         # If the abort fails too, the job stays Open, which Salesforce never processes.
