@@ -316,6 +316,17 @@ class ExportConfig(_Section):
     bulk_poll_max_seconds: float = Field(30.0, gt=0, le=3600)
     bulk_poll_timeout_seconds: float = Field(3600.0, gt=0)
 
+    @field_validator("bulk_poll_max_seconds")
+    @classmethod
+    def _poll_cap_not_below_start(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("bulk_poll_initial_seconds")
+        if initial is not None and value < initial:
+            raise problem(
+                "backoff_inverted",
+                f"must be at least bulk_poll_initial_seconds ({initial:g}), got {value:g}",
+            )
+        return value
+
 
 class ScheduleConfig(_Section):
     export_interval_seconds: int = Field(300, ge=1)
