@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from datetime import UTC, datetime
 from typing import Any
+
+import sqlalchemy as sa
 
 from crm_export.ports import RunOutcome
 from tests.export.export_scenario import Scenario
@@ -261,3 +264,49 @@ def test_a_failed_job_fails_the_run_with_salesforces_message(scenario: Scenario)
     assert fixed.outcome is RunOutcome.COMPLETED and fixed.counts.exported == 800
     assert len(scenario.contacts()) == 800
     assert len(_jobs(scenario)) == 2 and scenario.open_errors() == {}
+
+
+def test_a_job_left_open_by_a_crash_is_aborted_and_its_rows_go_again(
+    scenario: Scenario,
+) -> None:
+    """A runner killed after recording a job but before closing its upload: Salesforce never
+    processes an Open job, so the next run aborts it and sends the rows in a new one."""
+    bulk(scenario)
+    scenario.add_many(range(1, 801))
+    session = scenario.sandbox.requests_session()
+    base = f"{scenario.sandbox.base_url}/services/data/v64.0/jobs/ingest"
+    headers = {"Authorization": f"Bearer {scenario.sandbox.access_token()}"}
+    job = session.post(
+        base,
+        json={"object": "Contact", "operation": "upsert", "externalIdFieldName": "External_Id__c"},
+        headers=headers,
+    ).json()
+    tagged = '{{"type": "str", "value": "{}"}}'
+    first, last = tagged.format("2026-01-01 00:00:01"), tagged.format("2026-01-01 00:13:20")
+    engine = sa.create_engine(scenario.state_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO bulk_jobs (job_id, stream, first_order, first_key, last_order, "
+                "last_key, records, status, created_at) VALUES (:id, 'contacts', :f, :fk, :l, "
+                ":lk, 800, 'open', :at)"
+            ),
+            {
+                "id": job["id"],
+                "f": first,
+                "fk": '{"type": "int", "value": 1}',
+                "l": last,
+                "lk": '{"type": "int", "value": 800}',
+                "at": datetime.now(UTC),
+            },
+        )
+    engine.dispose()
+
+    result = scenario.run()
+    assert result.outcome is RunOutcome.COMPLETED and result.counts.exported == 800
+    states = {j["id"]: j["state"] for j in _jobs(scenario)}
+    assert states.pop(job["id"]) == "Aborted"
+    assert list(states.values()) == ["JobComplete"]
+    assert sorted(scenario.written(), key=int) == [str(k) for k in range(1, 801)]
+    [abandoned] = scenario.sql(f"SELECT status, error FROM bulk_jobs WHERE job_id = '{job['id']}'")
+    assert abandoned["status"] == "failed" and "Open" in abandoned["error"]
