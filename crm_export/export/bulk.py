@@ -67,9 +67,13 @@ class _Chunk:
     first: Position | None = None
     last: Position | None = None
     # External ID -> CSV line; a later row with the same key replaces the earlier one.
-    lines: dict[str, str] = field(default_factory=dict)
-    # External ID -> (record key, fingerprint of the payload sent).
-    sent: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    # (Bytes, and the fingerprints apart, sharing the key: a job holds up to 100,000 rows,
+    # and what they cost here is most of crm-export's memory at that size.)
+    lines: dict[str, bytes] = field(default_factory=dict)
+    # External ID -> fingerprint of the payload sent.
+    sent: dict[str, bytes] = field(default_factory=dict)
+    # External ID -> record key, for the few keys whose text differs from it.
+    keys: dict[str, str] = field(default_factory=dict)
     size: int = 0
     read: int = 0
     unchanged: int = 0
@@ -82,7 +86,8 @@ class _InFlight:
     job: BulkJob
     # None for a job recorded by an earlier run: what was sent is not known any more, so
     # no fingerprint is kept for its rows (they are compared, and sent, once more later).
-    sent: dict[str, tuple[str, bytes]] | None
+    sent: dict[str, bytes] | None
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 def send_backlog(run: StreamRun, position: Position | None) -> Position | None:
@@ -195,7 +200,7 @@ class _BulkSender:
         for row in rows:
             if chunk.read >= self.policy.max_records:
                 break
-            line = ""
+            line = b""
             unchanged = False
             if row.key is not None and row.order_value is None:
                 chunk.failures.append(Rejected(row, null_order_error(plan)))
@@ -206,12 +211,12 @@ class _BulkSender:
                     unchanged = known.get(row.record_key) == digest
                     if not unchanged:
                         payload = check(payload)
-                        line = bulk_csv.csv_line(bulk_csv.row_cells(fmap, payload))
+                        line = bulk_csv.csv_line(bulk_csv.row_cells(fmap, payload)).encode()
                 except MappingError as exc:
                     chunk.failures.append(Rejected(row, exc.error))
                 else:
                     external_id = str(payload[fmap.external_id_field])
-                    size = len(line.encode())
+                    size = len(line)
                     full = chunk.size + size > bulk_csv.MAX_UPLOAD_BYTES - 65536
                     if not unchanged and full and chunk.lines:
                         break  # full: this row starts the next job
@@ -220,14 +225,16 @@ class _BulkSender:
                     earlier = chunk.lines.pop(external_id, None)
                     if earlier is not None:
                         chunk.superseded += 1
-                        chunk.size -= len(earlier.encode())
+                        chunk.size -= len(earlier)
                         del chunk.sent[external_id]
                     if unchanged:
                         chunk.unchanged += 1
                     else:
                         chunk.lines[external_id] = line
                         chunk.size += size
-                        chunk.sent[external_id] = (row.record_key, digest)
+                        chunk.sent[external_id] = digest
+                        if row.record_key != external_id:
+                            chunk.keys[external_id] = row.record_key
             chunk.read += 1
             taken += 1
             chunk.first = chunk.first or row.position
@@ -265,7 +272,7 @@ class _BulkSender:
         job = BulkJob(job_id, plan.name, chunk.after, chunk.first, chunk.last, len(chunk.lines))
         decided.bulk_job_started = job
         run.ack(decided)
-        data = (bulk_csv.header_line(plan.fmap) + "".join(chunk.lines.values())).encode()
+        data = b"".join([bulk_csv.header_line(plan.fmap).encode(), *chunk.lines.values()])
         chunk.lines.clear()
         try:
             self.bulk.upload(job_id, data)
@@ -281,7 +288,7 @@ class _BulkSender:
             records=job.records,
             bytes=len(data),
         )
-        self.in_flight.append(_InFlight(job, chunk.sent))
+        self.in_flight.append(_InFlight(job, chunk.sent, chunk.keys))
         return None
 
     def _abandon(self, job: BulkJob, reason: str) -> None:
@@ -359,17 +366,16 @@ class _BulkSender:
         seen: set[str] = set()
 
         def key_of(external_id: str) -> str:
-            if sent is not None and external_id in sent:
-                return sent[external_id][0]
-            return external_id
+            return flight.keys.get(external_id, external_id)
 
         text = self.bulk.results(job.job_id, "successfulResults")
         for result in bulk_csv.read_results(text, fmap.external_id_field):
             seen.add(result.external_id)
             exported += 1
-            ack.resolved_keys.append(key_of(result.external_id))
+            key = key_of(result.external_id)
+            ack.resolved_keys.append(key)
             if sent is not None and result.external_id in sent:
-                ack.fingerprints[key_of(result.external_id)] = sent[result.external_id][1]
+                ack.fingerprints[key] = sent[result.external_id]
         del text
         again: list[str] = []
         rejected: list[Rejected] = []
@@ -414,7 +420,7 @@ class _BulkSender:
         """The job's records in no result file. For a job of an earlier run, what it sent
         is read again from its range of source rows."""
         if flight.sent is not None:
-            return [key for ext, (key, _) in flight.sent.items() if ext not in seen]
+            return [flight.keys.get(ext, ext) for ext in flight.sent if ext not in seen]
         missing: list[str] = []
         after: Position | None = flight.job.after
         last = flight.job.last
