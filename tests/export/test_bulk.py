@@ -4,6 +4,8 @@ org's own call counters and job list, on SQLite and PostgreSQL state."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -218,6 +220,18 @@ def test_a_restarted_run_resumes_the_job_instead_of_sending_again(scenario: Scen
     assert first.counts.exported == 0 and scenario.open_errors() == {}
     [recorded] = scenario.sql("SELECT job_id, status, records FROM bulk_jobs")
     assert recorded["status"] == "open" and recorded["records"] == 800
+    # `crm-export status` shows it.
+    status = subprocess.run(
+        [sys.executable, "-m", "crm_export", "status", "--config", str(scenario.config().path)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "SF_CLIENT_SECRET": scenario.sandbox.client_secret},
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    assert f"contacts: Bulk API 2.0 job {recorded['job_id']} (800 records) in flight" in (
+        status.stdout
+    )
     time.sleep(1.1)
 
     second = scenario.run()
