@@ -369,7 +369,7 @@ class _BulkSender:
             return flight.keys.get(external_id, external_id)
 
         text = self.bulk.results(job.job_id, "successfulResults")
-        for result in bulk_csv.read_results(text, fmap.external_id_field):
+        for result in bulk_csv.read_results(text, fmap.external_id_field, with_cells=False):
             seen.add(result.external_id)
             exported += 1
             key = key_of(result.external_id)
@@ -403,7 +403,7 @@ class _BulkSender:
             raise configuration_error(plan, sample)
         if len(seen) < job.records:
             text = self.bulk.results(job.job_id, "unprocessedrecords")
-            for result in bulk_csv.read_results(text, fmap.external_id_field):
+            for result in bulk_csv.read_results(text, fmap.external_id_field, with_cells=False):
                 if result.external_id not in seen:
                     seen.add(result.external_id)
                     again.append(key_of(result.external_id))

@@ -94,10 +94,13 @@ class ResultRow:
     cells: dict[str, str | None]
 
 
-def read_results(text: str, external_id_field: str) -> Iterator[ResultRow]:
+def read_results(
+    text: str, external_id_field: str, *, with_cells: bool = True
+) -> Iterator[ResultRow]:
     """The rows of a successfulResults, failedResults or unprocessedrecords CSV. Columns
-    are matched by name (sf__ columns first, then the uploaded ones, in any order)."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    are matched by name (sf__ columns first, then the uploaded ones, in any order);
+    ``with_cells`` off leaves ``cells`` empty (a job's successes need only their key)."""
+    reader = csv.reader(_lines(text))
     names = next(reader, None)
     if not names:
         return
@@ -114,9 +117,23 @@ def read_results(text: str, external_id_field: str) -> Iterator[ResultRow]:
         cells = {
             n: (None if v == NULL_CELL else v)
             for n, v in zip(names, row, strict=False)
-            if not n.startswith("sf__") and v != ""
+            if with_cells and not n.startswith("sf__") and v != ""
         }
         yield ResultRow(row[key_at], error, cells)
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text``, ends kept (a quoted cell may span lines), one at a time: an
+    io.StringIO of a 100,000-row result file would hold a second copy of it, four bytes a
+    character."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start : end + 1]
+        start = end + 1
 
 
 def split_error(text: str) -> RecordError:

@@ -7,6 +7,7 @@ the state consistent.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
@@ -34,7 +35,7 @@ from crm_export.store.engines import StateDatabase, state_database_errors
 from crm_export.store.locks import RunLocks
 from crm_export.store.positions import position_columns, position_from_columns
 from crm_export.store.schema import export_errors, export_runs, record_fingerprints, stream_state
-from crm_export.store.statements import chunks, upsert
+from crm_export.store.statements import IN_CHUNK, chunks, upsert
 
 __all__ = [
     "COUNTER_COLUMNS",
@@ -397,12 +398,13 @@ class StateStore:
             index_elements=[f.c.stream, f.c.record_key],
             set_={"fingerprint": insert.excluded.fingerprint},
         )
-        rows = [
-            {"stream": ack.stream, "record_key": key, "fingerprint": value}
-            for key, value in ack.fingerprints.items()
-        ]
-        for chunk in chunks(rows):
-            conn.execute(stmt, list(chunk))
+        # Built a chunk at a time: a Bulk job acknowledges up to 100,000 at once.
+        items = iter(ack.fingerprints.items())
+        while chunk := list(itertools.islice(items, IN_CHUNK)):
+            conn.execute(
+                stmt,
+                [{"stream": ack.stream, "record_key": k, "fingerprint": v} for k, v in chunk],
+            )
 
     @staticmethod
     def _add_counters(conn: Connection, ack: BatchAck) -> None:

@@ -127,3 +127,11 @@ def test_result_files_map_back_by_the_external_id_column() -> None:
     [row] = bulk_csv.read_results(ok, "External_Id__c")
     assert (row.external_id, row.error) == ("9", None)
     assert list(bulk_csv.read_results("", "External_Id__c")) == []
+
+
+def test_a_quoted_cell_may_span_lines_in_a_result_file() -> None:
+    text = (
+        '"sf__Id","sf__Error","External_Id__c","Description"\r\n"","X:bad:--","5","two\nlines"\r\n'
+    )
+    [row] = bulk_csv.read_results(text, "External_Id__c")
+    assert row.cells["Description"] == "two\nlines" and row.external_id == "5"
