@@ -324,3 +324,23 @@ def test_a_job_left_open_by_a_crash_is_aborted_and_its_rows_go_again(
     assert sorted(scenario.written(), key=int) == [str(k) for k in range(1, 801)]
     [abandoned] = scenario.sql(f"SELECT status, error FROM bulk_jobs WHERE job_id = '{job['id']}'")
     assert abandoned["status"] == "failed" and "Open" in abandoned["error"]
+
+
+def test_a_job_whose_every_record_fails_alike_stops_the_run_as_configuration(
+    scenario: Scenario,
+) -> None:
+    """The flood rule holds per job: 400 records refused alike, none accepted, is a rule or
+    a mapping that rejects everything, not 400 ExportErrors rows."""
+    bulk(scenario)
+    scenario.add_many(range(1, 401), title="DO NOT EXPORT")
+    result = scenario.run()
+    assert result.outcome is RunOutcome.FAILED
+    assert result.error is not None and "FIELD_CUSTOM_VALIDATION_EXCEPTION" in result.error
+    assert scenario.open_errors() == {}
+    [job] = scenario.sql("SELECT status FROM bulk_jobs")
+    assert job["status"] == "failed"  # its rows go again once the cause is fixed
+    scenario.sandbox.set_org(
+        patch={"objects": {"Contact": {"validation_rules": {"Title_Not_Do_Not_Export": None}}}}
+    )
+    fixed = scenario.run()
+    assert fixed.outcome is RunOutcome.COMPLETED and fixed.counts.exported == 400
