@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from crm_export.classify import ErrorClass, classify_record_error
-from crm_export.errors import BulkJobFailed, BulkJobTimeout, CrmExportError
+from crm_export.errors import BulkJobFailed, BulkJobTimeout, CrmExportError, TerminalError
 from crm_export.mapping import MappingError, build_payload
 from crm_export.ports import (
     BatchAck,
@@ -138,7 +138,13 @@ class _BulkSender:
                 self._give_up(job, "the stream's position moved while the job was in flight")
                 continue
             log.info("bulk_job_resumed", stream=self.plan.name, job_id=job.job_id)
-            info = self.bulk.job_info(job.job_id)
+            try:
+                info = self.bulk.job_info(job.job_id)
+            except TerminalError as exc:
+                # Salesforce deletes jobs 7 days after they end: its outcome is lost with it,
+                # and its rows (still after the position) go again.
+                self._give_up(job, f"Salesforce no longer knows it: {exc}")
+                continue
             if info.state == "Open":
                 # Recorded, but its upload was never closed: Salesforce will not process it.
                 self.bulk.abort_job(job.job_id)

@@ -7,13 +7,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from crm_export.ports import RunOutcome
-from tests.export.export_scenario import Scenario
+from tests.export.export_scenario import T0, Scenario
 
 # Fast polling for tests; jobs of 1,000 rows; a backlog of more than 100 rows goes by Bulk.
 # batch_size 50: a tail of up to 300 rows (six Collections calls) goes by Collections.
@@ -295,26 +295,7 @@ def test_a_job_left_open_by_a_crash_is_aborted_and_its_rows_go_again(
         json={"object": "Contact", "operation": "upsert", "externalIdFieldName": "External_Id__c"},
         headers=headers,
     ).json()
-    tagged = '{{"type": "str", "value": "{}"}}'
-    first, last = tagged.format("2026-01-01 00:00:01"), tagged.format("2026-01-01 00:13:20")
-    engine = sa.create_engine(scenario.state_url)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO bulk_jobs (job_id, stream, first_order, first_key, last_order, "
-                "last_key, records, status, created_at) VALUES (:id, 'contacts', :f, :fk, :l, "
-                ":lk, 800, 'open', :at)"
-            ),
-            {
-                "id": job["id"],
-                "f": first,
-                "fk": '{"type": "int", "value": 1}',
-                "l": last,
-                "lk": '{"type": "int", "value": 800}',
-                "at": datetime.now(UTC),
-            },
-        )
-    engine.dispose()
+    _record_job(scenario, job["id"], 800)
 
     result = scenario.run()
     assert result.outcome is RunOutcome.COMPLETED and result.counts.exported == 800
@@ -344,3 +325,45 @@ def test_a_job_whose_every_record_fails_alike_stops_the_run_as_configuration(
     )
     fixed = scenario.run()
     assert fixed.outcome is RunOutcome.COMPLETED and fixed.counts.exported == 400
+
+
+def _record_job(scenario: Scenario, job_id: str, rows: int) -> None:
+    """What a runner killed right after recording a job of the first ``rows`` rows left."""
+    tagged = '{{"type": "str", "value": "{}"}}'
+    first, last = tagged.format(order_value(1)), tagged.format(order_value(rows))
+    engine = sa.create_engine(scenario.state_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO bulk_jobs (job_id, stream, first_order, first_key, last_order, "
+                "last_key, records, status, created_at) VALUES (:id, 'contacts', :f, :fk, :l, "
+                ":lk, :n, 'open', :at)"
+            ),
+            {
+                "id": job_id,
+                "f": first,
+                "fk": '{"type": "int", "value": 1}',
+                "l": last,
+                "lk": f'{{"type": "int", "value": {rows}}}',
+                "n": rows,
+                "at": datetime.now(UTC),
+            },
+        )
+    engine.dispose()
+
+
+def order_value(tick: int) -> str:
+    return (T0 + timedelta(seconds=tick)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_a_recorded_job_salesforce_no_longer_knows_is_given_up(scenario: Scenario) -> None:
+    """Salesforce deletes jobs 7 days after they end: a job recorded by a run that stopped
+    long ago is given up, and its rows (still after the position) go again."""
+    bulk(scenario)
+    scenario.add_many(range(1, 801))
+    _record_job(scenario, "750Sb0000000999IAA", 800)
+    result = scenario.run()
+    assert result.outcome is RunOutcome.COMPLETED and result.counts.exported == 800
+    [gone] = scenario.sql("SELECT status, error FROM bulk_jobs WHERE job_id = '750Sb0000000999IAA'")
+    assert gone["status"] == "failed" and "no longer knows it" in gone["error"]
+    assert len(scenario.contacts()) == 800
