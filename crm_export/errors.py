@@ -131,3 +131,13 @@ class SourceMissingError(SourceError):
         super().__init__(message)
         self.setting = setting
         self.columns = dict(columns or {})
+
+
+class BulkJobTimeout(TransientError):
+    """A Bulk API 2.0 job was not finished within ``[export] bulk_poll_timeout_seconds``. No
+    record failed: the job stays in bulk_jobs, and the next run resumes polling it."""
+
+
+class BulkJobFailed(TerminalError):
+    """Salesforce ended a Bulk API 2.0 job in Failed or Aborted, with its errorMessage. The
+    job's rows were not acknowledged: the next run sends them again, in a new job."""

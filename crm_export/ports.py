@@ -211,6 +211,68 @@ class BatchAck:
     # True to ask the next CRMExport run to resync, False to clear the request, or UNCHANGED.
     resync_requested: bool = UNCHANGED
     counts: RunCounts = field(default_factory=RunCounts)
+    # Bulk API 2.0: a job to record as in flight (its id and key range, before its upload),
+    # or the id of one whose outcome this acknowledgement commits (it is then done).
+    bulk_job_started: BulkJob | None = None
+    bulk_job_done: str | None = None
+
+
+class BulkJobStatus(StrEnum):
+    """A Bulk API 2.0 job as bulk_jobs records it."""
+
+    # Created in Salesforce and recorded before its upload: its outcome is not known yet.
+    OPEN = "open"
+    # Its outcome was acknowledged (the position moved over its rows).
+    DONE = "done"
+    # Salesforce never finished it (Failed, Aborted, or abandoned by crm-export before it
+    # was closed): its rows were not acknowledged and go again.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class BulkJob:
+    """One Bulk API 2.0 ingest job of a stream and the source rows it covers: those after
+    ``after`` up to ``last`` (both in (order_by, key) order)."""
+
+    job_id: str
+    stream: str
+    after: Position | None
+    first: Position
+    last: Position
+    records: int  # rows in its CSV
+    status: BulkJobStatus = BulkJobStatus.OPEN
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BulkJobInfo:
+    """A job as Salesforce reports it (``GET /jobs/ingest/{id}``)."""
+
+    job_id: str
+    state: str  # Open, UploadComplete, InProgress, JobComplete, Failed, Aborted
+    processed: int = 0
+    failed: int = 0
+    error_message: str | None = None
+
+
+class BulkSink(Protocol):
+    """Bulk API 2.0 ingest as the core sees it. Every call is one charged API call, retried
+    on transient faults and governed by the API budget, like the Sink's."""
+
+    def create_job(self, sobject: str, external_id_field: str) -> str:
+        """An upsert job (CSV, comma, LF); its id."""
+
+    def upload(self, job_id: str, data: bytes) -> None: ...
+
+    def close_job(self, job_id: str) -> BulkJobInfo:
+        """UploadComplete: Salesforce starts processing."""
+
+    def abort_job(self, job_id: str) -> BulkJobInfo: ...
+
+    def job_info(self, job_id: str) -> BulkJobInfo: ...
+
+    def results(self, job_id: str, kind: str) -> str:
+        """The CSV of ``successfulResults``, ``failedResults`` or ``unprocessedrecords``."""
 
 
 @dataclass(frozen=True)
@@ -362,6 +424,12 @@ class Store(Protocol):
         records with an open ExportErrors row (those are always sent). One query per call."""
 
     def acknowledge(self, ack: BatchAck) -> None: ...
+
+    def open_bulk_jobs(self, stream: str) -> list[BulkJob]:
+        """The stream's Bulk jobs whose outcome is not acknowledged yet, oldest first."""
+
+    def fail_bulk_job(self, job_id: str, reason: str) -> None:
+        """Salesforce never finished the job: its rows go again (not acknowledged)."""
 
 
 class Sink(Protocol):

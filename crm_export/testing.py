@@ -20,6 +20,8 @@ from crm_export.ports import (
     UNCHANGED,
     ApiUsage,
     BatchAck,
+    BulkJob,
+    BulkJobStatus,
     ErrorStatus,
     FieldDescribe,
     OpenError,
@@ -109,6 +111,8 @@ class InMemoryStore:
         self.fingerprint_queries = 0
         # Raise this from the next acknowledge, before anything changes (a crash mid-commit).
         self.fail_next_ack: Exception | None = None
+        # Bulk API 2.0 jobs recorded by acknowledgements, by job id (insertion order).
+        self.bulk_jobs: dict[str, BulkJob] = {}
 
     # source side
     def put_row(self, stream: str, row: SourceRow) -> None:
@@ -278,6 +282,23 @@ class InMemoryStore:
         run = self.runs[ack.run_id - 1]
         run.counts += ack.counts
         self.states, self.errors, self.fingerprints = states, errors, fingerprints
+        if ack.bulk_job_started is not None:
+            self.bulk_jobs[ack.bulk_job_started.job_id] = ack.bulk_job_started
+        if ack.bulk_job_done is not None and ack.bulk_job_done in self.bulk_jobs:
+            job = self.bulk_jobs[ack.bulk_job_done]
+            self.bulk_jobs[job.job_id] = replace(job, status=BulkJobStatus.DONE)
+
+    def open_bulk_jobs(self, stream: str) -> list[BulkJob]:
+        return [
+            j
+            for j in self.bulk_jobs.values()
+            if j.stream == stream and j.status is BulkJobStatus.OPEN
+        ]
+
+    def fail_bulk_job(self, job_id: str, reason: str) -> None:
+        job = self.bulk_jobs.get(job_id)
+        if job is not None and job.status is BulkJobStatus.OPEN:
+            self.bulk_jobs[job_id] = replace(job, status=BulkJobStatus.FAILED)
 
     @staticmethod
     def _find_open(errors: list[ErrorRow], stream: str, key: str) -> ErrorRow | None:

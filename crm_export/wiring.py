@@ -17,12 +17,13 @@ from sqlalchemy.engine import make_url
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
 from crm_export.config.relations import dependencies
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
-from crm_export.export import Exporter, ExportPolicy, Lookback, StreamPlan, StreamResult
+from crm_export.export import BulkPolicy, Exporter, ExportPolicy, Lookback, StreamPlan, StreamResult
 from crm_export.export.lookback import mismatch
 from crm_export.mapping import FieldMap, Lookup
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
+from crm_export.salesforce.bulk import SalesforceBulk
 from crm_export.store import SqlStore, migrations, preflight_source
 from crm_export.store.sources import SourceReader
 from crm_export.stream_order import dependency_order
@@ -153,6 +154,14 @@ def export_policy(config: Config) -> ExportPolicy:
             retry.max_backoff_seconds,
         ),
         max_identical_errors=config.export.max_identical_errors,
+        bulk=BulkPolicy(
+            threshold=config.export.bulk_threshold,
+            max_records=config.export.bulk_max_records,
+            max_jobs_in_flight=config.export.bulk_max_jobs_in_flight,
+            poll_initial=config.export.bulk_poll_initial_seconds,
+            poll_max=config.export.bulk_poll_max_seconds,
+            poll_timeout=config.export.bulk_poll_timeout_seconds,
+        ),
     )
 
 
@@ -247,6 +256,7 @@ def open_runtime(
             clock,
             should_stop=stop.is_set,
             on_progress=watch.progress if watch else None,
+            bulk=SalesforceBulk(sink),
         )
         index = {s.name: i for i, s in enumerate(config.streams)}
         plans = [stream_plan(s, index[s.name]) for s in ordered_streams(config)]

@@ -27,6 +27,7 @@ CRM_EXPORT_TABLES = {
     "stream_state",
     "operator_actions",
     "record_fingerprints",
+    "bulk_jobs",
 }
 EXPORT_ERRORS_COLUMNS = [
     "id",

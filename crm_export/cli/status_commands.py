@@ -67,6 +67,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "bulk_calls_estimate": calls.bulk,
                 },
                 "api_budget": budget,
+                # Bulk API 2.0 jobs recorded and not acknowledged yet (the next run resumes
+                # polling them; see docs/guarantees.md).
+                "bulk_jobs_in_flight": [
+                    {"job_id": j.job_id, "records": j.records, "created_at": j.created_at}
+                    for j in store.open_bulk_jobs(stream.name)
+                ],
             }
             if paused is not None:
                 entry["paused"] = {
@@ -91,6 +97,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     print(_budget_line(budget, report, batch_size))
     for e in report:
+        for job in e["bulk_jobs_in_flight"]:
+            print(
+                f"{e['stream']}: Bulk API 2.0 job {job['job_id']} ({job['records']:,} records) "
+                f"in flight since {job['created_at']:%Y-%m-%d %H:%M:%S} UTC; the next run "
+                "resumes polling it"
+            )
         if e["paused"]:
             p = e["paused"]
             print(

@@ -298,6 +298,34 @@ class ExportConfig(_Section):
     # A run that sees this many record errors in a row with the same code and fields stops
     # as a configuration problem instead of filling ExportErrors with identical rows.
     max_identical_errors: int = Field(50, ge=1)
+    # Bulk API 2.0 (issue 11): a stream in skip mode with more rows pending than this goes
+    # through Bulk ingest jobs instead of Collections; 0 turns Bulk off.
+    bulk_threshold: int = Field(10_000, ge=0)
+    bulk_max_records: int = Field(
+        100_000,
+        ge=1,
+        le=150_000_000,
+        description="records per Bulk job (Salesforce processes at most 150,000,000 a day)",
+    )
+    bulk_max_jobs_in_flight: int = Field(
+        2, ge=1, le=25, description="Bulk jobs uploaded and not yet finished, per stream"
+    )
+    # Polling a job: the first wait, doubling up to the cap, and how long a run waits for one
+    # job before it fails (transient; the job is resumed by the next run).
+    bulk_poll_initial_seconds: float = Field(1.0, gt=0, le=3600)
+    bulk_poll_max_seconds: float = Field(30.0, gt=0, le=3600)
+    bulk_poll_timeout_seconds: float = Field(3600.0, gt=0)
+
+    @field_validator("bulk_poll_max_seconds")
+    @classmethod
+    def _poll_cap_not_below_start(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("bulk_poll_initial_seconds")
+        if initial is not None and value < initial:
+            raise problem(
+                "backoff_inverted",
+                f"must be at least bulk_poll_initial_seconds ({initial:g}), got {value:g}",
+            )
+        return value
 
 
 class ScheduleConfig(_Section):

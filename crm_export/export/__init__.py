@@ -12,17 +12,19 @@ Pure policy behind two ports (``crm_export.ports``): it never sees SQL or HTTP.
   progress it reports to an observer);
 - ``incremental`` (CRMExport) and ``reexport`` (CRMExport_ExportError): the two jobs' loops;
 - ``exporter``: the entry points, and the run around them;
+- ``bulk``: a large backlog in skip mode through Bulk API 2.0 ingest jobs;
 - ``presend``: what describe makes certain before sending (mapping problems, rows the
   org would refuse).
 """
 
 from .exporter import Exporter
 from .outcome import BatchOutcome, FloodGuard, Rejected
-from .plan import ExportPolicy, Lookback, StreamPlan, StreamResult, null_key_name
+from .plan import BulkPolicy, ExportPolicy, Lookback, StreamPlan, StreamResult, null_key_name
 from .stream_run import ProgressObserver, StreamProgress
 
 __all__ = [
     "BatchOutcome",
+    "BulkPolicy",
     "ExportPolicy",
     "Exporter",
     "FloodGuard",

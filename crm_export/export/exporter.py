@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import structlog
 
 from crm_export.errors import ApiBudgetReached, CrmExportError, OrgMismatchError, TerminalError
-from crm_export.ports import JobId, RunCounts, RunOutcome, Sink, Store
+from crm_export.ports import BulkSink, JobId, RunCounts, RunOutcome, Sink, Store
 from crm_export.retry import Clock, StopRequested
 
 from . import incremental, reexport
@@ -39,6 +39,7 @@ class Exporter:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         should_stop: Callable[[], bool] = lambda: False,
         on_progress: ProgressObserver | None = None,
+        bulk: BulkSink | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -47,6 +48,7 @@ class Exporter:
         self.now = now
         self.should_stop = should_stop
         self.on_progress = on_progress
+        self.bulk = bulk
         self.sender = BatchSender(sink, policy, clock, rng or random.Random())
         self._usage_hinted = False
 
@@ -100,6 +102,7 @@ class Exporter:
             on_progress=self.on_progress,
             logins_acked=self.sink.logins,
             compare=compare,
+            bulk=self.bulk,
         )
         try:
             self.store.check_source(plan.source)

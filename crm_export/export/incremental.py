@@ -19,6 +19,7 @@ from crm_export.mapping import NULL_KEY
 from crm_export.ports import BatchAck, PausedRecord, Position, SourceRow
 from crm_export.retry import StopRequested
 
+from . import bulk
 from .lookback import window_start
 from .outcome import BatchOutcome, FloodGuard, Rejected, null_order_error
 from .stream_run import StreamRun
@@ -56,6 +57,8 @@ def export(run: StreamRun) -> None:
         run.ack(BatchAck(plan.name, run.result.run_id, source_snapshot=snapshot))
     if position is not None and position.order_value is not None:
         _report_null_order_rows(run)
+    # A large backlog in skip mode goes through Bulk API 2.0 first (and jobs in flight).
+    position = bulk.send_backlog(run, position)
     flood = FloodGuard(run.policy.max_identical_errors)
     batch_size = run.policy.batch_size
     while not run.should_stop():

@@ -83,6 +83,18 @@ class StreamPlan:
 
 
 @dataclass(frozen=True)
+class BulkPolicy:
+    """When and how a stream's backlog goes through Bulk API 2.0 (``[export] bulk_*``)."""
+
+    threshold: int = 10_000  # more rows pending than this -> Bulk; 0: never
+    max_records: int = 100_000  # per job
+    max_jobs_in_flight: int = 2
+    poll_initial: float = 1.0
+    poll_max: float = 30.0
+    poll_timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
 class ExportPolicy:
     batch_size: int = 200
     # Record-level transient errors (a row lock): bounded in attempts and in elapsed time.
@@ -90,6 +102,7 @@ class ExportPolicy:
         default_factory=lambda: Backoff(max_attempts=5, max_elapsed=120.0, initial=0.5, cap=10.0)
     )
     max_identical_errors: int = 50
+    bulk: BulkPolicy = field(default_factory=BulkPolicy)
 
 
 @dataclass

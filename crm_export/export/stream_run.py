@@ -17,7 +17,16 @@ from typing import Any
 
 import structlog
 
-from crm_export.ports import UNCHANGED, BatchAck, Position, RunOutcome, Sink, SourceRow, Store
+from crm_export.ports import (
+    UNCHANGED,
+    BatchAck,
+    BulkSink,
+    Position,
+    RunOutcome,
+    Sink,
+    SourceRow,
+    Store,
+)
 
 from .outcome import BatchOutcome
 from .plan import ExportPolicy, StreamPlan, StreamResult
@@ -62,6 +71,8 @@ class StreamRun:
     # Off for the re-export and `--resend-all`: every row read is sent, whatever Salesforce
     # last accepted (the fingerprints are still replaced as records are accepted).
     compare: bool = True
+    # Bulk API 2.0 ingest, where the sink offers it (see bulk.py); None: Collections only.
+    bulk: BulkSink | None = None
 
     def send(
         self, rows: Sequence[SourceRow], *, all_or_none: bool | None = None, compare: bool = True

@@ -191,6 +191,21 @@ class SalesforceSink:
             records += data.get("records") or ()
         return [dict(r) for r in records]
 
+    def raw_request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """One call under ``services/data/vXX.X/`` whose answer is not JSON (Bulk API 2.0's
+        CSV), with everything ``upsert`` has: counted, governed, retried, re-authenticated."""
+        raw = {"data": data, "headers": dict(headers or {})}
+        response: requests.Response = self._request(method, path, json, raw=raw)
+        return response
+
     def _request(
         self,
         method: str,
@@ -200,6 +215,7 @@ class SalesforceSink:
         params: Mapping[str, str] | None = None,
         missing_ok: bool = False,
         governed: bool = True,
+        raw: dict[str, Any] | None = None,
     ) -> Any:
         def attempt() -> Any:
             if governed:
@@ -209,7 +225,7 @@ class SalesforceSink:
             # that survives several fresh tokens is a person's problem, not a retry's.
             for _ in range(self.cfg.max_reauth + 1):
                 try:
-                    return self._call(method, path, body, params, missing_ok)
+                    return self._call(method, path, body, params, missing_ok, raw)
                 except SessionExpiredError:
                     log.info("salesforce_session_expired", detail="re-authenticating")
                     self._client = None
@@ -235,11 +251,20 @@ class SalesforceSink:
         body: Any,
         params: Mapping[str, str] | None = None,
         missing_ok: bool = False,
+        raw: dict[str, Any] | None = None,
     ) -> Any:
         try:
-            result = self._login().restful(
-                path, params=dict(params) if params else None, method=method, json=body
-            )
+            client = self._login()
+            result: Any
+            if raw is not None:
+                # The Response itself (simple-salesforce raises for any status >= 300).
+                result = client._call_salesforce(
+                    method, client.base_url + path, name=path, json=body, **raw
+                )
+            else:
+                result = client.restful(
+                    path, params=dict(params) if params else None, method=method, json=body
+                )
         except SalesforceError as exc:
             self._reached = True
             if missing_ok and exc.status == 404:

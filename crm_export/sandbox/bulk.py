@@ -45,7 +45,9 @@ OPEN, UPLOAD_COMPLETE, IN_PROGRESS = "Open", "UploadComplete", "InProgress"
 JOB_COMPLETE, FAILED, ABORTED = "JobComplete", "Failed", "Aborted"
 TERMINAL = frozenset({JOB_COMPLETE, FAILED, ABORTED})
 RESULT_KINDS = frozenset({"successfulresults", "failedresults", "unprocessedrecords"})
-MAX_UPLOAD_BYTES = 150 * 1024 * 1024
+# "A request can provide CSV data that does not in total exceed 150 MB of base64 encoded
+# content" (upload-job-data): the limit is on the data once base64-encoded.
+MAX_UPLOAD_BASE64_BYTES = 150 * 1024 * 1024
 # Bulk CSV conventions: an empty cell leaves the field alone, #N/A sets it to null.
 NULL_CELL = "#N/A"
 
@@ -106,6 +108,11 @@ class IngestJob:
         if self.error_message is not None:
             info["errorMessage"] = self.error_message
         return info
+
+
+def base64_size(raw: int) -> int:
+    """Bytes of ``raw`` bytes once base64-encoded (4 for every 3, padded)."""
+    return 4 * ((raw + 2) // 3)
 
 
 def _csv_text(header: list[str], rows: list[list[str]]) -> str:
@@ -204,8 +211,10 @@ class BulkJobs:
             raise RequestError(
                 409, "INVALIDJOBSTATE", f"Job {job_id} is not in the Open state; data is closed"
             )
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise RequestError(413, "FILE_SIZE_LIMIT_EXCEEDED", "the upload exceeds 150 MB")
+        if base64_size(len(data)) > MAX_UPLOAD_BASE64_BYTES:
+            raise RequestError(
+                413, "FILE_SIZE_LIMIT_EXCEEDED", "the upload exceeds 150 MB once base64-encoded"
+            )
         text = data.decode("utf-8-sig", errors="replace")
         with self._lock:
             # A second upload is accepted here; closing the job then fails.

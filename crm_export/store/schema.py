@@ -3,8 +3,8 @@
 Users read these tables with plain SQL in ``sqlite3`` or ``psql``, so every name is
 lower_snake (PostgreSQL folds unquoted names to lower case: ``SELECT * FROM ExportErrors``
 finds ``exporterrors`` in both databases). Timestamps are UTC. The hand-written migrations in
-``migrations/versions/`` (0001_initial, 0002_api_budget, 0003_operator_actions) create
-exactly these tables; a test compares the two.
+``migrations/versions/`` (0001_initial, 0002_api_budget, 0003_operator_actions,
+0004_bulk_jobs) create exactly these tables; a test compares the two.
 """
 
 from __future__ import annotations
@@ -215,3 +215,32 @@ record_fingerprints = sa.Table(
     sa.Column("fingerprint", sa.LargeBinary(16), nullable=False),
     sqlite_with_rowid=False,
 )
+
+BULK_JOB_STATUSES = ("open", "done", "failed")
+
+# Bulk API 2.0 ingest jobs (issue 11): recorded before their upload, with the source rows
+# they cover (after ``after_*`` up to ``last_*``, positions as tagged JSON like stream_state's),
+# so that a run that stops while a job is in flight resumes polling it instead of sending its
+# rows again. ``done`` once its outcome is acknowledged (in that transaction); ``failed`` when
+# Salesforce never finished it (its rows go again, in a new job).
+bulk_jobs = sa.Table(
+    "bulk_jobs",
+    metadata,
+    sa.Column("job_id", sa.String(18), primary_key=True),
+    sa.Column("stream", sa.String(200), nullable=False),
+    sa.Column("after_order", sa.Text(), nullable=True),
+    sa.Column("after_key", sa.Text(), nullable=True),
+    sa.Column("first_order", sa.Text(), nullable=False),
+    sa.Column("first_key", sa.Text(), nullable=False),
+    sa.Column("last_order", sa.Text(), nullable=False),
+    sa.Column("last_key", sa.Text(), nullable=False),
+    sa.Column("records", sa.Integer(), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, server_default="open"),
+    sa.Column("run_id", IdType, nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+    # Why Salesforce never finished it (its errorMessage, or crm-export's reason).
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.CheckConstraint(_in("status", BULK_JOB_STATUSES), name="status"),
+)
+sa.Index("ix_bulk_jobs_stream_status", bulk_jobs.c.stream, bulk_jobs.c.status)

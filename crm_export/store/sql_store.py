@@ -16,6 +16,7 @@ from crm_export.errors import TerminalError
 from crm_export.ports import (
     ApiUsage,
     BatchAck,
+    BulkJob,
     OpenError,
     Position,
     RunCounts,
@@ -121,6 +122,12 @@ class SqlStore:
 
     def acknowledge(self, ack: BatchAck) -> None:
         self._state.acknowledge(ack)
+
+    def open_bulk_jobs(self, stream: str) -> list[BulkJob]:
+        return self._state.open_bulk_jobs(stream)
+
+    def fail_bulk_job(self, job_id: str, reason: str) -> None:
+        self._state.fail_bulk_job(job_id, reason)
 
     def known_fingerprints(self, stream: str, keys: Sequence[str]) -> dict[str, bytes]:
         return self._state.known_fingerprints(stream, keys)

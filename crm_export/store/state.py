@@ -7,6 +7,7 @@ the state consistent.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
@@ -20,6 +21,7 @@ from crm_export.ports import (
     UNCHANGED,
     ApiUsage,
     BatchAck,
+    BulkJob,
     ErrorStatus,
     OpenError,
     PausedRecord,
@@ -28,11 +30,12 @@ from crm_export.ports import (
     RunOutcome,
     StreamState,
 )
+from crm_export.store import bulk_jobs
 from crm_export.store.engines import StateDatabase, state_database_errors
 from crm_export.store.locks import RunLocks
 from crm_export.store.positions import position_columns, position_from_columns
 from crm_export.store.schema import export_errors, export_runs, record_fingerprints, stream_state
-from crm_export.store.statements import chunks, upsert
+from crm_export.store.statements import IN_CHUNK, chunks, upsert
 
 __all__ = [
     "COUNTER_COLUMNS",
@@ -256,6 +259,19 @@ class StateStore:
             self._save_fingerprints(conn, ack)
             self._record_failures(conn, ack, now)
             self._add_counters(conn, ack)
+            if ack.bulk_job_started is not None:
+                bulk_jobs.insert_job(conn, ack.bulk_job_started, ack.run_id, now)
+            if ack.bulk_job_done is not None:
+                bulk_jobs.finish_job(conn, ack.bulk_job_done, now)
+
+    def open_bulk_jobs(self, stream: str) -> list[BulkJob]:
+        with self._db.read() as conn:
+            return bulk_jobs.open_jobs(conn, stream)
+
+    def fail_bulk_job(self, job_id: str, reason: str) -> None:
+        now = self._db.now()
+        with self._db.write() as conn:
+            bulk_jobs.fail_job(conn, job_id, reason, now)
 
     def _check_revision(self, conn: Connection, stream: str) -> None:
         """Refuse the acknowledgement if an operator acted on the stream since this store
@@ -382,12 +398,13 @@ class StateStore:
             index_elements=[f.c.stream, f.c.record_key],
             set_={"fingerprint": insert.excluded.fingerprint},
         )
-        rows = [
-            {"stream": ack.stream, "record_key": key, "fingerprint": value}
-            for key, value in ack.fingerprints.items()
-        ]
-        for chunk in chunks(rows):
-            conn.execute(stmt, list(chunk))
+        # Built a chunk at a time: a Bulk job acknowledges up to 100,000 at once.
+        items = iter(ack.fingerprints.items())
+        while chunk := list(itertools.islice(items, IN_CHUNK)):
+            conn.execute(
+                stmt,
+                [{"stream": ack.stream, "record_key": k, "fingerprint": v} for k, v in chunk],
+            )
 
     @staticmethod
     def _add_counters(conn: Connection, ack: BatchAck) -> None:

@@ -10,6 +10,7 @@ import pytest
 import requests
 from simple_salesforce.exceptions import SalesforceOperationError
 
+from crm_export.sandbox.bulk import MAX_UPLOAD_BASE64_BYTES, base64_size
 from crm_export.sandbox.testing import SandboxHandle
 from tests.sandbox.sandbox_helpers import VERSION, Salesforce, bulk2_job_id
 
@@ -282,3 +283,11 @@ def test_a_missing_parent_fails_alike_in_bulk_and_in_collections(
     fields = "".join(f"{f} " for f in error["fields"])
     assert failed["sf__Error"] == f"{error['statusCode']}:{error['message']}:{fields}--"
     assert "Foreign key external ID: A-9 not found for field External_Id__c" in failed["sf__Error"]
+
+
+def test_the_upload_limit_is_150_mb_once_base64_encoded() -> None:
+    # About 112 MB of CSV fits; the raw 150 MB the sandbox once took does not.
+    assert base64_size(112 * 1024 * 1024) <= MAX_UPLOAD_BASE64_BYTES
+    assert base64_size(113 * 1024 * 1024) > MAX_UPLOAD_BASE64_BYTES
+    assert base64_size(150 * 1024 * 1024) > MAX_UPLOAD_BASE64_BYTES
+    assert (base64_size(1), base64_size(3), base64_size(4)) == (4, 4, 8)
