@@ -11,6 +11,7 @@ from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
@@ -22,11 +23,14 @@ from crm_export.export.lookback import mismatch
 from crm_export.mapping import FieldMap, Lookup
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
-from crm_export.salesforce import SalesforceSink
+from crm_export.salesforce.deferred import DeferredSink
 from crm_export.store import SqlStore, migrations, preflight_source
 from crm_export.store.sources import SourceReader
 from crm_export.stream_order import dependency_order
 from crm_export.watch import Watch
+
+if TYPE_CHECKING:
+    from crm_export.salesforce import SalesforceSink
 
 # The lookback of a stream that sets none, where writers can commit out of order: wide
 # enough for any transaction of an application's (minutes at most), re-read on every run.
@@ -160,7 +164,7 @@ def export_policy(config: Config) -> ExportPolicy:
 class Runtime:
     config: Config
     store: SqlStore
-    sink: SalesforceSink
+    sink: DeferredSink
     exporter: Exporter
     plans: list[StreamPlan]
 
@@ -194,6 +198,8 @@ def embedded_sandbox(config: Config) -> Iterator[Config]:
 def open_sink(config: Config) -> Iterator[SalesforceSink]:
     """A sink on ``[salesforce]`` (the embedded sandbox org when ``[sandbox] enabled``), for
     the commands that talk to Salesforce without running a job (``check``, ``verify``)."""
+    from crm_export.salesforce import SalesforceSink
+
     with ExitStack() as stack:
         if config.sandbox.enabled:
             config = stack.enter_context(embedded_sandbox(config))
@@ -230,13 +236,22 @@ def open_runtime(
         # runner (on PostgreSQL the store also checks each run's own lock: see the method).
         store.mark_interrupted_runs()
         clock = SystemClock(stop)
-        sink = SalesforceSink(
-            config.salesforce,
-            config.retry,
-            clock,
-            on_call=watch.salesforce_call if watch else None,
-            on_retry=watch.salesforce_retry if watch else None,
-        )
+        salesforce, retry = config.salesforce, config.retry
+
+        def make_sink() -> SalesforceSink:
+            from crm_export.salesforce import SalesforceSink
+
+            return SalesforceSink(
+                salesforce,
+                retry,
+                clock,
+                on_call=watch.salesforce_call if watch else None,
+                on_retry=watch.salesforce_retry if watch else None,
+            )
+
+        # Made when the run first needs Salesforce: a run with nothing to send never
+        # imports requests and simple-salesforce (see salesforce/deferred.py).
+        sink = DeferredSink(make_sink)
         stack.callback(sink.close)
         if watch is not None:
             watch.sink_opened(sink)
