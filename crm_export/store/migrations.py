@@ -167,12 +167,12 @@ def _at_head(url: str, engine: Engine | None) -> bool:
         return False
     own = engine is None
     engine = create_state_engine(url) if engine is None else engine
+    version = sa.table(VERSION_TABLE, sa.column("version_num", sa.String()))
     try:
         with state_database_errors(url):
             try:
                 with engine.connect() as conn:
-                    stmt = sa.select(sa.column("version_num")).select_from(sa.table(VERSION_TABLE))
-                    found = list(conn.execute(stmt).scalars())
+                    found = list(conn.execute(sa.select(version.c.version_num)).scalars())
             except sa.exc.SQLAlchemyError as exc:
                 if is_transient(exc):
                     raise
