@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
 from sqlalchemy.engine import make_url
 
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 # by xmin instead (store/sources.py read_late). Everything else (PostgreSQL queries, MySQL,
 # SQL Server...) gets it.
 DEFAULT_LOOKBACK = Lookback(seconds=600.0, rows=1000)
+
+log = structlog.get_logger("crm_export.wiring")
 
 
 def lookback_for(stream: StreamConfig) -> Lookback:
@@ -266,6 +269,35 @@ def open_runtime(
         index = {s.name: i for i, s in enumerate(config.streams)}
         plans = [stream_plan(s, index[s.name]) for s in ordered_streams(config)]
         yield Runtime(config, store, sink, exporter, plans)
+
+
+def warn_about_indexes(store: SqlStore, plans: Collection[StreamPlan]) -> None:
+    """Log ``source_index_missing`` for each stream whose source table has no index for its
+    keyset reads, with the statement that creates one (once per run: a catalog query or
+    two). A source that can not be read now is left for the run to report."""
+    for plan in plans:
+        try:
+            statement = store.missing_keyset_index(plan.source)
+        except (SourceError, TransientError):
+            continue
+        if statement is not None:
+            log.warning(
+                "source_index_missing",
+                stream=plan.name,
+                table=plan.source.table,
+                columns=[plan.source.order_by, plan.source.key],
+                statement=statement,
+                detail=index_advice(plan.source, statement),
+            )
+
+
+def index_advice(source: StreamSource, statement: str) -> str:
+    """What ``crm-export check`` and the run's warning say about a missing index."""
+    return (
+        f"stream {source.name!r}: table {source.table} has no index on "
+        f"({source.order_by}, {source.key}), so every batch scans and sorts the whole table; "
+        f"create one with: {statement};"
+    )
 
 
 def retry_errors(runtime: Runtime, plan: StreamPlan, ids: Collection[int]) -> StreamResult:
