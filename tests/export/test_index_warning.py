@@ -3,6 +3,10 @@ the statement to run; once it is run, the run is silent about it."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
@@ -38,3 +42,25 @@ def test_a_run_warns_once_with_the_statement_and_not_after_it_is_run(scenario: S
         again = scenario.run()
     assert again.outcome is RunOutcome.COMPLETED
     assert index_warnings(logs) == []
+
+
+def test_status_shows_the_statement_until_it_is_run(scenario: Scenario) -> None:
+    scenario.add_many(range(1, 4))
+    scenario.run()
+    config = str(scenario.config().path)
+    env = {**os.environ, "SF_CLIENT_SECRET": scenario.sandbox.client_secret}
+    status = [sys.executable, "-m", "crm_export", "status", "--config", config]
+    done = subprocess.run([*status, "--json"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    [entry] = json.loads(done.stdout)
+    statement = entry["missing_index"]
+    assert statement.startswith("CREATE INDEX") and "ON contacts (updated_at, id)" in statement
+    text = subprocess.run(status, capture_output=True, text=True, env=env).stdout
+    assert "contacts: the source table has no index" in text and statement in text
+
+    engine = sa.create_engine(f"sqlite:///{scenario.source}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(statement)
+    engine.dispose()
+    done = subprocess.run([*status, "--json"], capture_output=True, text=True, env=env)
+    assert json.loads(done.stdout)[0]["missing_index"] is None
