@@ -168,7 +168,7 @@ def main() -> int:
     idle = max(seconds for name, seconds in rows if name.startswith("idle"))
     verdict = "met" if idle < GOAL_SECONDS else "NOT met"
     print(f"goal: an idle run under {GOAL_SECONDS} s: {verdict} ({idle:.3f} s, slowest state)")
-    print(f"\nan idle run imports {modules} modules; the costliest packages (own import time, summed):")
+    print(f"\nan idle run imports {modules} modules; the costliest packages (own import time):")
     for line in costliest:
         print(f"  {line}")
     return 0
