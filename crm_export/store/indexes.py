@@ -54,20 +54,30 @@ _POSTGRESQL_BACKWARD: tuple[_Sorting, _Sorting] = ((True, True), (True, False))
 def missing_keyset_index(conn: Connection, source: StreamSource) -> str | None:
     """The ``CREATE INDEX`` statement to run when ``source``'s table has no index its keyset
     reads can use; None when it has one, or when the source is a query (which can not be
-    checked). One or two catalog queries, through SQLAlchemy's inspector."""
+    checked). A few catalog queries, through SQLAlchemy's inspector."""
     if source.table is None:
         return None
     schema, table = _split_table(source.table)
     insp = sa.inspect(conn)
     dialect = conn.dialect
     wanted = (source.order_by, source.key)
+    try:
+        indexes = insp.get_indexes(table, schema=schema)
+        pk = insp.get_pk_constraint(table, schema=schema).get("constrained_columns") or []
+    except NotImplementedError:  # a third-party dialect that can not list them: no advice
+        return None
     candidates: list[tuple[list[str | None], Mapping[str, Sequence[str]]]] = [
         (list(ix["column_names"]), ix.get("column_sorting") or {})
-        for ix in insp.get_indexes(table, schema=schema)
+        for ix in indexes
+        # A partial index (WHERE ...) only holds some rows: the reads need all of them.
+        if not any(k.endswith("_where") and v is not None for k, v in _options(ix).items())
     ]
-    pk = insp.get_pk_constraint(table, schema=schema).get("constrained_columns") or []
     if pk:
         candidates.append((list(pk), {}))
+    if dialect.name == "sqlite":
+        # SQLite's UNIQUE constraints are indexes the inspector does not list as such.
+        uniques = insp.get_unique_constraints(table, schema=schema)
+        candidates += [(list(u["column_names"]), {}) for u in uniques]
     for columns, sorting in candidates:
         if _serves(columns, sorting, wanted, dialect):
             return None
@@ -120,6 +130,11 @@ def _serves(
         return found in (_POSTGRESQL_FORWARD, _POSTGRESQL_BACKWARD)
     # Elsewhere only the direction is checked, and a backward scan serves as well.
     return found[0][0] == found[1][0]
+
+
+def _options(index: Any) -> Mapping[str, Any]:
+    options: Mapping[str, Any] = index.get("dialect_options") or {}
+    return options
 
 
 def _sorting(column: str, sorting: Mapping[str, Sequence[str]], dialect: sa.Dialect) -> _Sorting:

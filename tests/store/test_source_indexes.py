@@ -115,3 +115,26 @@ def test_names_are_quoted_for_the_database(
     assert statement is not None and '"Odd Table"' in statement and '"Id"' in statement
     run_ddl(source_url, statement)
     assert reader.missing_keyset_index(odd) is None
+
+
+def test_a_partial_index_does_not_serve(
+    source_url: str, reader: SourceReader, create_source_table: CreateSourceTable
+) -> None:
+    # It holds only some rows, and the export reads them all.
+    text_keyed_table(source_url, create_source_table)
+    statement = reader.missing_keyset_index(source(source_url))
+    assert statement is not None
+    run_ddl(source_url, f"{statement.removesuffix(';')} WHERE name IS NOT NULL")
+    assert reader.missing_keyset_index(source(source_url)) == statement
+
+
+def test_a_sqlite_unique_constraint_on_order_and_key_serves(
+    tmp_path: Path, reader: SourceReader
+) -> None:
+    url = f"sqlite:///{tmp_path}/unique.db"
+    run_ddl(
+        url,
+        f"CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, updated_at TEXT, name TEXT,"
+        " UNIQUE (updated_at, id))",
+    )
+    assert reader.missing_keyset_index(source(url)) is None
