@@ -273,8 +273,8 @@ def open_runtime(
 
 def warn_about_indexes(store: SqlStore, plans: Collection[StreamPlan]) -> None:
     """Log ``source_index_missing`` for each stream whose source table has no index for its
-    keyset reads, with the statement that creates one (once per run: a catalog query or
-    two). A source that can not be read now is left for the run to report."""
+    keyset reads, with the statement that creates one (once per run: a few catalog
+    queries). A source that can not be read now is left for the run to report."""
     for plan in plans:
         try:
             statement = store.missing_keyset_index(plan.source)
