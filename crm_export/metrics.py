@@ -44,7 +44,7 @@ from crm_export.watch import Watch
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from crm_export.salesforce import SalesforceSink
+    from crm_export.ports import Sink
     from crm_export.store import SqlStore
 
 log = structlog.get_logger("crm_export.metrics")
@@ -140,7 +140,7 @@ class Metrics(Watch):
         r.register(_ApiUsage(self))
         self._counted: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
-        self.sink: SalesforceSink | None = None
+        self.sink: Sink | None = None
         self.last_usage: ApiUsage | None = None
 
     def know_streams(self, streams: Iterable[str]) -> None:
@@ -175,7 +175,7 @@ class Metrics(Watch):
     def salesforce_retry(self, error_class: str) -> None:
         self.retries.labels(error_class).inc()
 
-    def sink_opened(self, sink: SalesforceSink) -> None:
+    def sink_opened(self, sink: Sink) -> None:
         # The run's sink, kept after the run for the last usage it saw; a run that makes no
         # call sees none, so the usage seen before it stays in force.
         self.last_usage = self.api_usage()

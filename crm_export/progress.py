@@ -13,16 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import structlog
-from rich.console import Console
-from rich.file_proxy import FileProxy
-from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from crm_export.counters import record_counts
 from crm_export.export import StreamProgress
 from crm_export.watch import Watch
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
 log = structlog.get_logger("crm_export.progress")
 
@@ -104,6 +105,9 @@ class TerminalProgress(Watch):
     """
 
     def __init__(self, console: Console, monotonic: Callable[[], float] = time.monotonic) -> None:
+        # Imported here: every run imports this module, and only a terminal draws the bars.
+        from rich.progress import BarColumn, Progress, TextColumn
+
         self.progress_bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -118,6 +122,8 @@ class TerminalProgress(Watch):
 
     @property
     def log_stream(self) -> TextIO:
+        from rich.file_proxy import FileProxy
+
         console = self.progress_bar.console
         # A text stream whose lines rich prints above the live display.
         return cast(TextIO, FileProxy(console, console.file))

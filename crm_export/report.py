@@ -12,9 +12,6 @@ from datetime import date, datetime
 from importlib import resources
 from typing import IO, Any
 
-from rich.console import Console
-from rich.table import Table
-
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -65,6 +62,10 @@ def render_table(
     if not out.isatty():
         write_tsv(rows, out, columns)
         return
+    # Only a terminal pays for rich's tables (every command imports this module).
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False)
     for column in columns:
         table.add_column(column, overflow="fold")

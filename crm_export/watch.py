@@ -19,7 +19,7 @@ import structlog
 
 if TYPE_CHECKING:
     from crm_export.export import StreamProgress
-    from crm_export.salesforce import SalesforceSink
+    from crm_export.ports import Sink
 
 log = structlog.get_logger("crm_export.watch")
 
@@ -34,7 +34,7 @@ class Watch:
     def salesforce_retry(self, error_class: str) -> None:
         """A request is about to be retried after a transient error of this class."""
 
-    def sink_opened(self, sink: SalesforceSink) -> None:
+    def sink_opened(self, sink: Sink) -> None:
         """The run's Salesforce sink, for what it learns of the org (``api_usage``)."""
 
 
@@ -61,5 +61,5 @@ class Watches(Watch):
     def salesforce_retry(self, error_class: str) -> None:
         self._each("salesforce_retry", lambda w: w.salesforce_retry(error_class))
 
-    def sink_opened(self, sink: SalesforceSink) -> None:
+    def sink_opened(self, sink: Sink) -> None:
         self._each("sink_opened", lambda w: w.sink_opened(sink))

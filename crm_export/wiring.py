@@ -11,7 +11,9 @@ from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import structlog
 from sqlalchemy.engine import make_url
 
 from crm_export.config import Config, Secret, StreamConfig, stream_key_path
@@ -22,12 +24,14 @@ from crm_export.export.lookback import mismatch
 from crm_export.mapping import FieldMap, Lookup
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
-from crm_export.salesforce import SalesforceSink
-from crm_export.salesforce.bulk import SalesforceBulk
+from crm_export.salesforce.deferred import DeferredBulk, DeferredSink
 from crm_export.store import SqlStore, migrations, preflight_source
 from crm_export.store.sources import SourceReader
 from crm_export.stream_order import dependency_order
 from crm_export.watch import Watch
+
+if TYPE_CHECKING:
+    from crm_export.salesforce import SalesforceSink
 
 # The lookback of a stream that sets none, where writers can commit out of order: wide
 # enough for any transaction of an application's (minutes at most), re-read on every run.
@@ -35,6 +39,8 @@ from crm_export.watch import Watch
 # by xmin instead (store/sources.py read_late). Everything else (PostgreSQL queries, MySQL,
 # SQL Server...) gets it.
 DEFAULT_LOOKBACK = Lookback(seconds=600.0, rows=1000)
+
+log = structlog.get_logger("crm_export.wiring")
 
 
 def lookback_for(stream: StreamConfig) -> Lookback:
@@ -169,7 +175,7 @@ def export_policy(config: Config) -> ExportPolicy:
 class Runtime:
     config: Config
     store: SqlStore
-    sink: SalesforceSink
+    sink: DeferredSink
     exporter: Exporter
     plans: list[StreamPlan]
 
@@ -203,6 +209,8 @@ def embedded_sandbox(config: Config) -> Iterator[Config]:
 def open_sink(config: Config) -> Iterator[SalesforceSink]:
     """A sink on ``[salesforce]`` (the embedded sandbox org when ``[sandbox] enabled``), for
     the commands that talk to Salesforce without running a job (``check``, ``verify``)."""
+    from crm_export.salesforce import SalesforceSink
+
     with ExitStack() as stack:
         if config.sandbox.enabled:
             config = stack.enter_context(embedded_sandbox(config))
@@ -239,13 +247,22 @@ def open_runtime(
         # runner (on PostgreSQL the store also checks each run's own lock: see the method).
         store.mark_interrupted_runs()
         clock = SystemClock(stop)
-        sink = SalesforceSink(
-            config.salesforce,
-            config.retry,
-            clock,
-            on_call=watch.salesforce_call if watch else None,
-            on_retry=watch.salesforce_retry if watch else None,
-        )
+        salesforce, retry = config.salesforce, config.retry
+
+        def make_sink() -> SalesforceSink:
+            from crm_export.salesforce import SalesforceSink
+
+            return SalesforceSink(
+                salesforce,
+                retry,
+                clock,
+                on_call=watch.salesforce_call if watch else None,
+                on_retry=watch.salesforce_retry if watch else None,
+            )
+
+        # Made when the run first needs Salesforce: a run with nothing to send never
+        # imports requests and simple-salesforce (see salesforce/deferred.py).
+        sink = DeferredSink(make_sink)
         stack.callback(sink.close)
         if watch is not None:
             watch.sink_opened(sink)
@@ -256,11 +273,40 @@ def open_runtime(
             clock,
             should_stop=stop.is_set,
             on_progress=watch.progress if watch else None,
-            bulk=SalesforceBulk(sink),
+            bulk=DeferredBulk(sink),
         )
         index = {s.name: i for i, s in enumerate(config.streams)}
         plans = [stream_plan(s, index[s.name]) for s in ordered_streams(config)]
         yield Runtime(config, store, sink, exporter, plans)
+
+
+def warn_about_indexes(store: SqlStore, plans: Collection[StreamPlan]) -> None:
+    """Log ``source_index_missing`` for each stream whose source table has no index for its
+    keyset reads, with the statement that creates one (once per run: a few catalog
+    queries). A source that can not be read now is left for the run to report."""
+    for plan in plans:
+        try:
+            statement = store.missing_keyset_index(plan.source)
+        except (SourceError, TransientError):
+            continue
+        if statement is not None:
+            log.warning(
+                "source_index_missing",
+                stream=plan.name,
+                table=plan.source.table,
+                columns=[plan.source.order_by, plan.source.key],
+                statement=statement,
+                detail=index_advice(plan.source, statement),
+            )
+
+
+def index_advice(source: StreamSource, statement: str) -> str:
+    """What ``crm-export check`` and the run's warning say about a missing index."""
+    return (
+        f"stream {source.name!r}: table {source.table} has no index on "
+        f"({source.order_by}, {source.key}), so every batch scans and sorts the whole table; "
+        f"create one with: {statement};"
+    )
 
 
 def retry_errors(runtime: Runtime, plan: StreamPlan, ids: Collection[int]) -> StreamResult:

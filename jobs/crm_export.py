@@ -7,7 +7,7 @@ import threading
 from crm_export.config import Config
 from crm_export.export import StreamResult
 from crm_export.watch import Watch
-from crm_export.wiring import open_runtime
+from crm_export.wiring import open_runtime, warn_about_indexes
 
 
 def run(
@@ -19,6 +19,7 @@ def run(
 ) -> list[StreamResult]:
     """``resend_all`` (``--resend-all``): send every row read, whatever Salesforce holds."""
     with open_runtime(config, stop, watch) as runtime:
+        warn_about_indexes(runtime.store, runtime.plans)
         return [
             runtime.exporter.export_stream(plan, resend_all=resend_all) for plan in runtime.plans
         ]

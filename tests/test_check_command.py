@@ -50,6 +50,22 @@ def test_a_clean_config_exits_0_and_touches_no_state_database(
     assert not (tmp_path / "state.db").exists()
 
 
+def test_check_prints_the_index_a_source_table_lacks_without_failing(
+    tmp_path: Path, sandbox: SandboxHandle
+) -> None:
+    config = make_config(tmp_path, sandbox)
+    done = crm_export("check", "--config", str(config), "--json", env=env(sandbox))
+    assert done.returncode == 0, done.stdout + done.stderr  # a note, not a problem
+    [stream] = json.loads(done.stdout)["streams"]
+    statement = stream["missing_index"]
+    assert statement.startswith("CREATE INDEX") and "ON contacts (updated_at, id)" in statement
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        db.execute(statement)
+    db.close()
+    done = crm_export("check", "--config", str(config), env=env(sandbox))
+    assert done.returncode == 0 and "CREATE INDEX" not in done.stdout, done.stdout
+
+
 def test_problems_are_reported_by_stream_and_key_and_exit_1(
     tmp_path: Path, sandbox: SandboxHandle
 ) -> None:

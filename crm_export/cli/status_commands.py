@@ -27,6 +27,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from crm_export.config import StreamConfig
+    from crm_export.ports import StreamSource
     from crm_export.store import SqlStore
 
 
@@ -45,7 +46,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             paused = item.get("paused")
             position = item.get("position")
             run = item.get("last_run")
-            pending = _pending(store, stream_plan(stream).source, position)
+            source = stream_plan(stream).source
+            pending = _pending(store, source, position)
             calls = None if pending is None else forecast(pending, batch_size)
             entry: dict[str, Any] = {
                 "stream": stream.name,
@@ -73,6 +75,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     {"job_id": j.job_id, "records": j.records, "created_at": j.created_at}
                     for j in store.open_bulk_jobs(stream.name)
                 ],
+                "missing_index": _missing_index(store, source),
             }
             if paused is not None:
                 entry["paused"] = {
@@ -102,6 +105,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{e['stream']}: Bulk API 2.0 job {job['job_id']} ({job['records']:,} records) "
                 f"in flight since {job['created_at']:%Y-%m-%d %H:%M:%S} UTC; the next run "
                 "resumes polling it"
+            )
+        if e["missing_index"]:
+            print(
+                f"{e['stream']}: the source table has no index for the export's reads, so each"
+                f" batch scans and sorts the whole table; create one:\n  {e['missing_index']};"
             )
         if e["paused"]:
             p = e["paused"]
@@ -133,6 +141,14 @@ def _api_budget(config: Config, usage: dict[str, Any] | None) -> dict[str, Any]:
     if usage is not None:
         budget.update(usage, line=ApiBudget(percent).line(usage["max"]))
     return budget
+
+
+def _missing_index(store: SqlStore, source: StreamSource) -> str | None:
+    """The CREATE INDEX the source table needs (store/indexes.py), as the run warns."""
+    try:
+        return store.missing_keyset_index(source)
+    except CrmExportError:
+        return None  # the source can not be read now: _pending says so
 
 
 def _pending(store: Any, source: Any, position: Any) -> int | None:

@@ -295,6 +295,14 @@ class SourceReader:
         with self._source(source) as conn:
             _check_source(conn, source)
 
+    def missing_keyset_index(self, source: StreamSource) -> str | None:
+        """The ``CREATE INDEX`` statement the source's table needs for its keyset reads, or
+        None (it has a usable index, or it is a query): see store/indexes.py."""
+        from crm_export.store.indexes import missing_keyset_index  # it imports this module
+
+        with self._source(source) as conn:
+            return missing_keyset_index(conn, source)
+
 
 # --------------------------------------------------------------------------------------------
 # Errors and checks

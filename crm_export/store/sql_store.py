@@ -177,6 +177,9 @@ class SqlStore:
     def check_source(self, source: StreamSource) -> None:
         self._sources.check_source(source)
 
+    def missing_keyset_index(self, source: StreamSource) -> str | None:
+        return self._sources.missing_keyset_index(source)
+
     # -- the operator's commands (OperatorQueries) ------------------------------------------
 
     def stream_overview(self) -> list[dict[str, Any]]:

@@ -9,8 +9,7 @@ from urllib.parse import urlsplit
 
 from crm_export.export import StreamProgress
 from crm_export.jobs import JOBS
-from crm_export.ports import ApiUsage, JobId, RunOutcome
-from crm_export.salesforce import SalesforceSink
+from crm_export.ports import ApiUsage, JobId, RunOutcome, Sink
 from crm_export.watch import Watch, Watches
 from tests.export.export_scenario import Scenario
 
@@ -19,7 +18,7 @@ class Recorder(Watch):
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, float, int | None]] = []
         self.retries: list[str] = []
-        self.sinks: list[SalesforceSink] = []
+        self.sinks: list[Sink] = []
         self.progresses: list[StreamProgress] = []
 
     def progress(self, progress: StreamProgress) -> None:
@@ -31,7 +30,7 @@ class Recorder(Watch):
     def salesforce_retry(self, error_class: str) -> None:
         self.retries.append(error_class)
 
-    def sink_opened(self, sink: SalesforceSink) -> None:
+    def sink_opened(self, sink: Sink) -> None:
         self.sinks.append(sink)
 
 
