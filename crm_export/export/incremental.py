@@ -10,7 +10,7 @@ in one transaction before the next batch is read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -19,9 +19,10 @@ from crm_export.mapping import NULL_KEY
 from crm_export.ports import BatchAck, PausedRecord, Position, SourceRow
 from crm_export.retry import StopRequested
 
+from .in_flight import InFlight
 from .lookback import window_start
 from .outcome import BatchOutcome, FloodGuard, Rejected, null_order_error
-from .stream_run import StreamRun
+from .stream_run import Spent, StreamRun
 
 log = structlog.get_logger("crm_export.export")
 
@@ -57,21 +58,65 @@ def export(run: StreamRun) -> None:
     if position is not None and position.order_value is not None:
         _report_null_order_rows(run)
     flood = FloodGuard(run.policy.max_identical_errors)
-    batch_size = run.policy.batch_size
-    while not run.should_stop():
-        rows = store.read_batch(plan.source, position, batch_size)
-        if not rows:
-            break
-        outcome = run.send([r for r in rows if (plan.record_key(r), r.order_value) != sent])
-        run.acknowledge(rows, outcome)
-        if outcome.halt is not None:
-            return
-        flood.observe(outcome, rows)
-        position = rows[-1].position
-        if len(rows) < batch_size:
-            break
+
+    def going(rows: list[SourceRow]) -> list[SourceRow]:
+        return [r for r in rows if (plan.record_key(r), r.order_value) != sent]
+
+    # Pause mode needs each answer before the next send: nothing after a failing record
+    # may be written.
+    size = 1 if plan.pause_on_error else run.policy.max_in_flight
+    if size > 1:
+        _send_in_flight(run, _batches(run, position), going, flood, size)
+    else:
+        for rows in _batches(run, position):
+            if run.should_stop():
+                break
+            outcome = run.send(going(rows))
+            run.acknowledge(rows, outcome)
+            if outcome.halt is not None:
+                return
+            flood.observe(outcome, rows)
     if run.should_stop():
         raise StopRequested()
+
+
+def _batches(run: StreamRun, position: Position | None) -> Iterator[list[SourceRow]]:
+    """The rows after ``position``, batch by batch, read a page of many batches per query
+    (``ExportPolicy.page_rows``): a source without an index on (order_by, key) scans and
+    sorts once per page, not once per call. One page is held at a time."""
+    plan, batch_size, page_rows = run.plan, run.policy.batch_size, run.policy.page_rows()
+    while not run.should_stop():
+        page = run.store.read_batch(plan.source, position, page_rows)
+        for start in range(0, len(page), batch_size):
+            yield page[start : start + batch_size]
+        if len(page) < page_rows:
+            return
+        position = page[-1].position
+
+
+def _send_in_flight(
+    run: StreamRun,
+    batches: Iterator[list[SourceRow]],
+    going: Callable[[list[SourceRow]], list[SourceRow]],
+    flood: FloodGuard,
+    size: int,
+) -> None:
+    """Skip mode with up to ``size`` calls in flight (see in_flight.py): each batch is
+    acknowledged in order, once it and those before it are answered. On a stop request no
+    batch is sent after the current one, and those in flight are acknowledged."""
+
+    def acknowledge(rows: list[SourceRow], outcome: BatchOutcome, spent: Spent) -> None:
+        run.acknowledge(rows, outcome, spent=spent)
+
+    window = InFlight(run, size, acknowledge, lambda rows, outcome: flood.observe(outcome, rows))
+    try:
+        for rows in batches:
+            if run.should_stop():
+                break
+            window.send(rows, going(rows))
+        window.finish()
+    finally:
+        window.close()
 
 
 def _resync(run: StreamRun) -> None:
