@@ -7,7 +7,7 @@ the daemon only wire; it also starts the embedded sandbox org when ``[sandbox] e
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from crm_export.config.relations import dependencies
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
 from crm_export.export import Exporter, ExportPolicy, Lookback, StreamPlan, StreamResult
 from crm_export.export.lookback import mismatch
+from crm_export.export.parallel import run_streams
 from crm_export.mapping import FieldMap, Lookup
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
@@ -153,7 +154,15 @@ def export_policy(config: Config) -> ExportPolicy:
             retry.max_backoff_seconds,
         ),
         max_identical_errors=config.export.max_identical_errors,
+        max_in_flight=config.export.max_in_flight,
     )
+
+
+def max_connections(config: Config) -> int:
+    """The most calls a run may have in flight at once: one per batch in flight of every
+    stream running, and one for the describe or /limits read beside them."""
+    export = config.export
+    return max(10, export.max_in_flight * export.max_parallel_streams + 1)
 
 
 @dataclass
@@ -163,6 +172,17 @@ class Runtime:
     sink: SalesforceSink
     exporter: Exporter
     plans: list[StreamPlan]
+
+    def run_streams(self, run: Callable[[StreamPlan], StreamResult]) -> list[StreamResult]:
+        """``run`` every stream, up to ``[export] max_parallel_streams`` at once, each after
+        the streams it depends on (depends_on, lookups) have finished; in plan order."""
+        by_name = {p.name: p for p in self.plans}
+        return run_streams(
+            list(by_name),
+            dependencies(self.config.streams),
+            lambda name: run(by_name[name]),
+            self.config.export.max_parallel_streams,
+        )
 
 
 @contextmanager
@@ -236,6 +256,7 @@ def open_runtime(
             clock,
             on_call=watch.salesforce_call if watch else None,
             on_retry=watch.salesforce_retry if watch else None,
+            connections=max_connections(config),
         )
         stack.callback(sink.close)
         if watch is not None:

@@ -19,6 +19,6 @@ def run(
 ) -> list[StreamResult]:
     """``resend_all`` (``--resend-all``): send every row read, whatever Salesforce holds."""
     with open_runtime(config, stop, watch) as runtime:
-        return [
-            runtime.exporter.export_stream(plan, resend_all=resend_all) for plan in runtime.plans
-        ]
+        return runtime.run_streams(
+            lambda plan: runtime.exporter.export_stream(plan, resend_all=resend_all)
+        )
