@@ -3,9 +3,11 @@
 First a resync if one was asked for (the stream starts over, every row sent again), then
 the record the stream is paused at (from its current source row), then rows that committed
 late behind the position (the xmin rescan of PostgreSQL tables, and the lookback window),
-then the rows after it, batch by batch. Rows whose payload Salesforce already holds are not
-sent. Each batch's outcome is acknowledged (position, ExportErrors, fingerprints, counters)
-in one transaction before the next batch is read.
+then the rows after it, read a page of many batches at a time and sent batch by batch. Rows
+whose payload Salesforce already holds are not sent. Each batch's outcome is acknowledged
+(position, ExportErrors, fingerprints, counters) in one transaction, in order: in pause mode
+before the next batch is sent; in skip mode with ``max_in_flight`` calls out, once it and
+every batch before it are answered (in_flight.py).
 """
 
 from __future__ import annotations
