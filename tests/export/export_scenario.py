@@ -56,6 +56,8 @@ class Scenario:
             # Extra lines for [salesforce] and for the stream (issue 13's keys, say).
             "salesforce_lines": "",
             "stream_lines": "",
+            # Extra lines for [export] (max_in_flight, max_parallel_streams, say).
+            "export_lines": "",
         }
 
     # -- the source table ---------------------------------------------------------------
@@ -148,6 +150,7 @@ pause_on_error = {str(s["pause_on_error"]).lower()}
 batch_size = {s["batch_size"]}
 record_retry_attempts = {s["record_retry_attempts"]}
 max_identical_errors = {s["max_identical_errors"]}
+{s["export_lines"]}
 
 [logging]
 format = "json"
