@@ -26,6 +26,7 @@ from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce import SalesforceSink
 from crm_export.store import SqlStore, migrations, preflight_source
 from crm_export.store.sources import SourceReader
+from crm_export.store.urls import is_memory_sqlite
 from crm_export.stream_order import dependency_order
 from crm_export.watch import Watch
 
@@ -177,11 +178,15 @@ class Runtime:
         """``run`` every stream, up to ``[export] max_parallel_streams`` at once, each after
         the streams it depends on (depends_on, lookups) have finished; in plan order."""
         by_name = {p.name: p for p in self.plans}
+        side_by_side = self.config.export.max_parallel_streams
+        if is_memory_sqlite(self.config.database.url):
+            # One connection serves an in-memory database: its transactions cannot overlap.
+            side_by_side = 1
         return run_streams(
             list(by_name),
             dependencies(self.config.streams),
             lambda name: run(by_name[name]),
-            self.config.export.max_parallel_streams,
+            side_by_side,
         )
 
 
