@@ -14,8 +14,9 @@ the next call a ``/limits`` read (one call), and the run sends only if usage fel
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from crm_export.errors import ApiBudgetReached
 from crm_export.ports import ApiUsage
@@ -34,6 +35,9 @@ class ApiBudget:
     usage: ApiUsage | None = None
     # Seen in an answer to this process (not a hint from an earlier run, which may be stale).
     fresh: bool = False
+    # Streams side by side and batches in flight share one budget. Re-entrant: the /limits
+    # read of ``before_call`` reports through ``seen`` on the same thread.
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def line(self, limit: int) -> int | None:
         """The usage at which crm-export stops, for an allocation of ``limit`` calls."""
@@ -46,11 +50,13 @@ class ApiBudget:
         return line is not None and usage.used >= line
 
     def seen(self, usage: ApiUsage) -> None:
-        self.usage, self.fresh = usage, True
+        with self._lock:
+            self.usage, self.fresh = usage, True
 
     def hint(self, usage: ApiUsage) -> None:
-        if self.usage is None:
-            self.usage, self.fresh = usage, False
+        with self._lock:
+            if self.usage is None:
+                self.usage, self.fresh = usage, False
 
     def before_call(self, read_limits: Callable[[], object]) -> None:
         """Raise ``ApiBudgetReached`` when the next charged call would be past the line.
@@ -58,15 +64,16 @@ class ApiBudget:
         A hint at the line is checked first with ``read_limits`` (one /limits call, which
         reports through ``seen``): the rolling 24 hours may have freed calls since.
         """
-        usage = self.usage
-        if usage is None or not self.reached(usage):
-            return
-        if not self.fresh:
-            read_limits()
+        with self._lock:  # one /limits read, however many calls wait on it
             usage = self.usage
             if usage is None or not self.reached(usage):
                 return
-        raise self.refusal(usage)
+            if not self.fresh:
+                read_limits()
+                usage = self.usage
+                if usage is None or not self.reached(usage):
+                    return
+            raise self.refusal(usage)
 
     def refusal(self, usage: ApiUsage) -> ApiBudgetReached:
         line = self.line(usage.max)

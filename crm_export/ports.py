@@ -450,6 +450,11 @@ class Sink(Protocol):
     def logins(self) -> int:
         """OAuth token requests so far (not charged by Salesforce)."""
 
+    def thread_counts(self) -> tuple[int, int]:
+        """(``api_calls``, ``logins``) made on the calling thread alone, so far: streams run
+        side by side and batches go in flight on threads of their own, and each
+        acknowledgement counts the calls of its own batch and stream, exactly."""
+
     @property
     def api_usage(self) -> ApiUsage | None:
         """The org's usage as the latest answer to this sink reported it (None before)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -377,6 +378,9 @@ class InMemorySink:
         # external ID -> how many more times it fails with UNABLE_TO_LOCK_ROW.
         self.locks: dict[str, int] = {}
         self._calls = 0
+        # Per thread as well: the core counts each batch in flight on its own thread.
+        self._here = threading.local()
+        self._lock = threading.Lock()
         # The org's daily allocation (None: not reported) and its usage by everyone;
         # ``org_used`` may be raised by a test to play the org's other integrations.
         self.api_limit = api_limit
@@ -392,6 +396,9 @@ class InMemorySink:
     def logins(self) -> int:
         return 0
 
+    def thread_counts(self) -> tuple[int, int]:
+        return getattr(self._here, "calls", 0), 0
+
     @property
     def api_usage(self) -> ApiUsage | None:
         """As an answer to this sink reported it (a hint from an earlier run is not)."""
@@ -402,8 +409,10 @@ class InMemorySink:
 
     def _charge(self) -> None:
         """One charged call, answered with the usage it brings the org to."""
-        self._calls += 1
-        self.org_used += 1
+        with self._lock:
+            self._calls += 1
+            self.org_used += 1
+        self._here.calls = getattr(self._here, "calls", 0) + 1
         if self.api_limit is not None:
             self.budget.seen(ApiUsage(self.org_used, self.api_limit))
 

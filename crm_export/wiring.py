@@ -7,7 +7,7 @@ the daemon only wire; it also starts the embedded sandbox org when ``[sandbox] e
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +21,14 @@ from crm_export.config.relations import dependencies
 from crm_export.errors import ConfigError, SourceError, SourceMissingError, TransientError
 from crm_export.export import BulkPolicy, Exporter, ExportPolicy, Lookback, StreamPlan, StreamResult
 from crm_export.export.lookback import mismatch
+from crm_export.export.parallel import run_streams
 from crm_export.mapping import FieldMap, Lookup
 from crm_export.ports import StreamSource
 from crm_export.retry import Backoff, SystemClock
 from crm_export.salesforce.deferred import DeferredBulk, DeferredSink
 from crm_export.store import SqlStore, migrations, preflight_source
 from crm_export.store.sources import SourceReader
+from crm_export.store.urls import is_memory_sqlite
 from crm_export.stream_order import dependency_order
 from crm_export.watch import Watch
 
@@ -168,7 +170,15 @@ def export_policy(config: Config) -> ExportPolicy:
             poll_max=config.export.bulk_poll_max_seconds,
             poll_timeout=config.export.bulk_poll_timeout_seconds,
         ),
+        max_in_flight=config.export.max_in_flight,
     )
+
+
+def max_connections(config: Config) -> int:
+    """The most calls a run may have in flight at once: one per batch in flight of every
+    stream running, and one for the describe or /limits read beside them."""
+    export = config.export
+    return max(10, export.max_in_flight * export.max_parallel_streams + 1)
 
 
 @dataclass
@@ -178,6 +188,21 @@ class Runtime:
     sink: DeferredSink
     exporter: Exporter
     plans: list[StreamPlan]
+
+    def run_streams(self, run: Callable[[StreamPlan], StreamResult]) -> list[StreamResult]:
+        """``run`` every stream, up to ``[export] max_parallel_streams`` at once, each after
+        the streams it depends on (depends_on, lookups) have finished; in plan order."""
+        by_name = {p.name: p for p in self.plans}
+        side_by_side = self.config.export.max_parallel_streams
+        if is_memory_sqlite(self.config.database.url):
+            # One connection serves an in-memory database: its transactions cannot overlap.
+            side_by_side = 1
+        return run_streams(
+            list(by_name),
+            dependencies(self.config.streams),
+            lambda name: run(by_name[name]),
+            side_by_side,
+        )
 
 
 @contextmanager
@@ -248,6 +273,7 @@ def open_runtime(
         store.mark_interrupted_runs()
         clock = SystemClock(stop)
         salesforce, retry = config.salesforce, config.retry
+        connections = max_connections(config)
 
         def make_sink() -> SalesforceSink:
             from crm_export.salesforce import SalesforceSink
@@ -258,6 +284,7 @@ def open_runtime(
                 clock,
                 on_call=watch.salesforce_call if watch else None,
                 on_retry=watch.salesforce_retry if watch else None,
+                connections=connections,
             )
 
         # Made when the run first needs Salesforce: a run with nothing to send never

@@ -20,6 +20,6 @@ def run(
     """``resend_all`` (``--resend-all``): send every row read, whatever Salesforce holds."""
     with open_runtime(config, stop, watch) as runtime:
         warn_about_indexes(runtime.store, runtime.plans)
-        return [
-            runtime.exporter.export_stream(plan, resend_all=resend_all) for plan in runtime.plans
-        ]
+        return runtime.run_streams(
+            lambda plan: runtime.exporter.export_stream(plan, resend_all=resend_all)
+        )

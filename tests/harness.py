@@ -178,6 +178,23 @@ FAST_RETRY: dict[str, float] = {
 }
 
 
+def split_streams(source_url: str, count: int) -> list[Stream]:
+    """The contacts table as ``count`` streams side by side, each its share of the keys
+    (``id % count``): one stream, "contacts", when ``count`` is 1. Same table, same object,
+    disjoint records: every check on the org's contacts holds for all of them together."""
+    if count <= 1:
+        return [Stream("contacts", source_url)]
+    return [
+        Stream(
+            "contacts" if i == 0 else f"contacts_{i + 1}",
+            source_url,
+            table=None,
+            query=f"SELECT * FROM contacts WHERE id % {count} = {i}",
+        )
+        for i in range(count)
+    ]
+
+
 def write_config(
     path: Path,
     *,
@@ -191,6 +208,7 @@ def write_config(
     record_retry_attempts: int = 5,
     max_identical_errors: int = 50,
     log_level: str = "info",
+    export_lines: str = "",
 ) -> Path:
     """Write a crm-export config file; the client secret is read from $SF_CLIENT_SECRET."""
     retry_lines = "\n".join(f"{k} = {v}" for k, v in retry.items())
@@ -215,6 +233,7 @@ pause_on_error = {str(pause_on_error).lower()}
 batch_size = {batch_size}
 record_retry_attempts = {record_retry_attempts}
 max_identical_errors = {max_identical_errors}
+{export_lines}
 
 [logging]
 format = "json"

@@ -73,6 +73,13 @@ LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
 
 # sObject Collections upsert takes at most 200 records per call.
 MAX_BATCH_SIZE: Final = 200
+# Salesforce runs at most 25 long-running requests (over 20 s) of an org at once
+# (Salesforce Developer Limits, "Concurrent API Request Limits"): more in flight buys nothing.
+MAX_CONCURRENT_REQUESTS: Final = 25
+_CONCURRENCY_LIMIT: Final = (
+    "Salesforce runs at most 25 long-running requests of an org at once, shared by every "
+    "integration"
+)
 # Salesforce ends any REST/SOAP call after 10 minutes; waiting longer only hides a hang.
 MAX_TIMEOUT_SECONDS: Final = 600
 # A lookback re-reads its whole window on every run: a day is already far more than any
@@ -326,6 +333,14 @@ class ExportConfig(_Section):
                 f"must be at least bulk_poll_initial_seconds ({initial:g}), got {value:g}",
             )
         return value
+    # Collections calls one stream in skip mode keeps in flight (pause mode always has one:
+    # it needs each answer before the next send). Salesforce runs at most 25 long requests
+    # of an org at once, shared by every integration.
+    max_in_flight: int = Field(4, ge=1, le=MAX_CONCURRENT_REQUESTS, description=_CONCURRENCY_LIMIT)
+    # Streams CRMExport runs at the same time (a stream still waits for its depends_on).
+    max_parallel_streams: int = Field(
+        4, ge=1, le=MAX_CONCURRENT_REQUESTS, description=_CONCURRENCY_LIMIT
+    )
 
 
 class ScheduleConfig(_Section):

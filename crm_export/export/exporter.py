@@ -10,6 +10,7 @@ acknowledged is sent again, and upsert by external ID makes the resend harmless.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 
@@ -51,6 +52,7 @@ class Exporter:
         self.bulk = bulk
         self.sender = BatchSender(sink, policy, clock, rng or random.Random())
         self._usage_hinted = False
+        self._hint_lock = threading.Lock()  # streams may start side by side
 
     def export_stream(self, plan: StreamPlan, *, resend_all: bool = False) -> StreamResult:
         """CRMExport: what is new or changed since the stream's position. ``resend_all``
@@ -71,12 +73,13 @@ class Exporter:
     def _hint_usage(self) -> None:
         """Once per job: the org's usage as the last run saw it, so that a job starting at
         the budget line asks /limits before it spends anything (see crm_export.budget)."""
-        if self._usage_hinted:
-            return
-        self._usage_hinted = True
-        usage = self.store.last_api_usage()
-        if usage is not None:
-            self.sink.hint_api_usage(usage)
+        with self._hint_lock:
+            if self._usage_hinted:
+                return
+            self._usage_hinted = True
+            usage = self.store.last_api_usage()
+            if usage is not None:
+                self.sink.hint_api_usage(usage)
 
     def _run(
         self,
@@ -89,6 +92,8 @@ class Exporter:
         self._hint_usage()
         run_id = self.store.begin_run(job_id, plan.name)
         result = StreamResult(job_id, plan.name, run_id)
+        # Counted on this thread: streams may run side by side on threads of their own.
+        calls, logins = self.sink.thread_counts()
         run = StreamRun(
             plan,
             result,
@@ -98,9 +103,9 @@ class Exporter:
             self.policy,
             self.now,
             self.should_stop,
-            calls_acked=self.sink.api_calls,
+            calls_acked=calls,
             on_progress=self.on_progress,
-            logins_acked=self.sink.logins,
+            logins_acked=logins,
             compare=compare,
             bulk=self.bulk,
         )
@@ -140,10 +145,12 @@ class Exporter:
             result.outcome = RunOutcome.FAILED
             result.error = f"unexpected {type(exc).__name__}: {exc}"
             log.exception("run_crashed", job=job_id, stream=plan.name)
-        # What no acknowledgement carried: the calls of a batch that ended in failure.
+        # What no acknowledgement carried: the calls of a batch that ended in failure (and
+        # of those in flight behind it).
+        calls, logins = self.sink.thread_counts()
         tail = RunCounts(
-            api_calls=self.sink.api_calls - run.calls_acked,
-            logins=self.sink.logins - run.logins_acked,
+            api_calls=calls - run.calls_acked + run.unacked[0],
+            logins=logins - run.logins_acked + run.unacked[1],
         )
         result.counts += tail
         self.store.finish_run(

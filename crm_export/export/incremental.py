@@ -3,14 +3,16 @@
 First a resync if one was asked for (the stream starts over, every row sent again), then
 the record the stream is paused at (from its current source row), then rows that committed
 late behind the position (the xmin rescan of PostgreSQL tables, and the lookback window),
-then the rows after it, batch by batch. Rows whose payload Salesforce already holds are not
-sent. Each batch's outcome is acknowledged (position, ExportErrors, fingerprints, counters)
-in one transaction before the next batch is read.
+then the rows after it, read a page of many batches at a time and sent batch by batch. Rows
+whose payload Salesforce already holds are not sent. Each batch's outcome is acknowledged
+(position, ExportErrors, fingerprints, counters) in one transaction, in order: in pause mode
+before the next batch is sent; in skip mode with ``max_in_flight`` calls out, once it and
+every batch before it are answered (in_flight.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -20,9 +22,10 @@ from crm_export.ports import BatchAck, PausedRecord, Position, SourceRow
 from crm_export.retry import StopRequested
 
 from . import bulk
+from .in_flight import InFlight
 from .lookback import window_start
 from .outcome import BatchOutcome, FloodGuard, Rejected, null_order_error
-from .stream_run import StreamRun
+from .stream_run import Spent, StreamRun
 
 log = structlog.get_logger("crm_export.export")
 
@@ -60,21 +63,65 @@ def export(run: StreamRun) -> None:
     # A large backlog in skip mode goes through Bulk API 2.0 first (and jobs in flight).
     position = bulk.send_backlog(run, position)
     flood = FloodGuard(run.policy.max_identical_errors)
-    batch_size = run.policy.batch_size
-    while not run.should_stop():
-        rows = store.read_batch(plan.source, position, batch_size)
-        if not rows:
-            break
-        outcome = run.send([r for r in rows if (plan.record_key(r), r.order_value) != sent])
-        run.acknowledge(rows, outcome)
-        if outcome.halt is not None:
-            return
-        flood.observe(outcome, rows)
-        position = rows[-1].position
-        if len(rows) < batch_size:
-            break
+
+    def going(rows: list[SourceRow]) -> list[SourceRow]:
+        return [r for r in rows if (plan.record_key(r), r.order_value) != sent]
+
+    # Pause mode needs each answer before the next send: nothing after a failing record
+    # may be written.
+    size = 1 if plan.pause_on_error else run.policy.max_in_flight
+    if size > 1:
+        _send_in_flight(run, _batches(run, position), going, flood, size)
+    else:
+        for rows in _batches(run, position):
+            if run.should_stop():
+                break
+            outcome = run.send(going(rows))
+            run.acknowledge(rows, outcome)
+            if outcome.halt is not None:
+                return
+            flood.observe(outcome, rows)
     if run.should_stop():
         raise StopRequested()
+
+
+def _batches(run: StreamRun, position: Position | None) -> Iterator[list[SourceRow]]:
+    """The rows after ``position``, batch by batch, read a page of many batches per query
+    (``ExportPolicy.page_rows``): a source without an index on (order_by, key) scans and
+    sorts once per page, not once per call. One page is held at a time."""
+    plan, batch_size, page_rows = run.plan, run.policy.batch_size, run.policy.page_rows()
+    while not run.should_stop():
+        page = run.store.read_batch(plan.source, position, page_rows)
+        for start in range(0, len(page), batch_size):
+            yield page[start : start + batch_size]
+        if len(page) < page_rows:
+            return
+        position = page[-1].position
+
+
+def _send_in_flight(
+    run: StreamRun,
+    batches: Iterator[list[SourceRow]],
+    going: Callable[[list[SourceRow]], list[SourceRow]],
+    flood: FloodGuard,
+    size: int,
+) -> None:
+    """Skip mode with up to ``size`` calls in flight (see in_flight.py): each batch is
+    acknowledged in order, once it and those before it are answered. On a stop request no
+    batch is sent after the current one, and those in flight are acknowledged."""
+
+    def acknowledge(rows: list[SourceRow], outcome: BatchOutcome, spent: Spent) -> None:
+        run.acknowledge(rows, outcome, spent=spent)
+
+    window = InFlight(run, size, acknowledge, lambda rows, outcome: flood.observe(outcome, rows))
+    try:
+        for rows in batches:
+            if run.should_stop():
+                break
+            window.send(rows, going(rows))
+        window.finish()
+    finally:
+        window.close()
 
 
 def _resync(run: StreamRun) -> None:

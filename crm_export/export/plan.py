@@ -103,6 +103,19 @@ class ExportPolicy:
     )
     max_identical_errors: int = 50
     bulk: BulkPolicy = field(default_factory=BulkPolicy)
+    # Collections calls one stream in skip mode keeps in flight (pause mode: always one).
+    # 1 here, where the core is used alone; the config's default is 4.
+    max_in_flight: int = 1
+    # Rows one source query reads: a page is cut into batches, so a keyset query that has
+    # no index to use (it scans and sorts the table) runs once per page, not once per
+    # call. 10,000 rows of a few columns stay a few MB in memory; 50 calls per query
+    # already makes the query's share of a run small even without an index.
+    read_page_rows: int = 10_000
+
+    def page_rows(self) -> int:
+        """Rows per source query: ``read_page_rows`` rounded down to whole batches (a page
+        shorter than that is then the last one), and at least one batch."""
+        return max(1, self.read_page_rows // self.batch_size) * self.batch_size
 
 
 @dataclass

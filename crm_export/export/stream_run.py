@@ -53,6 +53,18 @@ class StreamProgress:
 
 ProgressObserver = Callable[[StreamProgress], None]
 
+# (charged API calls, logins)
+Spent = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How a batch sent on another thread ended: its outcome, or the error it raised."""
+
+    outcome: BatchOutcome | None
+    error: BaseException | None
+    spent: Spent
+
 
 @dataclass
 class StreamRun:
@@ -64,6 +76,7 @@ class StreamRun:
     policy: ExportPolicy
     now: Callable[[], datetime]
     should_stop: Callable[[], bool]
+    # The stream thread's own (calls, logins) at the latest acknowledgement (Sink.thread_counts).
     calls_acked: int = 0
     on_progress: ProgressObserver | None = None
     pending: int | None = None
@@ -73,22 +86,49 @@ class StreamRun:
     compare: bool = True
     # Bulk API 2.0 ingest, where the sink offers it (see bulk.py); None: Collections only.
     bulk: BulkSink | None = None
+    # Calls and logins that batches sent on other threads spent and no acknowledgement
+    # carried (a batch that failed, those in flight behind it): finish_run adds them.
+    unacked: Spent = (0, 0)
 
     def send(
         self, rows: Sequence[SourceRow], *, all_or_none: bool | None = None, compare: bool = True
     ) -> BatchOutcome:
         """Send ``rows``, except those whose payload Salesforce already holds (unless
         ``compare`` is off for this call or this run)."""
-        known: dict[str, bytes] = {}
-        if compare and self.compare:
-            keys = [r.record_key for r in rows if r.key is not None]
-            known = self.store.known_fingerprints(self.plan.name, keys) if keys else {}
+        known = self.known(rows) if compare else {}
         return self.sender.send(self.plan, rows, all_or_none=all_or_none, known=known)
 
-    def ack(self, ack: BatchAck) -> None:
-        calls, logins = self.sink.api_calls, self.sink.logins
+    def known(self, rows: Sequence[SourceRow]) -> dict[str, bytes]:
+        """The fingerprints of what Salesforce last accepted for ``rows`` (one query)."""
+        if not self.compare:
+            return {}
+        keys = [r.record_key for r in rows if r.key is not None]
+        return self.store.known_fingerprints(self.plan.name, keys) if keys else {}
+
+    def send_measured(self, rows: Sequence[SourceRow], known: dict[str, bytes]) -> Answer:
+        """``send`` for a batch in flight, on a thread of its own: its outcome (or what it
+        raised) and exactly the calls and logins it spent, read on that thread."""
+        calls, logins = self.sink.thread_counts()
+        outcome: BatchOutcome | None = None
+        error: BaseException | None = None
+        try:
+            outcome = self.sender.send(self.plan, rows, known=known)
+        except BaseException as exc:  # handed to the stream's thread, which raises it
+            error = exc
+        now_calls, now_logins = self.sink.thread_counts()
+        return Answer(outcome, error, (now_calls - calls, now_logins - logins))
+
+    def spent_unacked(self, spent: Spent) -> None:
+        self.unacked = (self.unacked[0] + spent[0], self.unacked[1] + spent[1])
+
+    def ack(self, ack: BatchAck, spent: Spent = (0, 0)) -> None:
+        """Commit ``ack`` with the calls spent since the latest one on this thread, plus
+        ``spent`` (those of the batch, when it was sent on another thread)."""
+        calls, logins = self.sink.thread_counts()
         ack.counts = replace(
-            ack.counts, api_calls=calls - self.calls_acked, logins=logins - self.logins_acked
+            ack.counts,
+            api_calls=calls - self.calls_acked + spent[0],
+            logins=logins - self.logins_acked + spent[1],
         )
         self.store.acknowledge(ack)
         # Only once committed: a failed commit leaves them to finish_run.
@@ -114,6 +154,7 @@ class StreamRun:
         move_position: bool = True,
         paused_since: datetime | None = None,
         late: bool = False,
+        spent: Spent = (0, 0),
         **changes: Any,
     ) -> BatchAck:
         """Commit one batch's outcome (plus ``changes`` to the ack: position, pause...).
@@ -135,7 +176,7 @@ class StreamRun:
             ack.counts = replace(c, late=c.exported + c.failed + c.paused)
         for name, value in changes.items():
             setattr(ack, name, value)
-        self.ack(ack)
+        self.ack(ack, spent)
         if outcome.halt is not None and ack.pause is not None and ack.pause is not UNCHANGED:
             self.result.outcome = RunOutcome.PAUSED
             self.result.paused = ack.pause

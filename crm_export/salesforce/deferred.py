@@ -63,6 +63,10 @@ class DeferredSink:
     def logins(self) -> int:
         return 0 if self._sink is None else self._sink.logins
 
+    def thread_counts(self) -> tuple[int, int]:
+        # Before the sink exists no thread has made a call: (0, 0) for each.
+        return (0, 0) if self._sink is None else self._sink.thread_counts()
+
     @property
     def api_usage(self) -> ApiUsage | None:
         return None if self._sink is None else self._sink.api_usage

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -35,16 +36,29 @@ class HttpSession(requests.Session):
     """A ``requests.Session`` that always has a timeout, ignores the environment, and
     verifies certificates against ``trust``."""
 
-    def __init__(self, timeout: float, trust: ssl.SSLContext) -> None:
+    def __init__(self, timeout: float, trust: ssl.SSLContext, connections: int = 10) -> None:
         super().__init__()
         self.trust_env = False
         self.verify = True
-        self.mount("https://", _TrustAdapter(trust))
+        # ``connections``: as many as calls may be in flight at once, so that each keeps its
+        # connection alive (past the pool's size urllib3 opens one more and closes it after).
+        self.mount("https://", _TrustAdapter(trust, connections))
         self.timeout = timeout
         self.calls = 0
-        self.last_response: requests.Response | None = None
+        # Per thread: several calls may be in flight, each reads its own answer.
+        self._here = threading.local()
         # Told of every HTTP exchange: (method, url, seconds, status or None), for metrics.
         self.on_call: Callable[[str, str, float, int | None], None] | None = None
+
+    @property
+    def last_response(self) -> requests.Response | None:
+        """The answer to the latest request made on the calling thread."""
+        response: requests.Response | None = getattr(self._here, "last_response", None)
+        return response
+
+    @last_response.setter
+    def last_response(self, response: requests.Response | None) -> None:
+        self._here.last_response = response
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
@@ -157,9 +171,13 @@ class _TrustAdapter(HTTPAdapter):
     new connection: about 20 ms with the public bundle.
     """
 
-    def __init__(self, trust: ssl.SSLContext) -> None:
+    def __init__(self, trust: ssl.SSLContext, connections: int = 10) -> None:
         self._trust = trust
-        super().__init__(max_retries=_ResendOnDroppedConnection())
+        super().__init__(
+            max_retries=_ResendOnDroppedConnection(),
+            pool_connections=connections,
+            pool_maxsize=connections,
+        )
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ssl_context"] = self._trust
@@ -227,21 +245,38 @@ class CountingSession(HttpSession):
     the usage every answer reports (``Sforce-Limit-Info``, errors included) to ``on_usage``."""
 
     def __init__(
-        self, timeout: float, trust: ssl.SSLContext, on_usage: Callable[[ApiUsage], None]
+        self,
+        timeout: float,
+        trust: ssl.SSLContext,
+        on_usage: Callable[[ApiUsage], None],
+        connections: int = 10,
     ) -> None:
-        super().__init__(timeout, trust)
+        super().__init__(timeout, trust, connections)
         self.charged = 0
         self.logins = 0
         self.on_usage = on_usage
+        self._count_lock = threading.Lock()
+        # The same counts, for the calling thread alone: the calls of one batch in flight,
+        # or of one stream's thread, are told apart from those of the others.
+        self._counts = threading.local()
+
+    def thread_counts(self) -> tuple[int, int]:
+        """(charged calls, logins) made so far on the calling thread."""
+        return getattr(self._counts, "charged", 0), getattr(self._counts, "logins", 0)
 
     def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
         kind = call_kind(url.decode() if isinstance(url, bytes) else url)
+        here = self._counts
         if kind is CallKind.API:
-            self.charged += 1
+            with self._count_lock:
+                self.charged += 1
+            here.charged = getattr(here, "charged", 0) + 1
         elif kind is CallKind.LOGIN:
-            self.logins += 1
+            with self._count_lock:
+                self.logins += 1
+            here.logins = getattr(here, "logins", 0) + 1
         response = super().request(method, url, *args, **kwargs)
         usage = usage_from_header(response.headers.get("Sforce-Limit-Info"))
         if usage is not None:

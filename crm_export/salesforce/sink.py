@@ -5,6 +5,7 @@ re-authentication and the API budget governor."""
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,7 +60,9 @@ class SalesforceSink:
         rng: random.Random | None = None,
         on_call: Callable[[str, str, float, int | None], None] | None = None,
         on_retry: Callable[[str], None] | None = None,
+        connections: int = 10,
     ) -> None:
+        """``connections``: the most calls this sink may have in flight at once (threads)."""
         self.cfg = cfg
         self.clock = clock
         self.rng = rng or random.Random()
@@ -71,7 +74,7 @@ class SalesforceSink:
         )
         self.budget = ApiBudget(cfg.max_api_usage_percent)
         self.session = CountingSession(
-            cfg.timeout_seconds, trust_store(cfg.ca_bundle), self.budget.seen
+            cfg.timeout_seconds, trust_store(cfg.ca_bundle), self.budget.seen, connections
         )
         self.session.on_call = on_call
         # Told the class name of each transient error a request is retried after.
@@ -85,6 +88,10 @@ class SalesforceSink:
         # Whether Salesforce ever answered this sink: until it has, a host that does not
         # resolve or refuses connections is a wrong URL, not an outage to ride out.
         self._reached = False
+        # Calls may come from several threads (streams side by side, batches in flight): one
+        # login and one describe serve them all.
+        self._login_lock = threading.Lock()
+        self._describe_lock = threading.Lock()
 
     @property
     def api_calls(self) -> int:
@@ -93,6 +100,9 @@ class SalesforceSink:
     @property
     def logins(self) -> int:
         return self.session.logins
+
+    def thread_counts(self) -> tuple[int, int]:
+        return self.session.thread_counts()
 
     @property
     def api_usage(self) -> ApiUsage | None:
@@ -113,17 +123,25 @@ class SalesforceSink:
         self.session.close()
 
     def _login(self) -> Salesforce:
-        if self._client is None:
-            token = self._token()
-            if not self._version_served:
-                self._check_api_version(token.instance_url)
-            self._client = Salesforce(
-                instance_url=token.instance_url,
-                session_id=token.access_token,
-                session=self.session,
-                version=self.cfg.api_version,
-            )
-        return self._client
+        with self._login_lock:
+            if self._client is None:
+                token = self._token()
+                if not self._version_served:
+                    self._check_api_version(token.instance_url)
+                self._client = Salesforce(
+                    instance_url=token.instance_url,
+                    session_id=token.access_token,
+                    session=self.session,
+                    version=self.cfg.api_version,
+                )
+            return self._client
+
+    def _expired(self, client: Salesforce) -> None:
+        """``client``'s session was refused: the next call logs in again, unless another
+        thread already did (calls in flight all meet the same expiry: one login serves)."""
+        with self._login_lock:
+            if self._client is client:
+                self._client = None
 
     def _check_api_version(self, instance_url: str) -> None:
         """One call to the versions list, which Salesforce neither authenticates nor counts."""
@@ -176,10 +194,11 @@ class SalesforceSink:
 
     def describe(self, sobject: str) -> SObjectDescribe | None:
         key = sobject.casefold()
-        if key not in self._describes:
-            data = self._request("GET", f"sobjects/{sobject}/describe", None, missing_ok=True)
-            self._describes[key] = None if data is None else SObjectDescribe.from_api(data)
-        return self._describes[key]
+        with self._describe_lock:  # batches in flight together ask once
+            if key not in self._describes:
+                data = self._request("GET", f"sobjects/{sobject}/describe", None, missing_ok=True)
+                self._describes[key] = None if data is None else SObjectDescribe.from_api(data)
+            return self._describes[key]
 
     def query(self, soql: str) -> list[dict[str, Any]]:
         data = self._request("GET", "query", None, params={"q": soql})
@@ -224,11 +243,12 @@ class SalesforceSink:
             # A token can expire between any two calls; a fresh one fixes that, but a 401
             # that survives several fresh tokens is a person's problem, not a retry's.
             for _ in range(self.cfg.max_reauth + 1):
+                used: list[Salesforce] = []
                 try:
-                    return self._call(method, path, body, params, missing_ok, raw)
+                    return self._call(used, method, path, body, params, missing_ok, raw)
                 except SessionExpiredError:
                     log.info("salesforce_session_expired", detail="re-authenticating")
-                    self._client = None
+                    self._expired(used[0])
             raise SalesforceConfigurationError(
                 f"401 INVALID_SESSION_ID persisted after {self.cfg.max_reauth} fresh logins: "
                 "the integration user's session is refused (check its profile, IP "
@@ -246,6 +266,7 @@ class SalesforceSink:
 
     def _call(
         self,
+        used: list[Salesforce],
         method: str,
         path: str,
         body: Any,
@@ -254,7 +275,7 @@ class SalesforceSink:
         raw: dict[str, Any] | None = None,
     ) -> Any:
         try:
-            client = self._login()
+            used.append(client := self._login())
             result: Any
             if raw is not None:
                 # The Response itself (simple-salesforce raises for any status >= 300).

@@ -118,17 +118,18 @@ def test_sigterm_mid_export_exits_0_and_a_restart_loses_and_duplicates_nothing(
 def test_a_second_signal_exits_at_once_and_a_restart_still_loses_nothing(
     tmp_path: Path,
 ) -> None:
-    # Each upsert call takes 4 s, so a graceful stop would wait seconds for the batch in
-    # flight. The org counts a call when it arrives, then waits: once the second call is
-    # counted, it has ~4 s to go. (Signalled between two calls instead, the daemon would stop
-    # at once, and the second signal could meet an interpreter already shutting down.)
+    # Each upsert call takes 4 s, so a graceful stop would wait seconds for the batches in
+    # flight. The org counts a call when it arrives, then waits. Skip mode has four calls in
+    # flight (the default max_in_flight): the fifth arrives once the first is answered, ~4 s
+    # in, and then has ~4 s to go. (Signalled between two calls instead, the daemon would
+    # stop at once, and the second signal could meet an interpreter already shutting down.)
     slow_upserts = {"latency_ms": 4000, "paths": "/composite/"}
     with SandboxProcess(tmp_path, faults=slow_upserts) as sandbox:
         config, state_url = setup(tmp_path, sandbox)
         with DaemonProcess(config, tmp_path / "first.log") as daemon:
             poll(
-                lambda: sandbox.admin.counters()["calls"].get("composite_upsert", 0) >= 2,
-                "the second batch in flight",
+                lambda: sandbox.admin.counters()["calls"].get("composite_upsert", 0) >= 5,
+                "the fifth batch in flight",
             )
             daemon.signal(signal.SIGTERM)
             daemon.wait_for_event("stopping")

@@ -56,7 +56,7 @@ class Scenario:
             # Extra lines for [salesforce] and for the stream (issue 13's keys, say).
             "salesforce_lines": "",
             "stream_lines": "",
-            # Extra lines for [export] (issue 11's bulk_* keys, say).
+            # Extra lines for [export] (issue 11's bulk_* keys, max_in_flight, say).
             "export_lines": "",
         }
 

@@ -54,6 +54,7 @@ from tests.harness import (
     job_env,
     postgres_database,
     run_cli,
+    split_streams,
     sql,
     sqlite_url,
     write_config,
@@ -96,6 +97,11 @@ class CrashOptions:
     # the baseline the kills' cost is reported against.
     baseline: bool = False
     log: Callable[[str], None] = print
+    # The contacts table as this many streams side by side (tests.harness.split_streams),
+    # max_parallel_streams of them at once, each with max_in_flight calls in flight (skip
+    # mode). Pause mode (phase 2) keeps its single stream: its order check is the table's.
+    streams: int = 1
+    max_in_flight: int | None = None  # None: crm-export's default
 
 
 @dataclass
@@ -282,9 +288,10 @@ class _Harness:
             self.config_path,
             state_url=self.state_url,
             org=self.sandbox.org,
-            streams=[Stream("contacts", sqlite_url(self.source))],
+            streams=split_streams(sqlite_url(self.source), self.o.streams),
             pause_on_error=pause_on_error,
             batch_size=self.o.batch_size,
+            export_lines=_export_lines(self.o),
         )
 
     def counters(self) -> dict[str, int]:
@@ -376,7 +383,8 @@ class _Harness:
         if not runs:
             return BEFORE_RUN
         finished = [_aware(r["finished_at"]) for r in runs if r["outcome"] != "running"]
-        if finished and all(f is not None and f <= kill.moment for f in finished):
+        # Every run of the process had ended (with streams side by side, one may still run).
+        if len(finished) == len(runs) and all(f is not None and f <= kill.moment for f in finished):
             return AFTER_RUN
         if kill.created_settled > kill.created_at_kill:
             return IN_REQUEST
@@ -760,6 +768,12 @@ class _Harness:
                 elif attempt.kill.landed == AFTER_RUN:
                     if finished is None or finished > attempt.kill.moment:
                         problems.append(f"run {run_id} is said to end after its kill")
+                elif (
+                    run["outcome"] in ("completed", "paused")
+                    and finished is not None
+                    and finished <= attempt.kill.moment
+                ):
+                    pass  # another stream's run, which finished before the kill
                 elif run["outcome"] != "interrupted" or run["error"] != INTERRUPTED_ERROR:
                     problems.append(
                         f"run {run_id} was killed at {attempt.kill.moment:%H:%M:%S.%f} while "
@@ -834,6 +848,8 @@ def run_crash_harness(options: CrashOptions) -> CrashReport:
             harness.org = _Org(sandbox)
             try:
                 harness.phase1(phase1)
+                if options.streams > 1 and options.pause_records:
+                    raise CrashCheckFailed("phase 2 (pause mode) runs with one stream only")
                 phase2 = harness.phase2(options.records + 1) if options.pause_records else None
                 if phase2 is not None:
                     report.accepted += len(phase2.rows)
@@ -886,6 +902,13 @@ def _baseline(options: CrashOptions, rows: ContactSet) -> float:
                 f"org: {done.stdout}{done.stderr}"
             )
     return seconds
+
+
+def _export_lines(options: CrashOptions) -> str:
+    lines = [f"max_parallel_streams = {options.streams}"] if options.streams > 1 else []
+    if options.max_in_flight is not None:
+        lines.append(f"max_in_flight = {options.max_in_flight}")
+    return "\n".join(lines)
 
 
 def _describe(plan: KillPoint | None) -> str:

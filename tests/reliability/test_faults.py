@@ -27,10 +27,10 @@ import pytest
 from tests.harness import (
     ContactSet,
     SandboxProcess,
-    Stream,
     contact_rows,
     crm_export_command,
     job_env,
+    split_streams,
     sql,
     sqlite_url,
     write_config,
@@ -94,6 +94,10 @@ class FaultMix:
     timeout_seconds: float = 10
     run_timeout: float = 240
     faults: bool = True  # False: the same run without any fault, as a baseline
+    # The contacts table as this many streams side by side (tests.harness.split_streams),
+    # with calls in flight in each: max_parallel_streams and max_in_flight.
+    streams: int = 1
+    max_in_flight: int | None = None  # None: crm-export's default
     log: Callable[[str], None] = lambda _: None
 
 
@@ -148,10 +152,11 @@ class MixRig:
             mix.workdir / "crm-export.toml",
             state_url=mix.state_url,
             org=self.sandbox.org,
-            streams=[Stream("contacts", sqlite_url(source))],
+            streams=split_streams(sqlite_url(source), mix.streams),
             pause_on_error=mix.pause_on_error,
             batch_size=mix.batch_size,
             timeout_seconds=mix.timeout_seconds,
+            export_lines=_export_lines(mix),
             record_retry_attempts=mix.record_retry_attempts,
             # An empty [retry] table leaves crm-export's defaults in force.
             retry=mix.retry if mix.retry is not None else {},
@@ -198,7 +203,7 @@ class MixRig:
         )
         url = mix.state_url
         errors = sql(url, "SELECT record_key, error_code, status FROM ExportErrors")
-        runs = sql(url, "SELECT job_id, outcome, error FROM export_runs ORDER BY id")
+        runs = sql(url, "SELECT job_id, stream, outcome, error FROM export_runs ORDER BY id")
         states = sql(url, "SELECT position_key FROM stream_state WHERE stream = 'contacts'")
         return MixResult(
             contacts=self.contacts,
@@ -215,6 +220,13 @@ class MixRig:
             events=events,
             outage_started=timeline.get("outage"),
         )
+
+
+def _export_lines(mix: FaultMix) -> str:
+    lines = [f"max_parallel_streams = {mix.streams}"] if mix.streams > 1 else []
+    if mix.max_in_flight is not None:
+        lines.append(f"max_in_flight = {mix.max_in_flight}")
+    return "\n".join(lines)
 
 
 def run_fault_mix(mix: FaultMix) -> MixResult:
@@ -328,21 +340,27 @@ def check_fault_mix(
         problems.append(f"ExportErrors rows that are not open: {open_errors[:5]}")
     outcomes = [r["outcome"] for r in result.runs]
     want = "paused" if pause_on_error and contacts.rejected else "completed"
-    if outcomes != [*earlier_runs, want]:
-        problems.append(f"run outcomes {outcomes}, wanted {[*earlier_runs, want]}: {result.runs}")
+    # One run row per stream; streams side by side may start in any order.
+    streams = len({r["stream"] for r in result.runs}) or 1
+    wanted = [*earlier_runs, *[want] * streams]
+    if outcomes[: len(earlier_runs)] != list(earlier_runs) or sorted(
+        outcomes[len(earlier_runs) :]
+    ) != sorted(wanted[len(earlier_runs) :]):
+        problems.append(f"run outcomes {outcomes}, wanted {wanted}: {result.runs}")
     if result.exit_code != 0:
         problems.append(f"crm-export job exited {result.exit_code}: {result.stdout}")
     if not earlier_runs:
         # A batch resent after a reset (the org had already written it) counts once.
-        counted = re.search(
+        # One summary line per stream, summed.
+        counted = re.findall(
             r"exported (\d+) \+ unchanged \d+ \+ failed (\d+) \+ paused (\d+)", result.stdout
         )
         want_counts = (len(accepted), len(contacts.rejected))
         if (
-            counted is None
+            len(counted) != streams
             or (
-                int(counted[1]),
-                int(counted[2]) + int(counted[3]),
+                sum(int(c[0]) for c in counted),
+                sum(int(c[1]) + int(c[2]) for c in counted),
             )
             != want_counts
         ):
@@ -411,6 +429,21 @@ def test_the_hostile_mix_loses_nothing_and_logs_no_transient_fault(
     if pause_on_error:
         [last] = result.contacts.rejected
         assert f"paused at record {last} " in result.stdout, result.stdout
+
+
+def test_the_hostile_mix_with_streams_side_by_side_and_calls_in_flight(
+    state_url: str, tmp_path: Path
+) -> None:
+    """The same promises with two streams at once (max_parallel_streams = 2), each with four
+    calls in flight (skip mode): one org, one state database, one sink shared by both."""
+    mix = FaultMix(tmp_path, state_url, streams=2, max_in_flight=4)
+    result = run_fault_mix(mix)
+    assert check_fault_mix(result, pause_on_error=False) == [], result.stdout
+    assert sorted(r["stream"] for r in result.runs) == ["contacts", "contacts_2"]
+    faults = fault_counts(result.counters)
+    for kind in ("http_503", "reset", "lock_row", "token_expired", "outage", "request_limit"):
+        assert faults.get(kind, 0) > 0, (kind, faults, result.events)
+    assert result.seconds < mix_time_bound(mix), (result.seconds, faults)
 
 
 def test_an_outage_past_the_retry_budget_fails_the_run_and_the_next_run_finishes(

@@ -233,7 +233,7 @@ def test_the_calls_of_a_failed_batch_reach_the_run_row() -> None:
 
     def fail_second(*args: Any, **kwargs: Any) -> Any:
         if sink.api_calls == 1:
-            sink._calls += 1  # the call went out, and failed
+            sink._charge()  # the call went out, and failed
             raise RuntimeError("the answer was garbage")
         return real(*args, **kwargs)
 
