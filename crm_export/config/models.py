@@ -333,6 +333,7 @@ class ExportConfig(_Section):
                 f"must be at least bulk_poll_initial_seconds ({initial:g}), got {value:g}",
             )
         return value
+
     # Collections calls one stream in skip mode keeps in flight (pause mode always has one:
     # it needs each answer before the next send). Salesforce runs at most 25 long requests
     # of an org at once, shared by every integration.
