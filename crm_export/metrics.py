@@ -71,6 +71,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "crm_export_salesforce_calls_total",
     "crm_export_salesforce_call_seconds",
     "crm_export_retries_total",
+    "crm_export_record_retries_total",
     "crm_export_org_api_usage_percent",
     "crm_export_runner_active",
     "crm_export_state_database_up",
@@ -130,6 +131,13 @@ class Metrics(Watch):
             ["error_class"],
             registry=r,
         )
+        self.record_retries = Counter(
+            "crm_export_record_retries",
+            "Records sent again after a record-level transient error (a row lock), by stream "
+            "and Salesforce's status code.",
+            ["stream", "code"],
+            registry=r,
+        )
         self.active = Gauge(
             "crm_export_runner_active",
             "1 on the runner that holds the runner lock, 0 on a standby.",
@@ -174,6 +182,9 @@ class Metrics(Watch):
 
     def salesforce_retry(self, error_class: str) -> None:
         self.retries.labels(error_class).inc()
+
+    def record_retry(self, stream: str, code: str) -> None:
+        self.record_retries.labels(stream, code).inc()
 
     def sink_opened(self, sink: Sink) -> None:
         # The run's sink, kept after the run for the last usage it saw; a run that makes no

@@ -1,7 +1,8 @@
 """What a job run reports while it works, to whoever watches it.
 
 Three sources: the export core (each stream's ``StreamProgress``), the Salesforce sink
-(every HTTP exchange, timed, and every request-level retry) and the composition root (the
+(every HTTP exchange, timed, and every request-level retry; the core also reports each
+record it retries) and the composition root (the
 sink itself, once per run, for what it has seen of the org's API usage). ``Watch`` ignores
 them all; the terminal display, the progress log, the daemon's heartbeat and its metrics
 each override what they need, and ``Watches`` hands every report to several.
@@ -34,6 +35,10 @@ class Watch:
     def salesforce_retry(self, error_class: str) -> None:
         """A request is about to be retried after a transient error of this class."""
 
+    def record_retry(self, stream: str, code: str) -> None:
+        """One record of a batch is about to be sent again after a record-level transient
+        error (``code``: UNABLE_TO_LOCK_ROW...), the rest of its request having been answered."""
+
     def sink_opened(self, sink: Sink) -> None:
         """The run's Salesforce sink, for what it learns of the org (``api_usage``)."""
 
@@ -60,6 +65,9 @@ class Watches(Watch):
 
     def salesforce_retry(self, error_class: str) -> None:
         self._each("salesforce_retry", lambda w: w.salesforce_retry(error_class))
+
+    def record_retry(self, stream: str, code: str) -> None:
+        self._each("record_retry", lambda w: w.record_retry(stream, code))
 
     def sink_opened(self, sink: Sink) -> None:
         self._each("sink_opened", lambda w: w.sink_opened(sink))

@@ -300,6 +300,7 @@ def open_runtime(
             clock,
             should_stop=stop.is_set,
             on_progress=watch.progress if watch else None,
+            on_record_retry=watch.record_retry if watch else None,
             bulk=DeferredBulk(sink),
         )
         index = {s.name: i for i, s in enumerate(config.streams)}

@@ -22,7 +22,7 @@ from crm_export.retry import Clock, StopRequested
 
 from . import incremental, reexport
 from .plan import ExportPolicy, StreamPlan, StreamResult
-from .sending import BatchSender
+from .sending import BatchSender, RecordRetryObserver
 from .stream_run import ProgressObserver, StreamRun
 
 log = structlog.get_logger("crm_export.export")
@@ -41,6 +41,7 @@ class Exporter:
         should_stop: Callable[[], bool] = lambda: False,
         on_progress: ProgressObserver | None = None,
         bulk: BulkSink | None = None,
+        on_record_retry: RecordRetryObserver | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -50,7 +51,7 @@ class Exporter:
         self.should_stop = should_stop
         self.on_progress = on_progress
         self.bulk = bulk
-        self.sender = BatchSender(sink, policy, clock, rng or random.Random())
+        self.sender = BatchSender(sink, policy, clock, rng or random.Random(), on_record_retry)
         self._usage_hinted = False
         self._hint_lock = threading.Lock()  # streams may start side by side
 

@@ -14,7 +14,7 @@ commits the ``BatchOutcome``.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,9 +122,21 @@ def _unpinned(exc: RequestPayloadError) -> RequestPayloadError:
     return RequestPayloadError(str(exc), code=exc.code, detail=exc.detail)
 
 
+RecordRetryObserver = Callable[[str, str], None]
+
+
 class BatchSender:
-    def __init__(self, sink: Sink, policy: ExportPolicy, clock: Clock, rng: random.Random) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        policy: ExportPolicy,
+        clock: Clock,
+        rng: random.Random,
+        on_record_retry: RecordRetryObserver | None = None,
+    ) -> None:
         self.sink = sink
+        # Told (stream, code) of each record about to be sent again: the retries metric.
+        self.on_record_retry = on_record_retry
         self.policy = policy
         self.clock = clock
         self.rng = rng
@@ -303,6 +315,7 @@ class BatchSender:
                 item = pending[index]
                 retry = retries.next_wait(id(item))
                 if retry is not None:
+                    self._retrying(plan, [culprit_error])
                     if index == 0:
                         self._wait(plan, *retry, item.row, culprit_error)
                     # Otherwise the call for the records before it stands in for the wait.
@@ -343,6 +356,7 @@ class BatchSender:
             if retry is None:
                 outcome.failures += [Rejected(i.row, e, i.payload) for i, e in transient]
                 return
+            self._retrying(plan, [e for _, e in transient])
             self._wait(plan, *retry, transient[0][0].row, transient[0][1])
             pending = [item for item, _ in transient]
 
@@ -421,6 +435,17 @@ class BatchSender:
             wait_seconds=round(wait, 3),
         )
         self.clock.sleep(wait)
+
+    def _retrying(self, plan: StreamPlan, errors: Sequence[RecordError]) -> None:
+        """Tell the observer of each record about to go again (``errors``: one per record)."""
+        if self.on_record_retry is None:
+            return
+        try:
+            for error in errors:
+                self.on_record_retry(plan.name, error.code)
+        except Exception:
+            # A metric must never fail an export.
+            log.exception("record_retry_observer_failed", stream=plan.name)
 
 
 def _first_culprit(results: Sequence[UpsertResult]) -> tuple[int, RecordError] | None:

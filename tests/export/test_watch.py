@@ -70,3 +70,25 @@ def test_every_call_and_retry_reaches_the_watch(scenario: Scenario) -> None:
     [sink] = recorder.sinks
     assert sink.api_usage == ApiUsage(counters["api_usage"]["used"], counters["api_usage"]["max"])
     assert recorder.progresses[0].pending == 450 and recorder.progresses[-1].finished
+
+
+class RecordRetries(Watch):
+    def __init__(self) -> None:
+        self.retried: Counter[tuple[str, str]] = Counter()
+
+    def record_retry(self, stream: str, code: str) -> None:
+        self.retried[(stream, code)] += 1
+
+
+def test_each_record_sent_again_after_a_row_lock_reaches_the_watch(scenario: Scenario) -> None:
+    # Every record is locked on every try: each is sent again until its budget is spent, and
+    # each retry is reported once, whichever mode decides it. Pause mode halts at the first
+    # record; skip mode then retries it (releasing the pause) and the four after it.
+    scenario.add_many(range(1, 6))
+    scenario.sandbox.set_faults(lock_row_rate=1.0)
+    for pause, records in ((True, 1), (False, 5)):
+        watch = RecordRetries()
+        config = scenario.config(pause_on_error=pause, record_retry_attempts=3)
+        JOBS[JobId.EXPORT](config, None, watch)
+        # record_retry_attempts = 3: two retries after the first try, per record the run met.
+        assert watch.retried == {("contacts", "UNABLE_TO_LOCK_ROW"): 2 * records}

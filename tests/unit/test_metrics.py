@@ -79,11 +79,15 @@ def test_calls_retries_and_the_runner_role() -> None:
         "PATCH", BASE + "/services/data/v64.0/composite/sobjects/C/E", 3.0, None
     )
     metrics.salesforce_retry("ServerError")
+    metrics.record_retry("contacts", "UNABLE_TO_LOCK_ROW")
+    metrics.record_retry("contacts", "UNABLE_TO_LOCK_ROW")
     assert value(metrics, "crm_export_salesforce_calls_total", kind="upsert", status="5xx") == 1
     assert value(metrics, "crm_export_salesforce_calls_total", kind="upsert", status="none") == 1
     assert value(metrics, "crm_export_salesforce_call_seconds_count", kind="upsert") == 2
     assert value(metrics, "crm_export_salesforce_call_seconds_sum", kind="upsert") == 4.5
     assert value(metrics, "crm_export_retries_total", error_class="ServerError") == 1
+    retried = {"stream": "contacts", "code": "UNABLE_TO_LOCK_ROW"}
+    assert value(metrics, "crm_export_record_retries_total", **retried) == 2
     assert value(metrics, "crm_export_runner_active") == 0
     # Nothing is read from a state database until the daemon is the active runner.
     assert value(metrics, "crm_export_state_database_up") is None
