@@ -47,12 +47,17 @@ def test_a_backlog_above_the_threshold_goes_by_bulk_in_few_calls(scenario: Scena
     assert (result.counts.read, result.counts.exported) == (2200, 2200)
     assert len(scenario.contacts()) == 2200
     counted = calls(scenario)
-    # Two jobs of 1,000 (create, upload, close, one poll, two result files each), the tail
-    # of 200 in four Collections calls of 50, and one describe.
+    # Two clean jobs of 1,000: create, upload, close and the polls, nothing else. The final
+    # poll says every record was processed and none failed, so no result file is fetched:
+    # each row's outcome is known from what was sent. The tail of 200 goes in four
+    # Collections calls of 50, and one describe.
     assert counted["bulk_create"] == 2 and counted["bulk_upload"] == 2
+    assert counted["bulk_state"] == 2
+    assert "bulk_results" not in counted
+    assert 2 <= counted["bulk_get"] <= 4  # a 1,000-row job is done by its first poll or so
     assert counted["composite_upsert"] == 4
     assert counted["describe"] == 1
-    assert charged(counted) == 2 * 6 + 4 + 1
+    assert charged(counted) == 2 * 3 + counted["bulk_get"] + 4 + 1
     # Every Bulk call is in the run's API calls, as the org counted them.
     assert result.counts.api_calls == charged(counted)
     [run] = scenario.sql("SELECT api_calls, records_exported FROM export_runs")
@@ -111,7 +116,14 @@ def test_record_errors_land_in_export_errors_with_code_and_message(scenario: Sce
 
     assert result.outcome is RunOutcome.COMPLETED
     assert (result.counts.exported, result.counts.failed) == (798, 2)
-    assert calls(scenario)["bulk_create"] == 1
+    counted = calls(scenario)
+    assert counted["bulk_create"] == 1
+    # Failures: successfulResults and failedResults are fetched; every record was
+    # processed, so unprocessedrecords is not.
+    assert counted["bulk_results"] == 2
+    assert result.counts.api_calls == charged(counted)
+    [run] = scenario.sql("SELECT api_calls, records_failed FROM export_runs")
+    assert run == {"api_calls": charged(counted), "records_failed": 2}
     assert scenario.open_errors() == {
         "401": ("FIELD_CUSTOM_VALIDATION_EXCEPTION", 1),
         "402": ("FIELD_CUSTOM_VALIDATION_EXCEPTION", 1),
