@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from crm_export.classify import ErrorClass, classify_record_error
-from crm_export.errors import BulkJobFailed, BulkJobTimeout, CrmExportError, TerminalError
+from crm_export.errors import (
+    BulkJobFailed,
+    BulkJobTimeout,
+    BulkUploadRepeated,
+    CrmExportError,
+    TerminalError,
+)
 from crm_export.mapping import MappingError, build_payload
 from crm_export.ports import (
     BatchAck,
@@ -60,6 +66,9 @@ JOB_CALLS = 6
 # Salesforce cuts a job into internal batches of 10,000 records; the first poll waits
 # bulk_poll_initial_seconds for each (up to bulk_poll_max_seconds).
 INTERNAL_BATCH = 10_000
+# Jobs tried for one chunk when each took its upload twice (a retried upload that had
+# landed): past that the run fails, its rows still after the position.
+UPLOAD_ATTEMPTS = 3
 
 
 def first_poll_delay(records: int, initial: float, cap: float) -> float:
@@ -297,19 +306,38 @@ class _BulkSender:
             # A record in a job still processing: Salesforce runs jobs in parallel, so the
             # older version could land last. That job finishes first.
             self._drain()
-        job_id = self.bulk.create_job(plan.fmap.sobject, plan.fmap.external_id_field)
-        job = BulkJob(job_id, plan.name, chunk.after, chunk.first, chunk.last, len(chunk.lines))
-        decided.bulk_job_started = job
-        run.ack(decided)
+        records = len(chunk.lines)
         data = b"".join([bulk_csv.header_line(plan.fmap).encode(), *chunk.lines.values()])
         chunk.lines.clear()
-        try:
-            self.bulk.upload(job_id, data)
-            self.bulk.close_job(job_id)
-        except CrmExportError:
-            # Not closed: Salesforce will never process it. Its rows go again next run.
-            self._abandon(job, "its upload or close failed")
-            raise
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            job_id = self.bulk.create_job(plan.fmap.sobject, plan.fmap.external_id_field)
+            job = BulkJob(job_id, plan.name, chunk.after, chunk.first, chunk.last, records)
+            decided.bulk_job_started = job
+            run.ack(decided)
+            # What building the chunk decided is committed with its first job only.
+            decided = BatchAck(plan.name, run.result.run_id)
+            try:
+                self.bulk.upload(job_id, data)
+                self.bulk.close_job(job_id)
+            except BulkUploadRepeated as exc:
+                # A retried upload whose first attempt had landed: this job cannot be
+                # closed, a new one takes the same rows (upsert makes that harmless).
+                self._abandon(job, "it took its upload twice (a retried upload)")
+                if attempt == UPLOAD_ATTEMPTS:
+                    raise
+                log.warning(
+                    "bulk_job_replaced",
+                    stream=plan.name,
+                    job_id=job_id,
+                    detail="its upload landed twice; its rows go in a new job",
+                    error=str(exc),
+                )
+                continue
+            except CrmExportError:
+                # Not closed: Salesforce will never process it. Its rows go again next run.
+                self._abandon(job, "its upload or close failed")
+                raise
+            break
         log.info(
             "bulk_job_started",
             stream=plan.name,

@@ -379,3 +379,34 @@ def test_a_recorded_job_salesforce_no_longer_knows_is_given_up(scenario: Scenari
     [gone] = scenario.sql("SELECT status, error FROM bulk_jobs WHERE job_id = '750Sb0000000999IAA'")
     assert gone["status"] == "failed" and "no longer knows it" in gone["error"]
     assert len(scenario.contacts()) == 800
+
+
+def test_an_upload_retried_after_it_landed_goes_in_a_new_job_not_a_failed_run(
+    scenario: Scenario,
+) -> None:
+    # The org takes the first upload, then the connection drops before its answer is read
+    # (a load balancer cutting it after the server handled the request). The sink sends it
+    # again on the same job, which then holds it twice and cannot be closed. Seed 7 draws
+    # 0.48, 0.76, 0.94 for the first three uploads: only the first is cut.
+    bulk(scenario)
+    scenario.add_many(range(1, 801))
+    scenario.sandbox.set_faults(reset_rate=0.6, paths="/batches$")
+    result = scenario.run()
+
+    assert result.outcome is RunOutcome.COMPLETED, result.error
+    assert (result.counts.exported, result.counts.failed) == (800, 0)
+    counted = calls(scenario)
+    assert scenario.sandbox.counters()["faults"]["reset"] == 1
+    assert counted["bulk_create"] == 2 and counted["bulk_upload"] == 3
+    jobs = {j["id"]: j["state"] for j in _jobs(scenario)}
+    recorded = scenario.sql("SELECT job_id, status, error FROM bulk_jobs ORDER BY created_at")
+    assert [r["status"] for r in recorded] == ["failed", "done"]
+    assert "twice" in recorded[0]["error"]
+    assert jobs[recorded[0]["job_id"]] == "Aborted"
+    assert jobs[recorded[1]["job_id"]] == "JobComplete"
+    # Every record in the org once, written once; nothing in ExportErrors.
+    assert sorted(scenario.written(), key=int) == [str(k) for k in range(1, 801)]
+    assert len(scenario.contacts()) == 800 and scenario.open_errors() == {}
+    [run] = scenario.sql("SELECT records_exported, records_failed FROM export_runs")
+    assert run == {"records_exported": 800, "records_failed": 0}
+    assert scenario.run().counts.read == 0
