@@ -138,6 +138,12 @@ class BulkJobTimeout(TransientError):
     record failed: the job stays in bulk_jobs, and the next run resumes polling it."""
 
 
+class BulkUploadRepeated(TerminalError):
+    """Salesforce refused to close a Bulk API 2.0 job because it holds more than one upload:
+    a retried upload whose first attempt had landed (the connection dropped after the org
+    took it). The job can only be aborted; its rows go again in a new job."""
+
+
 class BulkJobFailed(TerminalError):
     """Salesforce ended a Bulk API 2.0 job in Failed or Aborted, with its errorMessage. The
     job's rows were not acknowledged: the next run sends them again, in a new job."""

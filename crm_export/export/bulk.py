@@ -23,13 +23,19 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from crm_export.classify import ErrorClass, classify_record_error
-from crm_export.errors import BulkJobFailed, BulkJobTimeout, CrmExportError, TerminalError
+from crm_export.errors import (
+    BulkJobFailed,
+    BulkJobTimeout,
+    BulkUploadRepeated,
+    CrmExportError,
+    TerminalError,
+)
 from crm_export.mapping import MappingError, build_payload
 from crm_export.ports import (
     BatchAck,
@@ -54,9 +60,33 @@ log = structlog.get_logger("crm_export.export")
 FINAL_STATES = frozenset({"JobComplete", "Failed", "Aborted"})
 # Rows read per source query while building a job.
 READ_PAGE = 10_000
-# A job costs at least six calls (create, upload, close, a poll, two result files): a tail
-# that six Collections calls carry goes by Collections.
+# A job costs at least four calls (create, upload, close, a poll), six when some of its
+# records fail: a tail that six Collections calls carry goes by Collections.
 JOB_CALLS = 6
+# Salesforce cuts a job into internal batches of 10,000 records; the first poll waits
+# bulk_poll_initial_seconds for each (up to bulk_poll_max_seconds).
+INTERNAL_BATCH = 10_000
+# Jobs tried for one chunk when each took its upload twice (a retried upload that had
+# landed): past that the run fails, its rows still after the position.
+UPLOAD_ATTEMPTS = 3
+
+
+def first_poll_delay(records: int, initial: float, cap: float) -> float:
+    """How long after closing a job of ``records`` rows its first poll waits."""
+    batches = max(1, -(-records // INTERNAL_BATCH))
+    return min(cap, initial * batches)
+
+
+def next_poll_delay(
+    previous: float, processed: int, records: int, elapsed: float, initial: float, cap: float
+) -> float:
+    """The wait before the next poll of a job still processing: what is left at the rate it
+    went so far (with a margin, so the poll finds it done), else twice the last wait; never
+    below ``initial``, never above ``cap``."""
+    if 0 < processed < records and elapsed > 0:
+        left = (records - processed) * elapsed / processed * 1.1
+        return min(cap, max(initial, left))
+    return min(cap, max(initial, previous * 2))
 
 
 @dataclass
@@ -88,6 +118,8 @@ class _InFlight:
     # no fingerprint is kept for its rows (they are compared, and sent, once more later).
     sent: dict[str, bytes] | None
     keys: dict[str, str] = field(default_factory=dict)
+    # When this run closed it (monotonic); None for a job recorded by an earlier run.
+    closed_at: float | None = None
 
 
 def send_backlog(run: StreamRun, position: Position | None) -> Position | None:
@@ -274,19 +306,38 @@ class _BulkSender:
             # A record in a job still processing: Salesforce runs jobs in parallel, so the
             # older version could land last. That job finishes first.
             self._drain()
-        job_id = self.bulk.create_job(plan.fmap.sobject, plan.fmap.external_id_field)
-        job = BulkJob(job_id, plan.name, chunk.after, chunk.first, chunk.last, len(chunk.lines))
-        decided.bulk_job_started = job
-        run.ack(decided)
+        records = len(chunk.lines)
         data = b"".join([bulk_csv.header_line(plan.fmap).encode(), *chunk.lines.values()])
         chunk.lines.clear()
-        try:
-            self.bulk.upload(job_id, data)
-            self.bulk.close_job(job_id)
-        except CrmExportError:
-            # Not closed: Salesforce will never process it. Its rows go again next run.
-            self._abandon(job, "its upload or close failed")
-            raise
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            job_id = self.bulk.create_job(plan.fmap.sobject, plan.fmap.external_id_field)
+            job = BulkJob(job_id, plan.name, chunk.after, chunk.first, chunk.last, records)
+            decided.bulk_job_started = job
+            run.ack(decided)
+            # What building the chunk decided is committed with its first job only.
+            decided = BatchAck(plan.name, run.result.run_id)
+            try:
+                self.bulk.upload(job_id, data)
+                self.bulk.close_job(job_id)
+            except BulkUploadRepeated as exc:
+                # A retried upload whose first attempt had landed: this job cannot be
+                # closed, a new one takes the same rows (upsert makes that harmless).
+                self._abandon(job, "it took its upload twice (a retried upload)")
+                if attempt == UPLOAD_ATTEMPTS:
+                    raise
+                log.warning(
+                    "bulk_job_replaced",
+                    stream=plan.name,
+                    job_id=job_id,
+                    detail="its upload landed twice; its rows go in a new job",
+                    error=str(exc),
+                )
+                continue
+            except CrmExportError:
+                # Not closed: Salesforce will never process it. Its rows go again next run.
+                self._abandon(job, "its upload or close failed")
+                raise
+            break
         log.info(
             "bulk_job_started",
             stream=plan.name,
@@ -294,7 +345,7 @@ class _BulkSender:
             records=job.records,
             bytes=len(data),
         )
-        self.in_flight.append(_InFlight(job, chunk.sent, chunk.keys))
+        self.in_flight.append(_InFlight(job, chunk.sent, chunk.keys, self.clock.monotonic()))
         return None
 
     def _abandon(self, job: BulkJob, reason: str) -> None:
@@ -309,32 +360,40 @@ class _BulkSender:
 
     # -- outcomes ---------------------------------------------------------------------------
 
-    def _wait(self, job: BulkJob) -> BulkJobInfo:
+    def _wait(self, flight: _InFlight) -> BulkJobInfo:
         """Poll until the job is final, backing off; a job too slow fails the run (transient:
-        it stays recorded and the next run polls it again)."""
-        started = self.clock.monotonic()
-        delay = self.policy.poll_initial
+        it stays recorded and the next run polls it again). A job this run closed is first
+        polled when a job its size may be done; one recorded by an earlier run at once."""
+        job, policy = flight.job, self.policy
+        started = flight.closed_at if flight.closed_at is not None else self.clock.monotonic()
+        delay = 0.0
+        if flight.closed_at is not None:
+            delay = first_poll_delay(job.records, policy.poll_initial, policy.poll_max)
+            delay = max(0.0, started + delay - self.clock.monotonic())
         while True:
+            if delay > 0:
+                self.clock.sleep(delay)
             info = self.bulk.job_info(job.job_id)
             if info.state in FINAL_STATES:
                 return info
             if self.run.should_stop():
                 raise StopRequested()
             waited = self.clock.monotonic() - started
-            if waited + delay > self.policy.poll_timeout:
+            delay = next_poll_delay(
+                delay, info.processed, job.records, waited, policy.poll_initial, policy.poll_max
+            )
+            if waited + delay > policy.poll_timeout:
                 raise BulkJobTimeout(
                     f"Bulk job {job.job_id} of stream {self.plan.name!r} is still "
                     f"{info.state} ({info.processed} of {job.records} records processed) after "
                     f"{waited:.0f} s ([export] bulk_poll_timeout_seconds). No record failed: "
                     "the next run goes on polling it."
                 )
-            self.clock.sleep(delay)
-            delay = min(delay * 2, self.policy.poll_max)
 
     def _finish_oldest(self) -> Position:
         flight = self.in_flight.popleft()
         job = flight.job
-        info = self._wait(job)
+        info = self._wait(flight)
         if info.state != "JobComplete":
             message = info.error_message or "no errorMessage given"
             self.run.store.fail_bulk_job(job.job_id, f"{info.state}: {message}")
@@ -344,7 +403,7 @@ class _BulkSender:
                 "the next run sends them again."
             )
         try:
-            ack = self._outcome(flight)
+            ack = self._outcome(flight, info)
         except CrmExportError:
             self.run.store.fail_bulk_job(job.job_id, "its results stopped the run")
             raise
@@ -360,10 +419,14 @@ class _BulkSender:
         )
         return job.last
 
-    def _outcome(self, flight: _InFlight) -> BatchAck:
+    def _outcome(self, flight: _InFlight, info: BulkJobInfo) -> BatchAck:
         """What a complete job's result files say, as one acknowledgement. Records that
         failed for a passing reason (a row lock), and records in no result file, are sent
-        again by Collections before it is committed."""
+        again by Collections before it is committed.
+
+        The final poll's counts spare result files: none failed, no failedResults; all
+        processed, no unprocessedrecords; all processed and none failed in a job this run
+        sent, no successfulResults either, as every row it sent is then known exported."""
         plan, job, run = self.plan, flight.job, self.run
         fmap = plan.fmap
         sent = flight.sent
@@ -374,19 +437,27 @@ class _BulkSender:
         def key_of(external_id: str) -> str:
             return flight.keys.get(external_id, external_id)
 
-        text = self.bulk.results(job.job_id, "successfulResults")
-        for result in bulk_csv.read_results(text, fmap.external_id_field, with_cells=False):
-            seen.add(result.external_id)
+        all_processed = info.processed >= job.records
+        if sent is not None and all_processed and info.failed == 0:
+            successful: Iterable[str] = sent
+        else:
+            text = self.bulk.results(job.job_id, "successfulResults")
+            successful = (
+                r.external_id
+                for r in bulk_csv.read_results(text, fmap.external_id_field, with_cells=False)
+            )
+            del text  # the generator holds it until it is read
+        for external_id in successful:
+            seen.add(external_id)
             exported += 1
-            key = key_of(result.external_id)
+            key = key_of(external_id)
             ack.resolved_keys.append(key)
-            if sent is not None and result.external_id in sent:
-                ack.fingerprints[key] = sent[result.external_id]
-        del text
+            if sent is not None and external_id in sent:
+                ack.fingerprints[key] = sent[external_id]
         again: list[str] = []
         rejected: list[Rejected] = []
         signatures: dict[tuple[str, tuple[str, ...]], int] = {}
-        text = self.bulk.results(job.job_id, "failedResults")
+        text = self.bulk.results(job.job_id, "failedResults") if info.failed else ""
         for result in bulk_csv.read_results(text, fmap.external_id_field):
             seen.add(result.external_id)
             error = result.error or RecordError("UNKNOWN_EXCEPTION", "no sf__Error given")
@@ -408,12 +479,13 @@ class _BulkSender:
             sample = next(r.error for r in rejected if (r.error.code, r.error.fields) == worst)
             raise configuration_error(plan, sample)
         if len(seen) < job.records:
-            text = self.bulk.results(job.job_id, "unprocessedrecords")
-            for result in bulk_csv.read_results(text, fmap.external_id_field, with_cells=False):
-                if result.external_id not in seen:
-                    seen.add(result.external_id)
-                    again.append(key_of(result.external_id))
-            del text
+            if not all_processed:
+                text = self.bulk.results(job.job_id, "unprocessedrecords")
+                for result in bulk_csv.read_results(text, fmap.external_id_field, with_cells=False):
+                    if result.external_id not in seen:
+                        seen.add(result.external_id)
+                        again.append(key_of(result.external_id))
+                del text
             again += self._unseen(flight, seen)
         run.log_failures(BatchOutcome(failures=rejected))
         ack.failures = [plan.failure(r.row, r.error, r.payload) for r in rejected]

@@ -7,15 +7,20 @@ transient faults, re-authenticated and governed by the API budget, exactly like 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from crm_export.errors import ServerError
+from crm_export.errors import BulkUploadRepeated, CrmExportError, ServerError
 from crm_export.ports import BulkJobInfo
 from crm_export.salesforce.answers import json_body
 from crm_export.salesforce.sink import SalesforceSink
 
 RESULT_KINDS = ("successfulResults", "failedResults", "unprocessedrecords")
+# Closing a job that took two uploads: 400 INVALIDJOB "Found multipe contents for job: <id>,
+# please 'Close' / 'Abort' / 'Delete' the current Job then create a new Job ..." (typo
+# Salesforce's; reference B6, salesforce.stackexchange.com/questions/231917).
+_MULTIPLE_CONTENTS = re.compile(r"INVALIDJOB.*multip?l?e contents", re.IGNORECASE | re.DOTALL)
 
 
 def _info(data: Any, job_id: str) -> BulkJobInfo:
@@ -68,7 +73,15 @@ class SalesforceBulk:
         return _info(json_body(response), job_id)
 
     def close_job(self, job_id: str) -> BulkJobInfo:
-        return self._set_state(job_id, "UploadComplete")
+        try:
+            return self._set_state(job_id, "UploadComplete")
+        except CrmExportError as exc:
+            if _MULTIPLE_CONTENTS.search(str(exc)):
+                raise BulkUploadRepeated(
+                    f"Bulk job {job_id} holds its upload twice (a retried upload whose first "
+                    f"attempt had reached Salesforce): {exc}"
+                ) from exc
+            raise
 
     def abort_job(self, job_id: str) -> BulkJobInfo:
         return self._set_state(job_id, "Aborted")

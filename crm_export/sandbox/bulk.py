@@ -1,11 +1,13 @@
 """Bulk API 2.0 ingest jobs: create, upload CSV, close, process, and the result CSVs.
 
-A job takes one upload. A closed job is processed in internal batches of
-``bulk_batch_records`` rows (10,000, as Salesforce cuts them), one batch per request the
-sandbox handles once the job is due (at once, or ``bulk_job_seconds`` after UploadComplete):
-no worker thread is needed, ``numberRecordsProcessed`` grows while the job is InProgress,
-and a given sequence of calls always processes the same rows at the same point. Results
-are served once the job is in a final state.
+A job takes one upload. A closed job is processed on the org's own clock, as a real org
+processes it whether or not anyone polls: from the moment it is due (at once, or
+``bulk_job_seconds`` after UploadComplete) it gets through ``bulk_records_per_second``
+rows a second, in internal batches of ``bulk_batch_records`` rows (10,000, as Salesforce
+cuts them). No worker thread is needed: each request the sandbox handles first catches
+every due job up to where the clock says it is, so ``numberRecordsProcessed`` grows batch
+by batch while the job is InProgress, however often (or seldom) a client asks. Results are
+served once the job is in a final state.
 """
 
 from __future__ import annotations
@@ -260,9 +262,8 @@ class BulkJobs:
             job.modstamp = sf_datetime()
         return job
 
-    def due_jobs(self) -> list[IngestJob]:
-        """Move closed jobs along: to InProgress, and return those due for their next batch."""
-        now = time.monotonic()
+    def due_jobs(self, now: float) -> list[IngestJob]:
+        """Move closed jobs along: to InProgress, and return those due to be processed."""
         due = []
         with self._lock:
             for job in self._jobs.values():
@@ -329,21 +330,57 @@ def process_job(
     faults: FaultInjector,
     lock_faults: bool,
     batch_records: int,
+    records_per_second: float,
+    now: float,
     on_result: Callable[[IngestJob, SaveResult, dict[str, str], Transaction], None],
     on_done: Callable[[Transaction], None],
 ) -> None:
-    """Run the next internal batch of a due job: each row commits or fails on its own, as in
-    Bulk API 2.0; the job is JobComplete after its last batch."""
+    """Catch a due job up with the clock: run every internal batch that ``now`` seconds at
+    ``records_per_second`` since the job became due have had time for. A batch is done
+    whole or not yet (numberRecordsProcessed moves a batch at a time); the job is
+    JobComplete after its last batch."""
+    if job.rows is None and not _prepare(job, org):
+        return
+    assert job.rows is not None and job.due_at is not None
+    total = len(job.rows)
+    reached = min(total, int(max(0.0, now - job.due_at) * records_per_second))
+    while job.state == IN_PROGRESS and job.cursor < total:
+        if job.cursor + batch_records > reached and reached < total:
+            break  # the next batch is still being processed
+        _process_batch(job, org, store, faults, lock_faults, batch_records, on_result, on_done)
+    if job.state == IN_PROGRESS and job.cursor >= total:
+        job.state = JOB_COMPLETE
+        job.due_at = None
+        job.modstamp = sf_datetime()
+
+
+def _prepare(job: IngestJob, org: OrgModel) -> bool:
+    """Parse the job's upload when processing starts; False if that fails the job."""
+    sobject = org.sobject(job.object)
+    job.header, job.rows = _parse_uploads(job)
+    problem = _check_header(job, org, sobject, job.header)
+    if problem is not None or sobject is None:
+        _fail(job, problem)
+        return False
+    job.key_counts = _key_counts(job, sobject, job.header, job.rows)
+    return True
+
+
+def _process_batch(
+    job: IngestJob,
+    org: OrgModel,
+    store: RecordStore,
+    faults: FaultInjector,
+    lock_faults: bool,
+    batch_records: int,
+    on_result: Callable[[IngestJob, SaveResult, dict[str, str], Transaction], None],
+    on_done: Callable[[Transaction], None],
+) -> None:
+    """Run the job's next internal batch: each row commits or fails on its own, as in
+    Bulk API 2.0."""
+    assert job.rows is not None
     started = time.monotonic()
     sobject = org.sobject(job.object)
-    if job.rows is None:
-        job.header, job.rows = _parse_uploads(job)
-        problem = _check_header(job, org, sobject, job.header)
-        if problem is None and sobject is not None:
-            job.key_counts = _key_counts(job, sobject, job.header, job.rows)
-        else:
-            _fail(job, problem)
-            return
     if sobject is None:
         _fail(job, None)
         return
@@ -408,9 +445,6 @@ def process_job(
         on_done(tx)
     job.cursor += len(batch)
     job.processing_ms += int((time.monotonic() - started) * 1000)
-    if job.cursor >= len(job.rows):
-        job.state = JOB_COMPLETE
-        job.due_at = None
     job.modstamp = sf_datetime()
 
 

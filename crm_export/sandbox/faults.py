@@ -29,6 +29,10 @@ DEFAULT_OLDEST_API_VERSION = "31.0"
 DEFAULT_NEWEST_API_VERSION = "66.0"
 # Bulk API 2.0 cuts a job into internal batches of 10,000 records.
 DEFAULT_BULK_BATCH_RECORDS = 10_000
+# How fast the org gets through a Bulk job once it is due. Salesforce documents no figure;
+# this keeps a 10,000-row job (one internal batch) at 0.1 s, so the suite stays fast while
+# jobs still take time. See docs/sandbox.md, "Bulk 2.0 ingest".
+DEFAULT_BULK_RECORDS_PER_SECOND = 100_000.0
 _VERSION = re.compile(r"\d+\.\d")
 
 
@@ -52,6 +56,7 @@ class FaultConfig:
     token_ttl_calls: int = 0
     bulk_job_seconds: float = 0.0
     bulk_batch_records: int = DEFAULT_BULK_BATCH_RECORDS
+    bulk_records_per_second: float = DEFAULT_BULK_RECORDS_PER_SECOND
     paths: str | None = None
     idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
     retry_after_seconds: int = 0
@@ -70,6 +75,7 @@ _NON_NEGATIVE = (
     "outage_seconds",
     "token_ttl_seconds",
     "bulk_job_seconds",
+    "bulk_records_per_second",
     "idle_timeout_seconds",
     "daily_api_overrun",
 )
@@ -111,6 +117,8 @@ def parse_faults(data: Mapping[str, Any]) -> FaultConfig:
     for key in ("daily_api_limit", "bulk_batch_records"):
         if values.get(key) == 0:
             problems.append(f"{key}: must be at least 1")
+    if values.get("bulk_records_per_second") == 0:
+        problems.append("bulk_records_per_second: must be more than 0 (a job takes time)")
     for key in _VERSIONS:
         if key in data:
             value = data[key]

@@ -333,7 +333,13 @@ class SandboxApp:
         head += [f"{key}: {value}" for key, value in response.headers.items()]
         if "Content-Length" not in response.headers:
             head.append(f"Content-Length: {len(body)}")
-        raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body[: len(body) // 2]
+        if body:
+            raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body[: len(body) // 2]
+        else:
+            # Half of no body is the whole of it, and an answer cut inside its headers still
+            # reads as complete (http.client takes end of stream for their end): nothing is
+            # sent, as when the connection drops before the answer leaves.
+            raw = b""
         with contextlib.suppress(OSError):
             sock.sendall(raw)
         raise ResetByFault("connection reset by the sandbox's reset_rate fault")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,9 @@ class SandboxState:
     # ---- bulk
 
     def advance_jobs(self) -> None:
-        """Run the next internal batch of every due Bulk job."""
-        for job in self.jobs.due_jobs():
+        """Catch every due Bulk job up with the org's clock."""
+        now = time.monotonic()
+        for job in self.jobs.due_jobs(now):
             try:
                 process_job(
                     job,
@@ -87,6 +89,8 @@ class SandboxState:
                     self.faults,
                     self.faults.applies_to(f"/jobs/ingest/{job.id}"),
                     self.faults.config.bulk_batch_records,
+                    self.faults.config.bulk_records_per_second,
+                    now,
                     self._bulk_result,
                     self.publish,
                 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,12 +48,17 @@ def test_a_backlog_above_the_threshold_goes_by_bulk_in_few_calls(scenario: Scena
     assert (result.counts.read, result.counts.exported) == (2200, 2200)
     assert len(scenario.contacts()) == 2200
     counted = calls(scenario)
-    # Two jobs of 1,000 (create, upload, close, one poll, two result files each), the tail
-    # of 200 in four Collections calls of 50, and one describe.
+    # Two clean jobs of 1,000: create, upload, close and the polls, nothing else. The final
+    # poll says every record was processed and none failed, so no result file is fetched:
+    # each row's outcome is known from what was sent. The tail of 200 goes in four
+    # Collections calls of 50, and one describe.
     assert counted["bulk_create"] == 2 and counted["bulk_upload"] == 2
+    assert counted["bulk_state"] == 2
+    assert "bulk_results" not in counted
+    assert 2 <= counted["bulk_get"] <= 4  # a 1,000-row job is done by its first poll or so
     assert counted["composite_upsert"] == 4
     assert counted["describe"] == 1
-    assert charged(counted) == 2 * 6 + 4 + 1
+    assert charged(counted) == 2 * 3 + counted["bulk_get"] + 4 + 1
     # Every Bulk call is in the run's API calls, as the org counted them.
     assert result.counts.api_calls == charged(counted)
     [run] = scenario.sql("SELECT api_calls, records_exported FROM export_runs")
@@ -111,7 +117,14 @@ def test_record_errors_land_in_export_errors_with_code_and_message(scenario: Sce
 
     assert result.outcome is RunOutcome.COMPLETED
     assert (result.counts.exported, result.counts.failed) == (798, 2)
-    assert calls(scenario)["bulk_create"] == 1
+    counted = calls(scenario)
+    assert counted["bulk_create"] == 1
+    # Failures: successfulResults and failedResults are fetched; every record was
+    # processed, so unprocessedrecords is not.
+    assert counted["bulk_results"] == 2
+    assert result.counts.api_calls == charged(counted)
+    [run] = scenario.sql("SELECT api_calls, records_failed FROM export_runs")
+    assert run == {"api_calls": charged(counted), "records_failed": 2}
     assert scenario.open_errors() == {
         "401": ("FIELD_CUSTOM_VALIDATION_EXCEPTION", 1),
         "402": ("FIELD_CUSTOM_VALIDATION_EXCEPTION", 1),
@@ -367,3 +380,113 @@ def test_a_recorded_job_salesforce_no_longer_knows_is_given_up(scenario: Scenari
     [gone] = scenario.sql("SELECT status, error FROM bulk_jobs WHERE job_id = '750Sb0000000999IAA'")
     assert gone["status"] == "failed" and "no longer knows it" in gone["error"]
     assert len(scenario.contacts()) == 800
+
+
+def test_an_upload_retried_after_it_landed_goes_in_a_new_job_not_a_failed_run(
+    scenario: Scenario,
+) -> None:
+    # The org takes the first upload, then the connection drops before its answer is read
+    # (a load balancer cutting it after the server handled the request). The sink sends it
+    # again on the same job, which then holds it twice and cannot be closed. Seed 7 draws
+    # 0.48, 0.76, 0.94 for the first three uploads: only the first is cut.
+    bulk(scenario)
+    scenario.add_many(range(1, 801))
+    scenario.sandbox.set_faults(reset_rate=0.6, paths="/batches$")
+    result = scenario.run()
+
+    assert result.outcome is RunOutcome.COMPLETED, result.error
+    assert (result.counts.exported, result.counts.failed) == (800, 0)
+    counted = calls(scenario)
+    assert scenario.sandbox.counters()["faults"]["reset"] == 1
+    assert counted["bulk_create"] == 2 and counted["bulk_upload"] == 3
+    jobs = {j["id"]: j["state"] for j in _jobs(scenario)}
+    recorded = scenario.sql("SELECT job_id, status, error FROM bulk_jobs ORDER BY created_at")
+    assert [r["status"] for r in recorded] == ["failed", "done"]
+    assert "twice" in recorded[0]["error"]
+    assert jobs[recorded[0]["job_id"]] == "Aborted"
+    assert jobs[recorded[1]["job_id"]] == "JobComplete"
+    # Every record in the org once, written once; nothing in ExportErrors.
+    assert sorted(scenario.written(), key=int) == [str(k) for k in range(1, 801)]
+    assert len(scenario.contacts()) == 800 and scenario.open_errors() == {}
+    [run] = scenario.sql("SELECT records_exported, records_failed FROM export_runs")
+    assert run == {"records_exported": 800, "records_failed": 0}
+    assert scenario.run().counts.read == 0
+
+
+def test_a_recorded_job_is_given_up_when_an_operator_reset_the_stream(
+    scenario: Scenario,
+) -> None:
+    bulk(scenario, "bulk_poll_timeout_seconds = 0.1\n")
+    scenario.add_many(range(1, 51))  # below the threshold: Collections, position after 50
+    assert scenario.run().counts.exported == 50
+    scenario.add_many(range(51, 851))
+    scenario.sandbox.set_faults(bulk_job_seconds=1.0)
+    first = scenario.run()  # gives up polling: the job stays recorded, after row 50
+    assert first.outcome is RunOutcome.FAILED
+    [recorded] = scenario.sql("SELECT job_id, status FROM bulk_jobs")
+    assert recorded["status"] == "open"
+
+    reset = subprocess.run(
+        [
+            *(sys.executable, "-m", "crm_export", "stream", "reset", "contacts"),
+            *("--to-start", "--yes", "--config", str(scenario.config().path)),
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "SF_CLIENT_SECRET": scenario.sandbox.client_secret},
+        timeout=120,
+    )
+    assert reset.returncode == 0, reset.stderr
+    scenario.sandbox.set_faults(bulk_job_seconds=0)
+    second = scenario.run(export_lines=BULK)
+    assert second.outcome is RunOutcome.COMPLETED, second.error
+    # The recorded job covered rows after a position that is no longer the stream's: it
+    # is given up (its rows are read again from the start), not acknowledged.
+    jobs = scenario.sql("SELECT job_id, status, error FROM bulk_jobs ORDER BY created_at")
+    assert jobs[0]["job_id"] == recorded["job_id"] and jobs[0]["status"] == "failed"
+    assert "position moved" in jobs[0]["error"]
+    assert [j["status"] for j in jobs[1:]] == ["done"]
+    # Read again from the start: the 50 sent by Collections are known unchanged.
+    assert (second.counts.read, second.counts.exported, second.counts.unchanged) == (850, 800, 50)
+    contacts = scenario.contacts()
+    assert sorted(contacts, key=int) == [str(k) for k in range(1, 851)]
+    assert scenario.open_errors() == {}
+    assert scenario.run().counts.read == 0
+
+
+def test_a_row_changed_while_its_older_version_is_in_a_job_waits_for_that_job(
+    scenario: Scenario,
+) -> None:
+    # Job 1 holds rows 1-1000 and is slow (2 s). While it is being uploaded, row 5 changes
+    # and row 1400 is deleted, so job 2 holds rows 1001-1399 and row 5 again; it would
+    # finish first (0.8 s). The older version must not land last: job 2 starts only once
+    # job 1 is done.
+    bulk(scenario, "bulk_max_jobs_in_flight = 2\n")
+    scenario.add_many(range(1, 1401))
+    scenario.sandbox.set_faults(bulk_records_per_second=500, latency_ms=500, paths="/batches$")
+    changed = threading.Event()
+
+    def change_row_5_during_the_first_upload() -> None:
+        deadline = time.monotonic() + 30
+        while not scenario.sandbox.jobs() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        scenario.update(5, last_name="Later")
+        scenario.delete(1400)
+        changed.set()
+
+    changer = threading.Thread(target=change_row_5_during_the_first_upload)
+    changer.start()
+    result = scenario.run()
+    changer.join()
+    assert changed.is_set()
+
+    assert result.outcome is RunOutcome.COMPLETED, result.error
+    jobs = scenario.sandbox.jobs()
+    assert len(jobs) == 2 and {j["state"] for j in jobs} == {"JobComplete"}
+    assert scenario.contacts()["5"]["LastName"] == "Later"
+    # Both versions were written, the older first; every record once in the org.
+    fives = [w for w in scenario.sandbox.writes() if w["external_id"] == "5"]
+    assert [w["job_id"] for w in fives] == [j["id"] for j in jobs]
+    assert len(scenario.contacts()) == 1399
+    assert [j["status"] for j in scenario.sql("SELECT status FROM bulk_jobs")] == ["done"] * 2
+    assert scenario.run().counts.read == 0

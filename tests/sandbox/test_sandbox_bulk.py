@@ -11,6 +11,7 @@ import requests
 from simple_salesforce.exceptions import SalesforceOperationError
 
 from crm_export.sandbox.bulk import MAX_UPLOAD_BASE64_BYTES, base64_size
+from crm_export.sandbox.faults import FaultsError, parse_faults
 from crm_export.sandbox.testing import SandboxHandle
 from tests.sandbox.sandbox_helpers import VERSION, Salesforce, bulk2_job_id
 
@@ -221,23 +222,62 @@ def test_results_only_once_the_job_is_final(
     assert late.text.splitlines() == ['"LastName"', '"A"']
 
 
-def test_records_processed_grow_one_internal_batch_per_poll(
+def test_a_job_is_processed_on_the_orgs_clock_not_per_request(
     sandbox: SandboxHandle, session: requests.Session
 ) -> None:
-    sandbox.set_faults(bulk_batch_records=2)
+    # 6 rows at 20 a second in batches of 2: 0.3 s of processing, a batch every 0.1 s.
+    sandbox.set_faults(bulk_batch_records=2, bulk_records_per_second=20)
+    base = f"{sandbox.base_url}/services/data/v{VERSION}/jobs/ingest"
+    headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
+    job_id = _open_job(base, session, headers)
+    session.put(f"{base}/{job_id}/batches", data=b"LastName\nA\nB\nC\nD\nE\nF\n", headers=headers)
+    session.patch(f"{base}/{job_id}", json={"state": "UploadComplete"}, headers=headers)
+    closed = time.monotonic()
+    seen: list[int] = []
+    # Polling as fast as possible does not hurry the job: what it processed follows the
+    # time since it was closed, a whole internal batch at a time.
+    while True:
+        before = time.monotonic() - closed
+        info = session.get(f"{base}/{job_id}", headers=headers).json()
+        after = time.monotonic() - closed
+        processed = info["numberRecordsProcessed"]
+        assert processed <= min(6, int(after * 20))
+        assert processed >= min(6, int(before * 20) // 2 * 2) - 2
+        assert processed % 2 == 0
+        seen.append(processed)
+        if info["state"] == "JobComplete":
+            break
+        assert info["state"] == "InProgress"
+        early = session.get(f"{base}/{job_id}/successfulResults", headers=headers)
+        if early.status_code != 400:  # it finished in between: results only then
+            final = session.get(f"{base}/{job_id}", headers=headers).json()
+            assert early.ok and final["state"] == "JobComplete"
+        assert after < 5, "the job never finished"
+    assert seen == sorted(seen) and seen[-1] == 6
+    assert len(seen) > 4  # many more polls than batches, and the job still took its time
+    assert 0 in seen or 2 in seen
+    assert sorted(r["LastName"] for r in sandbox.records("Contact")) == list("ABCDEF")
+
+
+def test_a_job_goes_on_while_nobody_polls(
+    sandbox: SandboxHandle, session: requests.Session
+) -> None:
+    sandbox.set_faults(bulk_batch_records=2, bulk_records_per_second=40)
     base = f"{sandbox.base_url}/services/data/v{VERSION}/jobs/ingest"
     headers = {"Authorization": f"Bearer {sandbox.access_token()}"}
     job_id = _open_job(base, session, headers)
     session.put(f"{base}/{job_id}/batches", data=b"LastName\nA\nB\nC\nD\nE\n", headers=headers)
     session.patch(f"{base}/{job_id}", json={"state": "UploadComplete"}, headers=headers)
-    polls = [session.get(f"{base}/{job_id}", headers=headers).json() for _ in range(4)]
-    assert [(p["state"], p["numberRecordsProcessed"]) for p in polls] == [
-        ("InProgress", 2),
-        ("InProgress", 4),
-        ("JobComplete", 5),
-        ("JobComplete", 5),
-    ]
-    assert sorted(r["LastName"] for r in sandbox.records("Contact")) == ["A", "B", "C", "D", "E"]
+    time.sleep(0.3)  # 5 rows at 40 a second take 0.125 s
+    # One request after the job's time is up finds it done: three batches, one poll.
+    done = session.get(f"{base}/{job_id}", headers=headers).json()
+    assert (done["state"], done["numberRecordsProcessed"]) == ("JobComplete", 5)
+    assert len(rows(session.get(f"{base}/{job_id}/successfulResults", headers=headers).text)) == 5
+
+
+def test_the_processing_rate_must_be_positive(sandbox: SandboxHandle) -> None:
+    with pytest.raises(FaultsError, match="bulk_records_per_second"):
+        parse_faults({"bulk_records_per_second": 0})
 
 
 def test_a_job_in_several_internal_batches_through_simple_salesforce(
