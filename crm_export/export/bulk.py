@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -302,7 +302,7 @@ class _BulkSender:
             decided.position = chunk.last
             run.ack(decided)
             return chunk.last
-        if any(f.sent is None or not f.sent.keys().isdisjoint(chunk.sent) for f in self.in_flight):
+        if self.in_flight and _shares_a_record(self.in_flight, chunk.sent):
             # A record in a job still processing: Salesforce runs jobs in parallel, so the
             # older version could land last. That job finishes first.
             self._drain()
@@ -538,3 +538,11 @@ class _BulkSender:
             ack.failures += part.failures
             ack.fingerprints.update(part.fingerprints)
             ack.counts += part.counts
+
+
+def _shares_a_record(flights: Sequence[_InFlight], external_ids: Collection[str]) -> bool:
+    """Whether a job in flight (or one whose rows are unknown: resumed) holds one of these
+    external IDs. Compared without case: an external ID field is case-insensitive unless
+    marked case-sensitive, and a needless wait is harmless where a race is not."""
+    wanted = {e.casefold() for e in external_ids}
+    return any(f.sent is None or any(e.casefold() in wanted for e in f.sent) for f in flights)

@@ -50,14 +50,19 @@ class SendWindow(Generic[T]):
         return len(self._slots)
 
     def may_send(self, keys: Collection[str]) -> bool:
-        """Whether a batch with ``keys`` may go now, behind those unacknowledged."""
-        return len(self._slots) < self.size and not any(k in self._busy for k in keys)
+        """Whether a batch with ``keys`` may go now, behind those unacknowledged.
+
+        Keys are compared without case: an external ID field is case-insensitive unless it
+        is marked case-sensitive, so "K-1" and "k-1" may be one record. Treating them as one
+        can only make a batch wait, never let two versions of a record race.
+        """
+        return len(self._slots) < self.size and not any(k.casefold() in self._busy for k in keys)
 
     def sent(self, keys: Collection[str], item: T) -> None:
         """A batch went out (after ``may_send`` said so); ``item`` stands for it."""
         if not self.may_send(keys):
             raise ValueError("a batch sent that the window does not let go")
-        slot = _Slot(frozenset(keys), item)
+        slot = _Slot(frozenset(k.casefold() for k in keys), item)
         self._slots.append(slot)
         for key in slot.keys:
             self._busy[key] = self._busy.get(key, 0) + 1

@@ -63,6 +63,17 @@ def test_a_batch_waits_while_one_of_its_keys_is_unacknowledged() -> None:
     assert window.may_send({"2", "3"})
 
 
+def test_keys_that_differ_only_in_case_are_one_record_to_the_window() -> None:
+    # External_Id__c is case-insensitive in Salesforce: "K-1" and "k-1" are one record, so
+    # the later row waits as for an identical key.
+    window: SendWindow[str] = SendWindow(4)
+    window.sent({"K-1"}, "a")
+    assert not window.may_send({"k-1"})
+    window.answered("a")
+    window.acknowledged("a")
+    assert window.may_send({"k-1"})
+
+
 def test_only_the_answered_prefix_may_be_acknowledged_in_order() -> None:
     window: SendWindow[str] = SendWindow(4)
     for name, key in (("a", "1"), ("b", "2"), ("c", "3")):
