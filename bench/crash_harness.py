@@ -35,6 +35,24 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--reject-every", type=int, default=37, help="every Nth row is rejected")
     parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=1,
+        help="calls in flight in skip mode (default 1, as the kill plan is sized for; with 4 "
+        "the export finishes before 20 kills land unless calls are slower)",
+    )
+    parser.add_argument(
+        "--bulk-threshold",
+        type=int,
+        default=0,
+        help="phase 1 through Bulk API 2.0 above this backlog (default 0: Collections)",
+    )
+    parser.add_argument(
+        "--bulk-records-per-second",
+        type=int,
+        help="how fast the sandbox processes Bulk jobs (slow it down so kills land mid-job)",
+    )
+    parser.add_argument(
         "--pause-records", type=int, default=1000, help="phase 2 (pause mode) rows; 0 skips it"
     )
     parser.add_argument("--pause-rejects", type=int, default=3)
@@ -69,6 +87,9 @@ def main() -> int:
                 latency_ms=args.latency_ms,
                 batch_size=args.batch_size,
                 reject_every=args.reject_every,
+                max_in_flight=args.max_in_flight,
+                bulk_threshold=args.bulk_threshold,
+                bulk_records_per_second=args.bulk_records_per_second,
                 pause_records=args.pause_records,
                 pause_rejects=args.pause_rejects,
                 pause_kills=args.pause_kills,

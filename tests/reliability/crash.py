@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,11 @@ class CrashOptions:
     # mode). Pause mode (phase 2) keeps its single stream: its order check is the table's.
     streams: int = 1
     max_in_flight: int | None = None  # None: crm-export's default
+    # [export] bulk_threshold: 0 (Collections, what the kill plan was sized for), or a
+    # backlog size above which phase 1 goes through Bulk API 2.0 jobs; then the sandbox
+    # processes bulk_records_per_second, so that kills land while jobs are processing.
+    bulk_threshold: int = 0
+    bulk_records_per_second: int | None = None
 
 
 @dataclass
@@ -841,7 +846,7 @@ def run_crash_harness(options: CrashOptions) -> CrashReport:
         with SandboxProcess(
             options.workdir,
             data=options.workdir / "org-records.db",
-            faults={"latency_ms": options.latency_ms} if options.latency_ms else None,
+            faults=_faults(options),
             seed=options.seed,
         ) as sandbox:
             harness.sandbox = sandbox
@@ -878,7 +883,7 @@ def _baseline(options: CrashOptions, rows: ContactSet) -> float:
         _state_database(options, "baseline") as state_url,
         SandboxProcess(
             workdir,
-            faults={"latency_ms": options.latency_ms} if options.latency_ms else None,
+            faults=_faults(options),
             seed=options.seed,
         ) as sandbox,
     ):
@@ -889,6 +894,8 @@ def _baseline(options: CrashOptions, rows: ContactSet) -> float:
             streams=[Stream("contacts", sqlite_url(source))],
             pause_on_error=False,
             batch_size=options.batch_size,
+            # The same path as phase 1 (Bulk or Collections, its calls in flight), one stream.
+            export_lines=_export_lines(replace(options, streams=1)),
         )
         if options.state == "postgres":
             run_cli("db", "upgrade", "--config", str(config), env=env)
@@ -908,7 +915,15 @@ def _export_lines(options: CrashOptions) -> str:
     lines = [f"max_parallel_streams = {options.streams}"] if options.streams > 1 else []
     if options.max_in_flight is not None:
         lines.append(f"max_in_flight = {options.max_in_flight}")
+    lines.append(f"bulk_threshold = {options.bulk_threshold}")
     return "\n".join(lines)
+
+
+def _faults(options: CrashOptions) -> dict[str, int] | None:
+    faults = {"latency_ms": options.latency_ms} if options.latency_ms else {}
+    if options.bulk_records_per_second:
+        faults["bulk_records_per_second"] = options.bulk_records_per_second
+    return faults or None
 
 
 def _describe(plan: KillPoint | None) -> str:
