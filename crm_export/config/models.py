@@ -272,6 +272,14 @@ class SalesforceConfig(_Section):
 # The other sections ------------------------------------------------------------------------
 
 
+def _cap_not_below_start(value: float, info: ValidationInfo, start: str) -> float:
+    """A backoff's cap (``value``) must not be below its first wait, the key ``start``."""
+    initial = info.data.get(start)
+    if initial is not None and value < initial:
+        raise problem("backoff_inverted", f"must be at least {start} ({initial:g}), got {value:g}")
+    return value
+
+
 class RetryConfig(_Section):
     """Request-level retries: exponential backoff with full jitter, bounded twice."""
 
@@ -283,13 +291,7 @@ class RetryConfig(_Section):
     @field_validator("max_backoff_seconds")
     @classmethod
     def _not_below_initial(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("initial_backoff_seconds")
-        if initial is not None and value < initial:
-            raise problem(
-                "backoff_inverted",
-                f"must be at least initial_backoff_seconds ({initial:g}), got {value:g}",
-            )
-        return value
+        return _cap_not_below_start(value, info, "initial_backoff_seconds")
 
 
 class ExportConfig(_Section):
@@ -326,13 +328,7 @@ class ExportConfig(_Section):
     @field_validator("bulk_poll_max_seconds")
     @classmethod
     def _poll_cap_not_below_start(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("bulk_poll_initial_seconds")
-        if initial is not None and value < initial:
-            raise problem(
-                "backoff_inverted",
-                f"must be at least bulk_poll_initial_seconds ({initial:g}), got {value:g}",
-            )
-        return value
+        return _cap_not_below_start(value, info, "bulk_poll_initial_seconds")
 
     # Collections calls one stream in skip mode keeps in flight (pause mode always has one:
     # it needs each answer before the next send). Salesforce runs at most 25 long requests
